@@ -1,0 +1,23 @@
+//! CORS: every response carries it, so browser clients (Converse.js, Movim, web apps) can
+//! upload and read the answers; OPTIONS needs no token.
+
+use http::{HeaderMap, HeaderValue};
+
+const ALLOW_ORIGIN: &str = "*";
+const ALLOW_METHODS: &str = "OPTIONS, HEAD, GET, PUT, POST, PATCH, DELETE";
+const ALLOW_HEADERS: &str = "Authorization, Content-Type, Content-Length, Content-Range, X-Session-Token, \
+Tus-Resumable, Upload-Length, Upload-Offset, Upload-Metadata, Upload-Checksum, Upload-Concat, \
+Upload-Defer-Length, Content-Digest, Repr-Digest, Range, If-Range, If-None-Match, If-Modified-Since";
+const EXPOSE_HEADERS: &str = "Location, Upload-Offset, Upload-Length, Upload-Expires, X-Session-Token, \
+Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, ETag, Last-Modified, \
+Content-Length, Content-Range, Content-Disposition, Accept-Ranges, Repr-Digest";
+const MAX_AGE: &str = "86400";
+
+/// Adds the CORS headers to a response.
+pub fn apply(headers: &mut HeaderMap) {
+    headers.insert("access-control-allow-origin", HeaderValue::from_static(ALLOW_ORIGIN));
+    headers.insert("access-control-allow-methods", HeaderValue::from_static(ALLOW_METHODS));
+    headers.insert("access-control-allow-headers", HeaderValue::from_static(ALLOW_HEADERS));
+    headers.insert("access-control-expose-headers", HeaderValue::from_static(EXPOSE_HEADERS));
+    headers.insert("access-control-max-age", HeaderValue::from_static(MAX_AGE));
+}

@@ -1,0 +1,212 @@
+//! GET and HEAD: stored files with their kept content type (for media and plain text) or as
+//! attachments, validators (ETag, Last-Modified, 304) and single byte ranges.
+
+use std::io::SeekFrom;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::TryStreamExt;
+use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use http_body_util::{BodyExt, StreamBody};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use tokio_util::io::ReaderStream;
+
+use super::range::{self, RangeRequest};
+use super::{ApiError, AppState, Response, Target, body};
+use crate::store::StoredFile;
+
+/// Read size when streaming a file out.
+const READ_CHUNK_BYTES: usize = 256 * 1024;
+
+/// Answers GET or HEAD for a stored file.
+pub async fn get<B>(state: &AppState, target: Target, request: &Request<B>) -> Result<Response, ApiError> {
+    let stored = state.store.open_file(&target.key).await?;
+    let size = stored.size;
+    let modified = truncate_to_seconds(stored.modified);
+    let etag = etag(&stored);
+    let req = request.headers();
+
+    let mut headers = HeaderMap::new();
+    content_headers(&mut headers, &stored, target.key.file_name());
+    headers.insert(header::ETAG, header_value(&etag));
+    headers.insert(header::LAST_MODIFIED, header_value(&httpdate::fmt_http_date(modified)));
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+
+    if not_modified(req, &etag, modified) {
+        let mut r = body::empty(StatusCode::NOT_MODIFIED);
+        for name in [header::ETAG, header::LAST_MODIFIED, header::CACHE_CONTROL] {
+            if let Some(v) = headers.remove(&name) {
+                r.headers_mut().insert(name, v);
+            }
+        }
+        return Ok(r);
+    }
+
+    let wanted = match req.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(value) if if_range_holds(req, &etag, modified) => range::parse(value, size),
+        _ => RangeRequest::Full,
+    };
+    let (status, start, length) = match wanted {
+        RangeRequest::Full => (StatusCode::OK, 0, size),
+        RangeRequest::Partial { start, end } => {
+            headers.insert(header::CONTENT_RANGE, header_value(&format!("bytes {start}-{end}/{size}")));
+            (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
+        }
+        RangeRequest::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable { size }),
+    };
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(length));
+
+    let mut response = if request.method() == Method::HEAD || length == 0 {
+        body::empty(status)
+    } else {
+        let mut file = tokio::fs::File::from_std(stored.file);
+        if start > 0 {
+            file.seek(SeekFrom::Start(start)).await.map_err(|e| ApiError::Internal(e.into()))?;
+        }
+        let stream = ReaderStream::with_capacity(file.take(length), READ_CHUNK_BYTES).map_ok(http_body::Frame::data);
+        let mut r = http::Response::new(BodyExt::boxed(StreamBody::new(stream)));
+        *r.status_mut() = status;
+        r
+    };
+    response.headers_mut().extend(headers);
+    Ok(response)
+}
+
+/// Content-Type and, unless the type is shown inline, Content-Disposition: attachment plus
+/// a CSP that keeps an uploaded page from running in the server's origin.
+fn content_headers(headers: &mut HeaderMap, stored: &StoredFile, file_name: &str) {
+    let stored_type = stored.meta.as_ref().map(|m| m.content_type.as_str()).filter(|t| is_valid_media_type(t));
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    match stored_type {
+        Some(t) if shown_inline(t) => {
+            headers.insert(header::CONTENT_TYPE, header_value(t));
+        }
+        other => {
+            let t = other.unwrap_or("application/octet-stream");
+            headers.insert(header::CONTENT_TYPE, header_value(t));
+            let encoded = percent_encoding::utf8_percent_encode(file_name, ATTR_CHAR);
+            headers.insert(header::CONTENT_DISPOSITION, header_value(&format!("attachment; filename*=UTF-8''{encoded}")));
+            headers.insert(
+                header::CONTENT_SECURITY_POLICY,
+                HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
+            );
+        }
+    }
+}
+
+/// `attr-char` of RFC 8187: everything else is percent-encoded in `filename*`.
+const ATTR_CHAR: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC
+    .remove(b'!')
+    .remove(b'#')
+    .remove(b'$')
+    .remove(b'&')
+    .remove(b'+')
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'^')
+    .remove(b'_')
+    .remove(b'`')
+    .remove(b'|')
+    .remove(b'~');
+
+/// Media and plain text stay inline; SVG (which can carry script) does not.
+fn shown_inline(media_type: &str) -> bool {
+    let essence = media_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if essence == "image/svg+xml" {
+        return false;
+    }
+    essence.starts_with("image/") || essence.starts_with("video/") || essence.starts_with("audio/") || essence == "text/plain"
+}
+
+/// `type/subtype[; params]` with token characters, and nothing a header cannot carry.
+fn is_valid_media_type(value: &str) -> bool {
+    let essence = value.split(';').next().unwrap_or("").trim();
+    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b));
+    value.len() <= 255
+        && HeaderValue::from_str(value).is_ok()
+        && essence.split_once('/').is_some_and(|(t, s)| token(t) && token(s))
+}
+
+fn etag(stored: &StoredFile) -> String {
+    let nanos = stored.modified.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("\"{:x}-{:x}\"", stored.size, nanos)
+}
+
+fn truncate_to_seconds(t: SystemTime) -> SystemTime {
+    let secs = t.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+    UNIX_EPOCH + Duration::from_secs(secs)
+}
+
+/// If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2).
+fn not_modified(req: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
+    if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        return inm.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag);
+    }
+    req.get(header::IF_MODIFIED_SINCE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| httpdate::parse_http_date(v).ok())
+        .is_some_and(|since| modified <= since)
+}
+
+/// A Range applies when If-Range is absent or names the current validator.
+fn if_range_holds(req: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
+    let Some(value) = req.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
+        return true;
+    };
+    let value = value.trim();
+    if value.starts_with('"') {
+        return value == etag;
+    }
+    httpdate::parse_http_date(value).is_ok_and(|date| date == modified)
+}
+
+fn header_value(text: &str) -> HeaderValue {
+    HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn inline_types() {
+        assert!(shown_inline("image/jpeg"));
+        assert!(shown_inline("video/mp4"));
+        assert!(shown_inline("audio/ogg; codecs=opus"));
+        assert!(shown_inline("text/plain; charset=utf-8"));
+        assert!(shown_inline("IMAGE/PNG"));
+        assert!(!shown_inline("image/svg+xml"));
+        assert!(!shown_inline("text/html"));
+        assert!(!shown_inline("application/octet-stream"));
+        assert!(!shown_inline("application/pdf"));
+    }
+
+    #[test]
+    fn media_type_validation() {
+        assert!(is_valid_media_type("image/jpeg"));
+        assert!(is_valid_media_type("text/plain; charset=utf-8"));
+        assert!(!is_valid_media_type(""));
+        assert!(!is_valid_media_type("jpeg"));
+        assert!(!is_valid_media_type("image/jp eg"));
+        assert!(!is_valid_media_type("text/html\r\nX: y"));
+    }
+
+    #[test]
+    fn conditional_headers() {
+        let modified = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"a\", \"b\""));
+        assert!(not_modified(&h, "\"b\"", modified));
+        assert!(!not_modified(&h, "\"c\"", modified));
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_MODIFIED_SINCE, header_value(&httpdate::fmt_http_date(modified)));
+        assert!(not_modified(&h, "\"x\"", modified));
+        assert!(!not_modified(&h, "\"x\"", modified + Duration::from_secs(1)));
+        let mut h = HeaderMap::new();
+        h.insert(header::IF_RANGE, HeaderValue::from_static("\"x\""));
+        assert!(if_range_holds(&h, "\"x\"", modified));
+        assert!(!if_range_holds(&h, "\"y\"", modified));
+        h.insert(header::IF_RANGE, header_value(&httpdate::fmt_http_date(modified)));
+        assert!(if_range_holds(&h, "\"y\"", modified));
+    }
+}

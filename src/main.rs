@@ -1,0 +1,114 @@
+//! The `hmac-file-server` command: parse arguments, load the configuration, start logging,
+//! run the server (or `check-config`, `sign`).
+
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use clap::Parser;
+
+use hmac_file_server::auth::{self, DEFAULT_CONTENT_TYPE};
+use hmac_file_server::config::cli::{Cli, Command, SignProtocol, normalize_args};
+use hmac_file_server::config::{Config, ConfigError, Sources};
+use hmac_file_server::{ops, server};
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(normalize_args(std::env::args()));
+    let sources = Sources { file: cli.config.clone(), env: std::env::vars().collect(), overrides: cli.overrides.clone() };
+    let loaded = Config::load(&sources);
+    match cli.command.unwrap_or(Command::Run) {
+        Command::CheckConfig => check_config(loaded),
+        Command::Sign { protocol, expires_in, path, size, content_type } => match loaded {
+            Ok(config) => sign(&config, protocol, expires_in, &path, size, content_type.as_deref()),
+            Err(e) => report(&e),
+        },
+        Command::Run => match loaded {
+            Ok(config) => run(config),
+            Err(e) => report(&e),
+        },
+    }
+}
+
+fn report(e: &ConfigError) -> ExitCode {
+    for p in &e.problems {
+        eprintln!("config error: {p}");
+    }
+    ExitCode::from(2)
+}
+
+fn check_config(loaded: Result<Config, ConfigError>) -> ExitCode {
+    match loaded {
+        Ok(config) => {
+            for w in &config.warnings {
+                eprintln!("warning: {w}");
+            }
+            for key in config.inactive_keys() {
+                eprintln!("note: {key} is set but its feature is not built into this version yet");
+            }
+            println!("configuration OK");
+            ExitCode::SUCCESS
+        }
+        Err(e) => report(&e),
+    }
+}
+
+fn sign(
+    config: &Config,
+    protocol: Option<SignProtocol>,
+    expires_in: u64,
+    path: &str,
+    size: u64,
+    content_type: Option<&str>,
+) -> ExitCode {
+    let secret = &config.secret;
+    let ct = content_type.unwrap_or(DEFAULT_CONTENT_TYPE);
+    let expires = hmac_file_server::http::now_unix() + expires_in;
+    let full_path = format!("{}{path}", config.url_prefix());
+    let line = |p: SignProtocol| match p {
+        SignProtocol::V => format!("v={}", auth::sign_v(secret, path, size)),
+        SignProtocol::V2 => format!("v2={}", auth::sign_v2(secret, path, size, ct)),
+        SignProtocol::Token => format!("token={}", auth::sign_v2(secret, path, size, ct)),
+        SignProtocol::V3 => format!("v3={}&expires={expires}", auth::sign_v3(secret, "PUT", expires, &full_path)),
+    };
+    match protocol {
+        Some(p) => println!("{}", line(p)),
+        None => {
+            for p in [SignProtocol::V, SignProtocol::V2, SignProtocol::V3] {
+                println!("{}", line(p));
+            }
+        }
+    }
+    ExitCode::SUCCESS
+}
+
+fn run(config: Config) -> ExitCode {
+    if let Err(e) = ops::logging::init(&config) {
+        eprintln!("{e}");
+        return ExitCode::from(2);
+    }
+    for w in &config.warnings {
+        tracing::warn!("{w}");
+    }
+    for key in config.inactive_keys() {
+        tracing::warn!("{key} is set but its feature is not built into this version yet; it has no effect");
+    }
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    runtime.enable_all();
+    if let Some(n) = config.num_cores {
+        runtime.worker_threads(n);
+    }
+    let runtime = match runtime.build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let config = Arc::new(config);
+    match runtime.block_on(server::run(config, server::shutdown_signal())) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,3 @@
+//! Operations: logging now; metrics, retention and bans follow.
+
+pub mod logging;

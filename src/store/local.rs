@@ -1,0 +1,495 @@
+//! The local file-system store.
+//!
+//! Layout under StoreDir:
+//! - `<UploadSubDir>/<key>`: finished files, exactly the bytes uploaded (prosody-filer's layout,
+//!   so an existing store can be taken over as it is);
+//! - `.hmac-file-server/tmp/`: uploads in progress, one randomly named file each;
+//! - `.hmac-file-server/meta/`: one JSON sidecar per finished file ([`super::meta`]).
+//!
+//! A commit is: flush, `fsync` the staged file, write and `fsync` the sidecar, then
+//! `renameat2(RENAME_NOREPLACE)` into place (link + unlink where the file system lacks it),
+//! then `fsync` the folder. A crash at any point leaves either no file or the whole file at
+//! the final path, plus at worst a temporary that the sweeper removes.
+
+use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::io::{self, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use rustix::fs::{Mode, OFlags, RenameFlags, ResolveFlags};
+use rustix::io::Errno;
+
+use super::key::INTERNAL_DIR;
+use super::meta::{FileMeta, sidecar_name};
+use super::{FileKey, StoreError};
+
+const FILE_MODE: u32 = 0o640;
+const DIR_MODE: u32 = 0o750;
+
+/// Files on the local file system, see the module documentation.
+#[derive(Debug, Clone)]
+pub struct LocalStore {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    files_dir: PathBuf,
+    tmp_dir: PathBuf,
+    meta_dir: PathBuf,
+    files_fd: OwnedFd,
+    buffer_bytes: usize,
+}
+
+/// An open stored file, ready to be sent.
+#[derive(Debug)]
+pub struct StoredFile {
+    /// The open file.
+    pub file: File,
+    /// Its size in bytes.
+    pub size: u64,
+    /// Its modification time (the commit time).
+    pub modified: SystemTime,
+    /// Its sidecar, when present and consistent with the file.
+    pub meta: Option<FileMeta>,
+}
+
+impl LocalStore {
+    /// Opens (creating where needed) the store under `store_dir`, with finished files under
+    /// `store_dir/sub_dir`.
+    pub fn open(store_dir: &Path, sub_dir: &str, buffer_bytes: usize) -> Result<Self, StoreError> {
+        let files_dir = if sub_dir.is_empty() { store_dir.to_path_buf() } else { store_dir.join(sub_dir) };
+        let internal = store_dir.join(INTERNAL_DIR);
+        let tmp_dir = internal.join("tmp");
+        let meta_dir = internal.join("meta");
+        for dir in [&files_dir, &tmp_dir, &meta_dir] {
+            DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)?;
+        }
+        let files_fd = rustix::fs::open(&files_dir, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(io::Error::from)?;
+        Ok(Self { inner: Arc::new(Inner { files_dir, tmp_dir, meta_dir, files_fd, buffer_bytes }) })
+    }
+
+    /// The folder finished files live in.
+    pub fn files_dir(&self) -> &Path {
+        &self.inner.files_dir
+    }
+
+    /// The folder uploads in progress live in.
+    pub fn tmp_dir(&self) -> &Path {
+        &self.inner.tmp_dir
+    }
+
+    /// Whether a finished file (or folder) exists at the key.
+    pub async fn exists(&self, key: &FileKey) -> bool {
+        let path = self.inner.files_dir.join(key.as_str());
+        tokio::fs::symlink_metadata(path).await.is_ok()
+    }
+
+    /// Starts a new upload in the temporary folder.
+    pub async fn stage(&self) -> Result<StagedFile, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        run_blocking(move || {
+            let name = format!("{}.part", random_hex(16));
+            let path = inner.tmp_dir.join(name);
+            let file = OpenOptions::new().write(true).create_new(true).mode(FILE_MODE).open(&path)?;
+            Ok(StagedFile {
+                path,
+                file: Some(file),
+                buffer: Vec::with_capacity(inner.buffer_bytes),
+                buffer_bytes: inner.buffer_bytes,
+                received: 0,
+                finished: false,
+            })
+        })
+        .await
+        .map_err(StoreError::from_write)
+    }
+
+    /// Makes a staged upload the file at `key`, atomically and durably, unless a file is
+    /// already there ([`StoreError::Exists`]; the staged file is then removed).
+    pub async fn commit(&self, mut staged: StagedFile, key: &FileKey, meta: &FileMeta) -> Result<(), StoreError> {
+        staged.flush().await?;
+        let inner = Arc::clone(&self.inner);
+        let key = key.clone();
+        let meta_json = serde_json::to_vec(meta).map_err(io::Error::other)?;
+        run_blocking_store(move || {
+            let file = staged.file.take().ok_or_else(|| io::Error::other("staged file already closed"))?;
+            file.sync_all().map_err(StoreError::from_write)?;
+            drop(file);
+
+            let meta_tmp = inner.tmp_dir.join(format!("{}.meta", random_hex(16)));
+            let mut meta_guard = RemoveOnDrop(Some(meta_tmp.clone()));
+            {
+                let mut f = OpenOptions::new().write(true).create_new(true).mode(FILE_MODE).open(&meta_tmp)?;
+                f.write_all(&meta_json).map_err(StoreError::from_write)?;
+                f.sync_all().map_err(StoreError::from_write)?;
+            }
+
+            let dest = inner.files_dir.join(key.as_str());
+            rename_noreplace_into(&staged.path, &dest)?;
+            staged.disarm();
+            if let Some(parent) = dest.parent() {
+                sync_dir(parent)?;
+            }
+
+            let (shard, name) = sidecar_name(&key);
+            let shard_dir = inner.meta_dir.join(shard);
+            DirBuilder::new().recursive(true).mode(DIR_MODE).create(&shard_dir)?;
+            fs::rename(&meta_tmp, shard_dir.join(name))?;
+            meta_guard.disarm();
+            sync_dir(&shard_dir)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Opens the finished file at `key` for reading, never outside the store.
+    pub async fn open_file(&self, key: &FileKey) -> Result<StoredFile, StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let key = key.clone();
+        run_blocking_store(move || {
+            let file = open_beneath(&inner.files_fd, &inner.files_dir, key.as_str())?;
+            let stat = file.metadata()?;
+            if !stat.is_file() {
+                return Err(StoreError::NotFound);
+            }
+            let size = stat.len();
+            let meta = read_sidecar(&inner.meta_dir, &key).filter(|m| m.size == size);
+            Ok(StoredFile { file, size, modified: stat.modified()?, meta })
+        })
+        .await
+    }
+
+    /// Removes the finished file at `key` and its sidecar, and the folders it leaves empty.
+    pub async fn delete(&self, key: &FileKey) -> Result<(), StoreError> {
+        let inner = Arc::clone(&self.inner);
+        let key = key.clone();
+        run_blocking_store(move || {
+            let path = inner.files_dir.join(key.as_str());
+            match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_file() => {}
+                Ok(_) => return Err(StoreError::NotFound),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
+                Err(e) => return Err(e.into()),
+            }
+            fs::remove_file(&path)?;
+            let (shard, name) = sidecar_name(&key);
+            match fs::remove_file(inner.meta_dir.join(shard).join(name)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+            let mut dir = path.parent();
+            while let Some(d) = dir {
+                if d == inner.files_dir || fs::remove_dir(d).is_err() {
+                    break;
+                }
+                dir = d.parent();
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Removes temporaries older than `max_age`; returns how many went.
+    pub async fn sweep_temporaries(&self, max_age: Duration) -> Result<usize, StoreError> {
+        let tmp = self.inner.tmp_dir.clone();
+        run_blocking_store(move || {
+            let now = SystemTime::now();
+            let mut removed = 0;
+            for entry in fs::read_dir(&tmp)? {
+                let entry = entry?;
+                let Ok(meta) = entry.metadata() else { continue };
+                let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
+                if meta.is_file() && age > max_age && fs::remove_file(entry.path()).is_ok() {
+                    removed += 1;
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+}
+
+/// An upload in progress: bytes go to a temporary file in the store, through a buffer of
+/// BufferSize. Dropped without a commit, the file is removed.
+#[derive(Debug)]
+pub struct StagedFile {
+    path: PathBuf,
+    file: Option<File>,
+    buffer: Vec<u8>,
+    buffer_bytes: usize,
+    received: u64,
+    finished: bool,
+}
+
+impl StagedFile {
+    /// Appends bytes. Large chunks go straight to the file; small ones are gathered first.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        self.received += chunk.len() as u64;
+        if self.buffer.is_empty() && chunk.len() >= self.buffer_bytes / 2 {
+            return self.write_out(WriteData::Shared(chunk)).await;
+        }
+        self.buffer.extend_from_slice(&chunk);
+        if self.buffer.len() >= self.buffer_bytes {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Bytes received so far.
+    pub fn len(&self) -> u64 {
+        self.received
+    }
+
+    /// Whether nothing was received.
+    pub fn is_empty(&self) -> bool {
+        self.received == 0
+    }
+
+    /// The file now lives elsewhere: do not remove it on drop.
+    fn disarm(&mut self) {
+        self.finished = true;
+    }
+
+    /// Writes out the buffer.
+    pub async fn flush(&mut self) -> Result<(), StoreError> {
+        if self.buffer.is_empty() {
+            return Ok(());
+        }
+        let next = Vec::with_capacity(self.buffer_bytes);
+        let full = std::mem::replace(&mut self.buffer, next);
+        self.write_out(WriteData::Owned(full)).await
+    }
+
+    async fn write_out(&mut self, data: WriteData) -> Result<(), StoreError> {
+        let mut file = self.file.take().ok_or_else(|| io::Error::other("staged file already closed"))?;
+        let (file, result) = tokio::task::spawn_blocking(move || {
+            let result = file.write_all(data.as_slice());
+            (file, result)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        self.file = Some(file);
+        result.map_err(StoreError::from_write)
+    }
+}
+
+impl Drop for StagedFile {
+    fn drop(&mut self) {
+        if !self.finished {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
+}
+
+enum WriteData {
+    Owned(Vec<u8>),
+    Shared(Bytes),
+}
+
+impl WriteData {
+    fn as_slice(&self) -> &[u8] {
+        match self {
+            WriteData::Owned(v) => v,
+            WriteData::Shared(b) => b,
+        }
+    }
+}
+
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn disarm(&mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// Renames `from` to `to` unless `to` exists, creating `to`'s folders.
+fn rename_noreplace_into(from: &Path, to: &Path) -> Result<(), StoreError> {
+    let cwd = rustix::fs::CWD;
+    for attempt in 0..3 {
+        if let Some(parent) = to.parent() {
+            match DirBuilder::new().recursive(true).mode(DIR_MODE).create(parent) {
+                Ok(()) => {}
+                // A file where a folder should be: the path is taken.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists || e.raw_os_error() == Some(Errno::NOTDIR.raw_os_error()) => {
+                    return Err(StoreError::Exists);
+                }
+                Err(e) => return Err(StoreError::from_write(e)),
+            }
+        }
+        let result = match rustix::fs::renameat_with(cwd, from, cwd, to, RenameFlags::NOREPLACE) {
+            Err(Errno::INVAL) | Err(Errno::NOSYS) => link_then_unlink(from, to),
+            other => other,
+        };
+        match result {
+            Ok(()) => return Ok(()),
+            Err(Errno::EXIST) | Err(Errno::NOTDIR) | Err(Errno::ISDIR) | Err(Errno::NOTEMPTY) => {
+                return Err(StoreError::Exists);
+            }
+            // A concurrent delete removed the emptied parent folder between our mkdir and
+            // rename: make it again.
+            Err(Errno::NOENT) if attempt < 2 => continue,
+            Err(e) => return Err(StoreError::from_write(e.into())),
+        }
+    }
+    Err(StoreError::Io(io::Error::other("rename kept failing")))
+}
+
+/// No-replace rename for file systems without `RENAME_NOREPLACE`: `link` fails if the target
+/// exists.
+fn link_then_unlink(from: &Path, to: &Path) -> Result<(), Errno> {
+    rustix::fs::link(from, to)?;
+    let _ = rustix::fs::unlink(from);
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)?.sync_all().map_err(StoreError::from_write)
+}
+
+/// Opens `relative` beneath the folder `dir_fd` without leaving it, even through symlinks.
+fn open_beneath(dir_fd: &OwnedFd, dir: &Path, relative: &str) -> Result<File, StoreError> {
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    match rustix::fs::openat2(dir_fd.as_fd(), relative, flags, Mode::empty(), resolve) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) | Err(Errno::LOOP) => Err(StoreError::NotFound),
+        Err(Errno::NOSYS) | Err(Errno::PERM) => {
+            // Kernels before 5.6 (or a seccomp filter): resolve and check the prefix.
+            let path = dir.join(relative);
+            let real = fs::canonicalize(&path).map_err(|_| StoreError::NotFound)?;
+            let root = fs::canonicalize(dir)?;
+            if !real.starts_with(&root) {
+                return Err(StoreError::NotFound);
+            }
+            File::open(real).map_err(|_| StoreError::NotFound)
+        }
+        Err(e) => Err(StoreError::Io(e.into())),
+    }
+}
+
+fn read_sidecar(meta_dir: &Path, key: &FileKey) -> Option<FileMeta> {
+    let (shard, name) = sidecar_name(key);
+    let text = fs::read(meta_dir.join(shard).join(name)).ok()?;
+    serde_json::from_slice(&text).ok()
+}
+
+fn random_hex(bytes: usize) -> String {
+    let mut buf = vec![0u8; bytes];
+    rand::fill(&mut buf[..]);
+    hex::encode(buf)
+}
+
+async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
+}
+
+async fn run_blocking_store<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
+) -> Result<T, StoreError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Io(io::Error::other(e)))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(s: &str) -> FileKey {
+        FileKey::parse_decoded(s).unwrap()
+    }
+
+    fn meta(size: u64) -> FileMeta {
+        FileMeta { content_type: "text/plain".into(), size, uploaded_unix: 1, sha256: None }
+    }
+
+    #[tokio::test]
+    async fn commit_then_read_then_delete() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path(), "upload", 4096).unwrap();
+        let mut staged = store.stage().await.unwrap();
+        staged.write(Bytes::from_static(b"hello ")).await.unwrap();
+        staged.write(Bytes::from(vec![b'x'; 10_000])).await.unwrap();
+        assert_eq!(staged.len(), 10_006);
+        store.commit(staged, &key("a/b c.txt"), &meta(10_006)).await.unwrap();
+        let on_disk = fs::read(dir.path().join("upload/a/b c.txt")).unwrap();
+        assert_eq!(on_disk.len(), 10_006);
+        assert!(on_disk.starts_with(b"hello x"));
+        let opened = store.open_file(&key("a/b c.txt")).await.unwrap();
+        assert_eq!(opened.size, 10_006);
+        assert_eq!(opened.meta.unwrap().content_type, "text/plain");
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "no temporaries left");
+
+        store.delete(&key("a/b c.txt")).await.unwrap();
+        assert!(!dir.path().join("upload/a").exists(), "emptied folder removed");
+        assert!(matches!(store.delete(&key("a/b c.txt")).await, Err(StoreError::NotFound)));
+    }
+
+    #[tokio::test]
+    async fn no_replace_and_cleanup() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path(), "upload", 4096).unwrap();
+        let mut first = store.stage().await.unwrap();
+        first.write(Bytes::from_static(b"first")).await.unwrap();
+        store.commit(first, &key("k/f"), &meta(5)).await.unwrap();
+        let mut second = store.stage().await.unwrap();
+        second.write(Bytes::from_static(b"second")).await.unwrap();
+        assert!(matches!(store.commit(second, &key("k/f"), &meta(6)).await, Err(StoreError::Exists)));
+        assert_eq!(fs::read(dir.path().join("upload/k/f")).unwrap(), b"first");
+        // A file where a folder would have to be.
+        let third = store.stage().await.unwrap();
+        assert!(matches!(store.commit(third, &key("k/f/g"), &meta(0)).await, Err(StoreError::Exists)));
+        // A folder where the file would go.
+        let fourth = store.stage().await.unwrap();
+        assert!(matches!(store.commit(fourth, &key("k"), &meta(0)).await, Err(StoreError::Exists)));
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "losers leave nothing behind");
+        // Dropped without commit.
+        let mut dropped = store.stage().await.unwrap();
+        dropped.write(Bytes::from_static(b"partial")).await.unwrap();
+        drop(dropped);
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[tokio::test]
+    async fn stale_sidecar_is_ignored_and_symlinks_cannot_escape() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path(), "upload", 4096).unwrap();
+        let mut staged = store.stage().await.unwrap();
+        staged.write(Bytes::from_static(b"abc")).await.unwrap();
+        store.commit(staged, &key("s/f"), &meta(99)).await.unwrap();
+        assert!(store.open_file(&key("s/f")).await.unwrap().meta.is_none());
+
+        let outside = tempfile::tempdir().unwrap();
+        fs::write(outside.path().join("secret"), b"x").unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join("upload/link")).unwrap();
+        assert!(matches!(store.open_file(&key("link/secret")).await, Err(StoreError::NotFound)));
+        assert!(matches!(store.open_file(&key("s")).await, Err(StoreError::NotFound)), "a folder is not a file");
+    }
+
+    #[tokio::test]
+    async fn sweeps_only_old_temporaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalStore::open(dir.path(), "", 4096).unwrap();
+        let old = store.tmp_dir().join("old.part");
+        fs::write(&old, b"x").unwrap();
+        let past = SystemTime::now() - Duration::from_secs(7200);
+        File::options().write(true).open(&old).unwrap().set_modified(past).unwrap();
+        let _fresh = store.stage().await.unwrap();
+        assert_eq!(store.sweep_temporaries(Duration::from_secs(3600)).await.unwrap(), 1);
+        assert!(!old.exists());
+        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 1);
+    }
+}
