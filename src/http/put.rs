@@ -19,7 +19,13 @@ where
     let token = Token::from_query(&target.query)?;
     let (head, mut body) = request.into_parts();
     let headers = &head.headers;
-    let size = content_length(headers)?.ok_or(ApiError::LengthRequired)?;
+    // No Content-Length: a request without Transfer-Encoding has an empty body (0 bytes);
+    // a chunked one has an unknown size, which the token cannot be checked against.
+    let size = match content_length(headers)? {
+        Some(n) => n,
+        None if http_body::Body::is_end_stream(&body) => 0,
+        None => return Err(ApiError::LengthRequired),
+    };
     let content_type = match headers.get(header::CONTENT_TYPE) {
         None => DEFAULT_CONTENT_TYPE,
         Some(v) => v.to_str().map_err(|_| ApiError::BadRequest("Content-Type is not visible ASCII"))?,

@@ -1,0 +1,134 @@
+//! Uploads and downloads through the real binary: the happy paths, odd names, and races.
+
+mod common;
+
+use common::{TestServer, client, encode_path, payload};
+use reqwest::StatusCode;
+
+#[tokio::test]
+async fn put_then_get_and_head() {
+    let server = TestServer::start("");
+    let http = client();
+    let body = payload(100_000, 1);
+    let url = server.signed_v("abc123/photo.jpg", "abc123/photo.jpg", body.len() as u64);
+    let put = http.put(&url).header("content-type", "image/jpeg").body(body.clone()).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+
+    let get = http.get(server.url("abc123/photo.jpg")).send().await.unwrap();
+    assert_eq!(get.status(), StatusCode::OK);
+    assert_eq!(get.headers()["content-type"], "image/jpeg");
+    assert_eq!(get.headers()["content-length"], "100000");
+    assert_eq!(get.headers()["accept-ranges"], "bytes");
+    assert!(get.headers().get("content-disposition").is_none(), "images stay inline");
+    assert_eq!(get.bytes().await.unwrap(), body);
+
+    let head = http.head(server.url("abc123/photo.jpg")).send().await.unwrap();
+    assert_eq!(head.status(), StatusCode::OK);
+    assert_eq!(head.headers()["content-length"], "100000");
+    assert!(head.bytes().await.unwrap().is_empty());
+
+    assert_eq!(std::fs::read(server.store().join("upload/abc123/photo.jpg")).unwrap(), body);
+    assert_eq!(server.temporaries(), 0);
+}
+
+#[tokio::test]
+async fn zero_byte_file() {
+    let server = TestServer::start("");
+    let http = client();
+    let url = server.signed_v("z/empty.txt", "z/empty.txt", 0);
+    let put = http.put(&url).header("content-type", "text/plain").body(Vec::new()).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::CREATED);
+    let get = http.get(server.url("z/empty.txt")).send().await.unwrap();
+    assert_eq!(get.status(), StatusCode::OK);
+    assert_eq!(get.headers()["content-length"], "0");
+    assert!(get.bytes().await.unwrap().is_empty());
+    let head = http.head(server.url("z/empty.txt")).send().await.unwrap();
+    assert_eq!(head.headers()["content-length"], "0");
+}
+
+#[tokio::test]
+async fn odd_names_round_trip_under_every_spelling() {
+    let server = TestServer::start("");
+    let http = client();
+    let names = [
+        "u1/name with spaces.txt",
+        "u2/ünïcødé 文件 😀.bin",
+        "u3/a+b&c=d;e%f#g?h!i.dat",
+        "u4/(brackets) [and] 'quotes'.png",
+        "u5/deep/er/and/deeper.ogg",
+    ];
+    for (i, name) in names.iter().enumerate() {
+        let body = payload(1000 + i, i as u64);
+        let url = server.signed_v(&encode_path(name), name, body.len() as u64);
+        let put = http.put(&url).body(body.clone()).send().await.unwrap();
+        assert_eq!(put.status(), StatusCode::CREATED, "{name}");
+        let got = http.get(server.url(&encode_path(name))).send().await.unwrap();
+        assert_eq!(got.status(), StatusCode::OK, "{name}");
+        assert_eq!(got.bytes().await.unwrap(), body, "{name}");
+    }
+    // Other spellings of the same decoded path name the same file.
+    let lower = encode_path(names[3]).to_lowercase().replace("u4/", "u4/");
+    let got = http.get(server.url(&lower)).send().await.unwrap();
+    assert_eq!(got.status(), StatusCode::OK, "lower-case hex");
+    let slash = encode_path(names[4]).replace('/', "%2F");
+    let got = http.get(server.url(&slash)).send().await.unwrap();
+    assert_eq!(got.status(), StatusCode::OK, "%2F for /");
+    // …and a second upload under another spelling conflicts.
+    let body = payload(1000 + 3, 3);
+    let url = server.signed_v("u4/%28brackets%29%20%5Band%5D%20%27quotes%27.png", names[3], body.len() as u64);
+    let put = http.put(&url).body(body).send().await.unwrap();
+    assert_eq!(put.status(), StatusCode::CONFLICT);
+}
+
+#[tokio::test]
+async fn fifty_racing_puts_to_one_path_give_one_201() {
+    let server = TestServer::start("");
+    let http = client();
+    let url = server.signed_v("race/one.bin", "race/one.bin", 200_000);
+    let mut tasks = Vec::new();
+    for i in 0..50u64 {
+        let (http, url) = (http.clone(), url.clone());
+        tasks.push(tokio::spawn(async move {
+            let body = payload(200_000, 1000 + i);
+            let status = http.put(&url).body(body.clone()).send().await.unwrap().status();
+            (status, body)
+        }));
+    }
+    let mut winners = Vec::new();
+    for t in tasks {
+        let (status, body) = t.await.unwrap();
+        match status {
+            StatusCode::CREATED => winners.push(body),
+            StatusCode::CONFLICT => {}
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!(winners.len(), 1, "exactly one 201");
+    let stored = http.get(server.url("race/one.bin")).send().await.unwrap().bytes().await.unwrap();
+    assert_eq!(stored, winners[0], "the stored file is the winner's, intact");
+    assert_eq!(server.temporaries(), 0, "losers leave nothing behind");
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_distinct_uploads() {
+    let server = TestServer::start("");
+    let http = client();
+    let mut tasks = Vec::new();
+    for i in 0..200u64 {
+        let http = http.clone();
+        let path = format!("many/{i:03}/file {i}.bin");
+        let url = server.signed_v(&encode_path(&path), &path, 20_000 + i);
+        let get_url = server.url(&encode_path(&path));
+        tasks.push(tokio::spawn(async move {
+            let body = payload(20_000 + i as usize, i);
+            let put = http.put(&url).body(body.clone()).send().await.unwrap();
+            assert_eq!(put.status(), StatusCode::CREATED);
+            let got = http.get(&get_url).send().await.unwrap().bytes().await.unwrap();
+            assert_eq!(got, body, "file {i} reads back byte-exact");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(server.temporaries(), 0);
+}
