@@ -13,11 +13,21 @@ use hmac_file_server::{ops, server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(normalize_args(std::env::args()));
-    let sources = Sources { file: cli.config.clone(), env: std::env::vars().collect(), overrides: cli.overrides.clone() };
+    let sources = Sources {
+        file: cli.config.clone(),
+        env: std::env::vars().collect(),
+        overrides: cli.overrides.clone(),
+    };
     let loaded = Config::load(&sources);
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => check_config(loaded),
-        Command::Sign { protocol, expires_in, path, size, content_type } => match loaded {
+        Command::Sign {
+            protocol,
+            expires_in,
+            path,
+            size,
+            content_type,
+        } => match loaded {
             Ok(config) => sign(&config, protocol, expires_in, &path, size, content_type.as_deref()),
             Err(e) => report(&e),
         },
@@ -41,8 +51,8 @@ fn check_config(loaded: Result<Config, ConfigError>) -> ExitCode {
             for w in &config.warnings {
                 eprintln!("warning: {w}");
             }
-            for key in config.inactive_keys() {
-                eprintln!("note: {key} is set but its feature is not built into this version yet");
+            for feature in config.inactive_features() {
+                eprintln!("note: {feature}: not built into this version yet; these settings have no effect");
             }
             println!("configuration OK");
             ExitCode::SUCCESS
@@ -67,7 +77,10 @@ fn sign(
         SignProtocol::V => format!("v={}", auth::sign_v(secret, path, size)),
         SignProtocol::V2 => format!("v2={}", auth::sign_v2(secret, path, size, ct)),
         SignProtocol::Token => format!("token={}", auth::sign_v2(secret, path, size, ct)),
-        SignProtocol::V3 => format!("v3={}&expires={expires}", auth::sign_v3(secret, "PUT", expires, &full_path)),
+        SignProtocol::V3 => format!(
+            "v3={}&expires={expires}",
+            auth::sign_v3(secret, "PUT", expires, &full_path)
+        ),
     };
     match protocol {
         Some(p) => println!("{}", line(p)),
@@ -88,8 +101,8 @@ fn run(config: Config) -> ExitCode {
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
-    for key in config.inactive_keys() {
-        tracing::warn!("{key} is set but its feature is not built into this version yet; it has no effect");
+    for feature in config.inactive_features() {
+        tracing::warn!("{feature}: not built into this version yet; these settings have no effect");
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();

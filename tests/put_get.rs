@@ -11,7 +11,13 @@ async fn put_then_get_and_head() {
     let http = client();
     let body = payload(100_000, 1);
     let url = server.signed_v("abc123/photo.jpg", "abc123/photo.jpg", body.len() as u64);
-    let put = http.put(&url).header("content-type", "image/jpeg").body(body.clone()).send().await.unwrap();
+    let put = http
+        .put(&url)
+        .header("content-type", "image/jpeg")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(put.status(), StatusCode::CREATED);
 
     let get = http.get(server.url("abc123/photo.jpg")).send().await.unwrap();
@@ -27,7 +33,10 @@ async fn put_then_get_and_head() {
     assert_eq!(head.headers()["content-length"], "100000");
     assert!(head.bytes().await.unwrap().is_empty());
 
-    assert_eq!(std::fs::read(server.store().join("upload/abc123/photo.jpg")).unwrap(), body);
+    assert_eq!(
+        std::fs::read(server.store().join("upload/abc123/photo.jpg")).unwrap(),
+        body
+    );
     assert_eq!(server.temporaries(), 0);
 }
 
@@ -36,7 +45,13 @@ async fn zero_byte_file() {
     let server = TestServer::start("");
     let http = client();
     let url = server.signed_v("z/empty.txt", "z/empty.txt", 0);
-    let put = http.put(&url).header("content-type", "text/plain").body(Vec::new()).send().await.unwrap();
+    let put = http
+        .put(&url)
+        .header("content-type", "text/plain")
+        .body(Vec::new())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(put.status(), StatusCode::CREATED);
     let get = http.get(server.url("z/empty.txt")).send().await.unwrap();
     assert_eq!(get.status(), StatusCode::OK);
@@ -67,7 +82,7 @@ async fn odd_names_round_trip_under_every_spelling() {
         assert_eq!(got.bytes().await.unwrap(), body, "{name}");
     }
     // Other spellings of the same decoded path name the same file.
-    let lower = encode_path(names[3]).to_lowercase().replace("u4/", "u4/");
+    let lower = encode_path(names[3]).to_lowercase();
     let got = http.get(server.url(&lower)).send().await.unwrap();
     assert_eq!(got.status(), StatusCode::OK, "lower-case hex");
     let slash = encode_path(names[4]).replace('/', "%2F");
@@ -75,7 +90,11 @@ async fn odd_names_round_trip_under_every_spelling() {
     assert_eq!(got.status(), StatusCode::OK, "%2F for /");
     // …and a second upload under another spelling conflicts.
     let body = payload(1000 + 3, 3);
-    let url = server.signed_v("u4/%28brackets%29%20%5Band%5D%20%27quotes%27.png", names[3], body.len() as u64);
+    let url = server.signed_v(
+        "u4/%28brackets%29%20%5Band%5D%20%27quotes%27.png",
+        names[3],
+        body.len() as u64,
+    );
     let put = http.put(&url).body(body).send().await.unwrap();
     assert_eq!(put.status(), StatusCode::CONFLICT);
 }
@@ -104,7 +123,14 @@ async fn fifty_racing_puts_to_one_path_give_one_201() {
         }
     }
     assert_eq!(winners.len(), 1, "exactly one 201");
-    let stored = http.get(server.url("race/one.bin")).send().await.unwrap().bytes().await.unwrap();
+    let stored = http
+        .get(server.url("race/one.bin"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     assert_eq!(stored, winners[0], "the stored file is the winner's, intact");
     assert_eq!(server.temporaries(), 0, "losers leave nothing behind");
 }

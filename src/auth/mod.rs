@@ -143,9 +143,7 @@ impl Token {
         match self.protocol {
             Protocol::V => format!("{} {}", c.path, c.size).into_bytes(),
             Protocol::V2 | Protocol::Token => format!("{}\0{}\0{}", c.path, c.size, c.content_type).into_bytes(),
-            Protocol::V3 => {
-                format!("{}\n{}\n{}", c.method, self.expires.unwrap_or_default(), c.full_path).into_bytes()
-            }
+            Protocol::V3 => format!("{}\n{}\n{}", c.method, self.expires.unwrap_or_default(), c.full_path).into_bytes(),
         }
     }
 }
@@ -184,12 +182,7 @@ pub fn sign_delete(secret: &Secret, path: &str, delete_secret: &Secret) -> Strin
 }
 
 /// Checks a Metronome delete token (the `token` query parameter) in constant time.
-pub fn verify_delete(
-    query: &str,
-    secrets: &[&Secret],
-    path: &str,
-    delete_secret: &Secret,
-) -> Result<(), AuthError> {
+pub fn verify_delete(query: &str, secrets: &[&Secret], path: &str, delete_secret: &Secret) -> Result<(), AuthError> {
     let value = form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())
@@ -233,7 +226,10 @@ mod tests {
     #[test]
     fn spec_vectors() {
         let s = secret();
-        assert_eq!(sign_v(&s, PATH, SIZE), "4b0508f1cc001e22b49db4d5f800445f6444a8ade3263172f73efebc288fc30a");
+        assert_eq!(
+            sign_v(&s, PATH, SIZE),
+            "4b0508f1cc001e22b49db4d5f800445f6444a8ade3263172f73efebc288fc30a"
+        );
         assert_eq!(
             sign_v2(&s, PATH, SIZE, "image/jpeg"),
             "6e1d1808f1652db5687c3d84593a25c9b29bf3cad635ad2b5750d06d6ee65e5f"
@@ -242,7 +238,10 @@ mod tests {
             sign_v2(&s, PATH, SIZE, DEFAULT_CONTENT_TYPE),
             "9be80ed95aba6cc2661b4bd7e254512967007d614d98e0583eefadf1bb55b3d7"
         );
-        assert_eq!(sign_v2(&s, PATH, SIZE, ""), "3e49b6a2dfbee40461f49029cb0858aa806c08d17f6f76609d4bb3f5d9e735ef");
+        assert_eq!(
+            sign_v2(&s, PATH, SIZE, ""),
+            "3e49b6a2dfbee40461f49029cb0858aa806c08d17f6f76609d4bb3f5d9e735ef"
+        );
         assert_eq!(
             sign_v3(&s, "PUT", 1_700_000_000, "/upload/abc123/photo.jpg"),
             "a0969507e448a423efa87ead46ce9e89dca183d1497ce43393720ca1dd0efaae"
@@ -253,9 +252,15 @@ mod tests {
     fn verifies_each_protocol() {
         let s = secret();
         let q = format!("v={}", sign_v(&s, PATH, SIZE));
-        Token::from_query(&q).unwrap().verify(&[&s], &claims("image/png")).unwrap();
+        Token::from_query(&q)
+            .unwrap()
+            .verify(&[&s], &claims("image/png"))
+            .unwrap();
         let q = format!("v2={}", sign_v2(&s, PATH, SIZE, "image/jpeg"));
-        Token::from_query(&q).unwrap().verify(&[&s], &claims("image/jpeg")).unwrap();
+        Token::from_query(&q)
+            .unwrap()
+            .verify(&[&s], &claims("image/jpeg"))
+            .unwrap();
         assert_eq!(
             Token::from_query(&q).unwrap().verify(&[&s], &claims("image/png")),
             Err(AuthError::Mismatch),
@@ -263,7 +268,10 @@ mod tests {
         );
         let q = format!("token={}", sign_v2(&s, PATH, SIZE, ""));
         Token::from_query(&q).unwrap().verify(&[&s], &claims("")).unwrap();
-        let q = format!("v3={}&expires=1700000000", sign_v3(&s, "PUT", 1_700_000_000, "/upload/abc123/photo.jpg"));
+        let q = format!(
+            "v3={}&expires=1700000000",
+            sign_v3(&s, "PUT", 1_700_000_000, "/upload/abc123/photo.jpg")
+        );
         Token::from_query(&q).unwrap().verify(&[&s], &claims("")).unwrap();
     }
 
@@ -277,14 +285,20 @@ mod tests {
         let mut c = claims("");
         c.path = "abc123/other.jpg";
         assert_eq!(t.verify(&[&s], &c), Err(AuthError::Mismatch));
-        assert_eq!(t.verify(&[&Secret::new("other")], &claims("")), Err(AuthError::Mismatch));
+        assert_eq!(
+            t.verify(&[&Secret::new("other")], &claims("")),
+            Err(AuthError::Mismatch)
+        );
         t.verify(&[&Secret::new("other"), &s], &claims("")).unwrap();
     }
 
     #[test]
     fn v3_expiry_has_no_grace() {
         let s = secret();
-        let q = format!("v3={}&expires=1700000000", sign_v3(&s, "PUT", 1_700_000_000, "/upload/abc123/photo.jpg"));
+        let q = format!(
+            "v3={}&expires=1700000000",
+            sign_v3(&s, "PUT", 1_700_000_000, "/upload/abc123/photo.jpg")
+        );
         let t = Token::from_query(&q).unwrap();
         let mut c = claims("");
         c.now_unix = 1_700_000_000;
@@ -314,14 +328,29 @@ mod tests {
         assert_eq!(Token::from_query("x=1&y=2"), Err(AuthError::Missing));
         assert_eq!(Token::from_query("v="), Err(AuthError::Malformed));
         assert_eq!(Token::from_query("v=xyz"), Err(AuthError::Malformed));
-        assert_eq!(Token::from_query(&format!("v={}", "a".repeat(63))), Err(AuthError::Malformed));
-        assert_eq!(Token::from_query(&format!("v={}", "a".repeat(66))), Err(AuthError::Malformed));
-        assert_eq!(Token::from_query(&format!("v3={}", "a".repeat(64))), Err(AuthError::Malformed));
-        assert_eq!(Token::from_query(&format!("v3={}&expires=soon", "a".repeat(64))), Err(AuthError::Malformed));
+        assert_eq!(
+            Token::from_query(&format!("v={}", "a".repeat(63))),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            Token::from_query(&format!("v={}", "a".repeat(66))),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            Token::from_query(&format!("v3={}", "a".repeat(64))),
+            Err(AuthError::Malformed)
+        );
+        assert_eq!(
+            Token::from_query(&format!("v3={}&expires=soon", "a".repeat(64))),
+            Err(AuthError::Malformed)
+        );
         // Upper-case hex is still the same MAC.
         let s = secret();
         let upper = sign_v(&s, PATH, SIZE).to_uppercase();
-        Token::from_query(&format!("v={upper}")).unwrap().verify(&[&s], &claims("")).unwrap();
+        Token::from_query(&format!("v={upper}"))
+            .unwrap()
+            .verify(&[&s], &claims(""))
+            .unwrap();
     }
 
     #[test]
@@ -330,7 +359,10 @@ mod tests {
         let d = Secret::new("delete-secret");
         let t = sign_delete(&s, PATH, &d);
         verify_delete(&format!("token={t}"), &[&s], PATH, &d).unwrap();
-        assert_eq!(verify_delete(&format!("token={t}"), &[&s], "abc123/x", &d), Err(AuthError::Mismatch));
+        assert_eq!(
+            verify_delete(&format!("token={t}"), &[&s], "abc123/x", &d),
+            Err(AuthError::Mismatch)
+        );
         assert_eq!(verify_delete("", &[&s], PATH, &d), Err(AuthError::Missing));
     }
 }

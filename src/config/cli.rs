@@ -97,9 +97,23 @@ mod tests {
 
     #[test]
     fn sign_arguments() {
-        let cli = parse(&["hmac-file-server", "sign", "--protocol", "v2", "a/b.jpg", "12", "image/jpeg"]);
+        let cli = parse(&[
+            "hmac-file-server",
+            "sign",
+            "--protocol",
+            "v2",
+            "a/b.jpg",
+            "12",
+            "image/jpeg",
+        ]);
         match cli.command {
-            Some(Command::Sign { protocol, path, size, content_type, .. }) => {
+            Some(Command::Sign {
+                protocol,
+                path,
+                size,
+                content_type,
+                ..
+            }) => {
                 assert_eq!(protocol, Some(SignProtocol::V2));
                 assert_eq!(path, "a/b.jpg");
                 assert_eq!(size, 12);

@@ -277,7 +277,10 @@ impl Config {
             }
         }
 
-        let mut r = Reader { table: &known, problems: &mut problems };
+        let mut r = Reader {
+            table: &known,
+            problems: &mut problems,
+        };
         let config = build(&mut r, &mut warnings);
         problems.sort_by(|a, b| a.key.cmp(&b.key));
         match config {
@@ -290,36 +293,49 @@ impl Config {
         }
     }
 
-    /// Keys set by the operator whose feature this version does not run yet.
-    pub fn inactive_keys(&self) -> Vec<&str> {
-        const NOT_YET: &[&str] = &[
-            "UnixSocket",
-            "UnixSocketPath",
-            "MaxRetries",
-            "RetryDelay",
-            "EnableGetRetries",
-            "BlockAfterFails",
-            "BlockDuration",
-            "AutoUnban",
-            "AutoBanTime",
-            "TrustedProxies",
-            "DeleteFiles",
-            "DeleteFilesAfterPeriod",
-            "RetentionPolicyEnabled",
-            "MaxRetentionSize",
-            "MaxRetentionTime",
-            "DeletionReportFile",
-            "ReaskSecretEnabled",
-            "ReaskSecretInterval",
-            "MetricsEnabled",
-            "MetricsPort",
-            "ChecksumVerification",
-            "RedisAddr",
-            "RedisPassword",
-            "RedisDB",
-            "WriteTimeout",
+    /// Features that the settings turn on but this version does not run yet, each with the
+    /// keys that belong to it; the server says so at start-up. Features whose seed default is
+    /// "on" (bans, metrics, retries) are named only when one of their keys is set explicitly.
+    pub fn inactive_features(&self) -> Vec<String> {
+        let explicit = |keys: &[&str]| keys.iter().any(|k| self.explicit_keys.contains(*k));
+        let features: [(&str, &[&str], bool); 9] = [
+            (
+                "Unix socket",
+                &["UnixSocket", "UnixSocketPath"],
+                self.unix_socket.is_some(),
+            ),
+            ("retries", &["MaxRetries", "RetryDelay", "EnableGetRetries"], false),
+            (
+                "bans",
+                &[
+                    "BlockAfterFails",
+                    "BlockDuration",
+                    "AutoUnban",
+                    "AutoBanTime",
+                    "TrustedProxies",
+                ],
+                self.block_after_fails > 0,
+            ),
+            (
+                "retention",
+                &["DeleteFiles", "RetentionPolicyEnabled", "DeletionReportFile"],
+                self.delete_files || self.retention_enabled || self.deletion_report_file.is_some(),
+            ),
+            ("secret re-reading", &["ReaskSecretEnabled"], self.reask_secret),
+            ("metrics", &["MetricsEnabled", "MetricsPort"], self.metrics_enabled),
+            ("checksums", &["ChecksumVerification"], self.checksum_verification),
+            ("Redis state", &["RedisAddr"], self.redis.is_some()),
+            ("write timeout", &["WriteTimeout"], false),
         ];
-        NOT_YET.iter().copied().filter(|k| self.explicit_keys.contains(*k)).collect()
+        features
+            .iter()
+            .filter(|(name, keys, on)| match *name {
+                "retries" | "write timeout" => explicit(keys),
+                "bans" | "metrics" => *on && explicit(keys),
+                _ => *on,
+            })
+            .map(|(name, keys, _)| format!("{name} ({})", keys.join(", ")))
+            .collect()
     }
 
     /// The URL prefix uploads live under: `/upload/` or `/`.
@@ -333,7 +349,10 @@ impl Config {
 }
 
 fn problem(key: &str, message: impl Into<String>) -> Problem {
-    Problem { key: key.to_string(), message: message.into() }
+    Problem {
+        key: key.to_string(),
+        message: message.into(),
+    }
 }
 
 /// Turns override text into a TOML value of the key's kind.
@@ -374,7 +393,11 @@ impl Reader<'_> {
             None => default.to_string(),
             Some(Value::String(s)) => s.clone(),
             Some(Value::Integer(i)) => i.to_string(),
-            Some(other) => self.fail(key, format!("expected a string, found {}", other.type_str()), default.to_string()),
+            Some(other) => self.fail(
+                key,
+                format!("expected a string, found {}", other.type_str()),
+                default.to_string(),
+            ),
         }
     }
 
@@ -382,7 +405,11 @@ impl Reader<'_> {
         match self.table.get(key) {
             None => default,
             Some(Value::Boolean(b)) => *b,
-            Some(other) => self.fail(key, format!("expected true or false, found {}", other.type_str()), default),
+            Some(other) => self.fail(
+                key,
+                format!("expected true or false, found {}", other.type_str()),
+                default,
+            ),
         }
     }
 
@@ -410,7 +437,11 @@ impl Reader<'_> {
                 Ok(d) => d,
                 Err(e) => self.fail(key, e, default),
             },
-            Some(other) => self.fail(key, format!("expected seconds or a duration string, found {other}"), default),
+            Some(other) => self.fail(
+                key,
+                format!("expected seconds or a duration string, found {other}"),
+                default,
+            ),
         }
     }
 
@@ -439,8 +470,17 @@ impl Reader<'_> {
                 }
                 out
             }
-            Some(Value::String(s)) => s.split(',').map(str::trim).filter(|s| !s.is_empty()).map(String::from).collect(),
-            Some(other) => self.fail(key, format!("expected a list of strings, found {}", other.type_str()), Vec::new()),
+            Some(Value::String(s)) => s
+                .split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(String::from)
+                .collect(),
+            Some(other) => self.fail(
+                key,
+                format!("expected a list of strings, found {}", other.type_str()),
+                Vec::new(),
+            ),
         }
     }
 
@@ -467,7 +507,11 @@ fn build(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Option<Config> {
     let inline = r.text("Secret", "");
     let secret_file = r.path("SecretFile");
     let secret = match (&inline[..], &secret_file) {
-        ("", None) => r.fail("Secret", "no Secret or SecretFile: refusing to run with no HMAC key", None),
+        ("", None) => r.fail(
+            "Secret",
+            "no Secret or SecretFile: refusing to run with no HMAC key",
+            None,
+        ),
         (s, None) => Some(Secret::new(s.as_bytes())),
         ("", Some(path)) => match read_secret_file(path) {
             Ok(s) => Some(s),
@@ -484,7 +528,11 @@ fn build(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Option<Config> {
         ));
     }
     let delete_text = r.text("DeleteSecret", "");
-    let delete_secret = if delete_text.is_empty() { secret.clone() } else { Some(Secret::new(delete_text.as_bytes())) };
+    let delete_secret = if delete_text.is_empty() {
+        secret.clone()
+    } else {
+        Some(Secret::new(delete_text.as_bytes()))
+    };
 
     let store_dir = PathBuf::from(r.text("StoreDir", "./data"));
     if store_dir.as_os_str().is_empty() {
@@ -494,14 +542,22 @@ fn build(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Option<Config> {
     if !upload_sub_dir.is_empty()
         && let Err(e) = crate::store::key::FileKey::parse_decoded(&upload_sub_dir)
     {
-        r.fail("UploadSubDir", format!("`{upload_sub_dir}` is not a usable folder name: {e}"), ());
+        r.fail(
+            "UploadSubDir",
+            format!("`{upload_sub_dir}` is not a usable folder name: {e}"),
+            (),
+        );
     }
 
     let log_level = r.text("LogLevel", "info").to_ascii_lowercase();
     let log_level = match log_level.as_str() {
         "debug" | "info" | "warn" | "error" | "trace" => log_level,
         "warning" => "warn".to_string(),
-        other => r.fail("LogLevel", format!("`{other}` is not debug, info, warn or error"), "info".to_string()),
+        other => r.fail(
+            "LogLevel",
+            format!("`{other}` is not debug, info, warn or error"),
+            "info".to_string(),
+        ),
     };
     let log_file = r.path("LogFile");
     let log_format = match r.text("LogFormat", "text").to_ascii_lowercase().as_str() {
@@ -549,9 +605,17 @@ fn build(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Option<Config> {
         Some(Value::String(s)) if s.eq_ignore_ascii_case("auto") => None,
         Some(Value::String(s)) => match s.trim().parse::<usize>() {
             Ok(n) if (1..=1024).contains(&n) => Some(n),
-            _ => r.fail("NumCores", format!("`{s}` is not \"auto\" or a number of threads"), None),
+            _ => r.fail(
+                "NumCores",
+                format!("`{s}` is not \"auto\" or a number of threads"),
+                None,
+            ),
         },
-        Some(other) => r.fail("NumCores", format!("`{other}` is not \"auto\" or a number of threads"), None),
+        Some(other) => r.fail(
+            "NumCores",
+            format!("`{other}` is not \"auto\" or a number of threads"),
+            None,
+        ),
     };
 
     let reask_secret = r.boolean("ReaskSecretEnabled", false);
@@ -580,7 +644,11 @@ fn build(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Option<Config> {
     }
     let buffer_bytes = r.size("BufferSize", 65_536);
     let buffer_bytes = if !(4096..=64 << 20).contains(&buffer_bytes) {
-        r.fail("BufferSize", format!("{buffer_bytes} is outside 4 KiB ..= 64 MiB"), 65_536)
+        r.fail(
+            "BufferSize",
+            format!("{buffer_bytes} is outside 4 KiB ..= 64 MiB"),
+            65_536,
+        )
     } else {
         buffer_bytes as usize
     };
@@ -723,7 +791,21 @@ BufferSize = 65536
         assert_eq!(c.redis.as_ref().unwrap().addr, "localhost:6379");
         assert!(c.redis.as_ref().unwrap().password.is_none());
         assert_eq!(c.warnings.len(), 1, "short secret warns: {:?}", c.warnings);
-        assert!(c.inactive_keys().contains(&"RedisAddr"));
+        let inactive = c.inactive_features().join("; ");
+        for feature in [
+            "bans",
+            "retention",
+            "metrics",
+            "checksums",
+            "Redis state",
+            "secret re-reading",
+        ] {
+            assert!(inactive.contains(feature), "{feature} missing from {inactive}");
+        }
+        assert!(
+            !inactive.contains("Unix socket"),
+            "UnixSocket = false is not a feature turned on"
+        );
     }
 
     #[test]
@@ -731,12 +813,21 @@ BufferSize = 65536
         let err = load_str("Secret = \"0123456789abcdef\"\nMaxUploadSzie = \"1GB\"", &[], &[]).unwrap_err();
         assert_eq!(err.problems.len(), 1);
         assert_eq!(err.problems[0].key, "MaxUploadSzie");
-        assert!(err.problems[0].message.contains("MaxUploadSize"), "{}", err.problems[0].message);
+        assert!(
+            err.problems[0].message.contains("MaxUploadSize"),
+            "{}",
+            err.problems[0].message
+        );
     }
 
     #[test]
     fn foreign_keys_warn() {
-        let c = load_str("Secret = \"0123456789abcdef\"\nEnableVersioning = true\n[clamav]\nx = 1", &[], &[]).unwrap();
+        let c = load_str(
+            "Secret = \"0123456789abcdef\"\nEnableVersioning = true\n[clamav]\nx = 1",
+            &[],
+            &[],
+        )
+        .unwrap();
         assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
     }
 
@@ -750,7 +841,14 @@ BufferSize = 65536
         .unwrap_err();
         assert_eq!(
             keys_of(err),
-            ["BufferSize", "ListenPort", "LogFormat", "MaxUploadSize", "ReadTimeout", "Secret"]
+            [
+                "BufferSize",
+                "ListenPort",
+                "LogFormat",
+                "MaxUploadSize",
+                "ReadTimeout",
+                "Secret"
+            ]
         );
     }
 
@@ -761,7 +859,10 @@ BufferSize = 65536
         assert_eq!(c.listen, ListenAddr::Socket("127.0.0.1:2000".parse().unwrap()));
         let c = load_str(
             toml,
-            &[("HMAC_FILE_SERVER_LISTEN_PORT", "127.0.0.1:2000"), ("HMAC_FILE_SERVER_MAX_UPLOAD_SIZE", "2KiB")],
+            &[
+                ("HMAC_FILE_SERVER_LISTEN_PORT", "127.0.0.1:2000"),
+                ("HMAC_FILE_SERVER_MAX_UPLOAD_SIZE", "2KiB"),
+            ],
             &["ListenPort=[::1]:3000"],
         )
         .unwrap();
@@ -775,9 +876,18 @@ BufferSize = 65536
     fn listen_forms() {
         assert_eq!(ListenAddr::parse(":8080").unwrap(), ListenAddr::AnyHost(8080));
         assert_eq!(ListenAddr::parse("8080").unwrap(), ListenAddr::AnyHost(8080));
-        assert_eq!(ListenAddr::parse("127.0.0.1:0").unwrap(), ListenAddr::Socket("127.0.0.1:0".parse().unwrap()));
-        assert_eq!(ListenAddr::parse("[::1]:8080").unwrap(), ListenAddr::Socket("[::1]:8080".parse().unwrap()));
-        assert_eq!(ListenAddr::parse("localhost:80").unwrap(), ListenAddr::Host("localhost".into(), 80));
+        assert_eq!(
+            ListenAddr::parse("127.0.0.1:0").unwrap(),
+            ListenAddr::Socket("127.0.0.1:0".parse().unwrap())
+        );
+        assert_eq!(
+            ListenAddr::parse("[::1]:8080").unwrap(),
+            ListenAddr::Socket("[::1]:8080".parse().unwrap())
+        );
+        assert_eq!(
+            ListenAddr::parse("localhost:80").unwrap(),
+            ListenAddr::Host("localhost".into(), 80)
+        );
         assert!(ListenAddr::parse("8080000").is_err());
         assert!(ListenAddr::parse("host").is_err());
     }
@@ -789,9 +899,27 @@ BufferSize = 65536
         let toml = format!("SecretFile = \"{}\"", secret.path().display());
         let c = load_str(&toml, &[], &[]).unwrap();
         assert_eq!(c.secret.expose(), b"from-a-file-0123456789");
-        assert!(!format!("{c:?}").contains("from-a-file"), "Debug must not print the secret");
+        assert!(
+            !format!("{c:?}").contains("from-a-file"),
+            "Debug must not print the secret"
+        );
         let both = format!("{toml}\nSecret = \"x\"");
         assert_eq!(keys_of(load_str(&both, &[], &[]).unwrap_err()), ["SecretFile"]);
+    }
+
+    #[test]
+    fn example_config_lists_every_key_and_loads() {
+        let example = include_str!("../../config.example.toml");
+        for (key, _) in keys::KEYS {
+            let listed = example.lines().any(|l| {
+                let l = l.trim_start_matches("# ");
+                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}="))
+            });
+            assert!(listed, "config.example.toml does not list {key}");
+        }
+        let c = load_str(example, &[], &[]).unwrap();
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+        assert!(c.inactive_features().is_empty(), "{:?}", c.inactive_features());
     }
 
     #[test]

@@ -19,8 +19,15 @@ pub fn empty(status: StatusCode) -> Response {
 
 /// A short `text/plain` response.
 pub fn text(status: StatusCode, message: String) -> Response {
-    let mut r = http::Response::new(Full::new(Bytes::from(message + "\n")).map_err(|never| match never {}).boxed());
+    let mut r = http::Response::new(
+        Full::new(Bytes::from(message + "\n"))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
     *r.status_mut() = status;
-    r.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     r
 }

@@ -18,6 +18,9 @@ pub fn apply(headers: &mut HeaderMap) {
     headers.insert("access-control-allow-origin", HeaderValue::from_static(ALLOW_ORIGIN));
     headers.insert("access-control-allow-methods", HeaderValue::from_static(ALLOW_METHODS));
     headers.insert("access-control-allow-headers", HeaderValue::from_static(ALLOW_HEADERS));
-    headers.insert("access-control-expose-headers", HeaderValue::from_static(EXPOSE_HEADERS));
+    headers.insert(
+        "access-control-expose-headers",
+        HeaderValue::from_static(EXPOSE_HEADERS),
+    );
     headers.insert("access-control-max-age", HeaderValue::from_static(MAX_AGE));
 }

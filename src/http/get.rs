@@ -29,7 +29,10 @@ pub async fn get<B>(state: &AppState, target: Target, request: &Request<B>) -> R
     content_headers(&mut headers, &stored, target.key.file_name());
     headers.insert(header::ETAG, header_value(&etag));
     headers.insert(header::LAST_MODIFIED, header_value(&httpdate::fmt_http_date(modified)));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
 
     if not_modified(req, &etag, modified) {
@@ -49,7 +52,10 @@ pub async fn get<B>(state: &AppState, target: Target, request: &Request<B>) -> R
     let (status, start, length) = match wanted {
         RangeRequest::Full => (StatusCode::OK, 0, size),
         RangeRequest::Partial { start, end } => {
-            headers.insert(header::CONTENT_RANGE, header_value(&format!("bytes {start}-{end}/{size}")));
+            headers.insert(
+                header::CONTENT_RANGE,
+                header_value(&format!("bytes {start}-{end}/{size}")),
+            );
             (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
         }
         RangeRequest::Unsatisfiable => return Err(ApiError::RangeNotSatisfiable { size }),
@@ -61,7 +67,9 @@ pub async fn get<B>(state: &AppState, target: Target, request: &Request<B>) -> R
     } else {
         let mut file = tokio::fs::File::from_std(stored.file);
         if start > 0 {
-            file.seek(SeekFrom::Start(start)).await.map_err(|e| ApiError::Internal(e.into()))?;
+            file.seek(SeekFrom::Start(start))
+                .await
+                .map_err(|e| ApiError::Internal(e.into()))?;
         }
         let stream = ReaderStream::with_capacity(file.take(length), READ_CHUNK_BYTES).map_ok(http_body::Frame::data);
         let mut r = http::Response::new(BodyExt::boxed(StreamBody::new(stream)));
@@ -75,7 +83,11 @@ pub async fn get<B>(state: &AppState, target: Target, request: &Request<B>) -> R
 /// Content-Type and, unless the type is shown inline, Content-Disposition: attachment plus
 /// a CSP that keeps an uploaded page from running in the server's origin.
 fn content_headers(headers: &mut HeaderMap, stored: &StoredFile, file_name: &str) {
-    let stored_type = stored.meta.as_ref().map(|m| m.content_type.as_str()).filter(|t| is_valid_media_type(t));
+    let stored_type = stored
+        .meta
+        .as_ref()
+        .map(|m| m.content_type.as_str())
+        .filter(|t| is_valid_media_type(t));
     headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     match stored_type {
         Some(t) if shown_inline(t) => {
@@ -85,7 +97,10 @@ fn content_headers(headers: &mut HeaderMap, stored: &StoredFile, file_name: &str
             let t = other.unwrap_or("application/octet-stream");
             headers.insert(header::CONTENT_TYPE, header_value(t));
             let encoded = percent_encoding::utf8_percent_encode(file_name, ATTR_CHAR);
-            headers.insert(header::CONTENT_DISPOSITION, header_value(&format!("attachment; filename*=UTF-8''{encoded}")));
+            headers.insert(
+                header::CONTENT_DISPOSITION,
+                header_value(&format!("attachment; filename*=UTF-8''{encoded}")),
+            );
             headers.insert(
                 header::CONTENT_SECURITY_POLICY,
                 HeaderValue::from_static("default-src 'none'; frame-ancestors 'none'"),
@@ -115,20 +130,31 @@ fn shown_inline(media_type: &str) -> bool {
     if essence == "image/svg+xml" {
         return false;
     }
-    essence.starts_with("image/") || essence.starts_with("video/") || essence.starts_with("audio/") || essence == "text/plain"
+    essence.starts_with("image/")
+        || essence.starts_with("video/")
+        || essence.starts_with("audio/")
+        || essence == "text/plain"
 }
 
 /// `type/subtype[; params]` with token characters, and nothing a header cannot carry.
 fn is_valid_media_type(value: &str) -> bool {
     let essence = value.split(';').next().unwrap_or("").trim();
-    let token = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b));
+    let token = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$&^_.+-".contains(&b))
+    };
     value.len() <= 255
         && HeaderValue::from_str(value).is_ok()
         && essence.split_once('/').is_some_and(|(t, s)| token(t) && token(s))
 }
 
 fn etag(stored: &StoredFile) -> String {
-    let nanos = stored.modified.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    let nanos = stored
+        .modified
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_nanos();
     format!("\"{:x}-{:x}\"", stored.size, nanos)
 }
 
@@ -140,7 +166,10 @@ fn truncate_to_seconds(t: SystemTime) -> SystemTime {
 /// If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2).
 fn not_modified(req: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
     if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        return inm.split(',').map(str::trim).any(|t| t == "*" || t.trim_start_matches("W/") == etag);
+        return inm
+            .split(',')
+            .map(str::trim)
+            .any(|t| t == "*" || t.trim_start_matches("W/") == etag);
     }
     req.get(header::IF_MODIFIED_SINCE)
         .and_then(|v| v.to_str().ok())
@@ -199,7 +228,10 @@ mod tests {
         assert!(not_modified(&h, "\"b\"", modified));
         assert!(!not_modified(&h, "\"c\"", modified));
         let mut h = HeaderMap::new();
-        h.insert(header::IF_MODIFIED_SINCE, header_value(&httpdate::fmt_http_date(modified)));
+        h.insert(
+            header::IF_MODIFIED_SINCE,
+            header_value(&httpdate::fmt_http_date(modified)),
+        );
         assert!(not_modified(&h, "\"x\"", modified));
         assert!(!not_modified(&h, "\"x\"", modified + Duration::from_secs(1)));
         let mut h = HeaderMap::new();

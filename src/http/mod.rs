@@ -53,7 +53,9 @@ where
     let started = Instant::now();
     let method = request.method().clone();
     let raw_path = request.uri().path().to_string();
-    let mut response = route(&state, request).await.unwrap_or_else(|e| e.into_response(&method, &raw_path));
+    let mut response = route(&state, request)
+        .await
+        .unwrap_or_else(|e| e.into_response(&method, &raw_path));
     cors::apply(response.headers_mut());
     let bytes = response
         .headers()
@@ -84,7 +86,8 @@ where
     }
     if request.method() == Method::OPTIONS {
         let mut r = body::empty(StatusCode::NO_CONTENT);
-        r.headers_mut().insert(header::ALLOW, HeaderValue::from_static(error::ALLOW));
+        r.headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(error::ALLOW));
         return Ok(r);
     }
     let prefix = state.config.url_prefix();

@@ -28,7 +28,9 @@ where
     };
     let content_type = match headers.get(header::CONTENT_TYPE) {
         None => DEFAULT_CONTENT_TYPE,
-        Some(v) => v.to_str().map_err(|_| ApiError::BadRequest("Content-Type is not visible ASCII"))?,
+        Some(v) => v
+            .to_str()
+            .map_err(|_| ApiError::BadRequest("Content-Type is not visible ASCII"))?,
     };
     token.verify(
         &[&config.secret],
@@ -42,12 +44,20 @@ where
         },
     )?;
     if size > config.max_upload_bytes {
-        return Err(ApiError::TooLarge { size, max: config.max_upload_bytes });
+        return Err(ApiError::TooLarge {
+            size,
+            max: config.max_upload_bytes,
+        });
     }
     if state.store.exists(&target.key).await {
         return Err(ApiError::Exists);
     }
-    let meta = FileMeta { content_type: content_type.to_string(), size, uploaded_unix: now_unix(), sha256: None };
+    let meta = FileMeta {
+        content_type: content_type.to_string(),
+        size,
+        uploaded_unix: now_unix(),
+        sha256: None,
+    };
 
     let mut staged = state.store.stage().await?;
     loop {
@@ -81,9 +91,13 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     let Some(value) = headers.get(header::CONTENT_LENGTH) else {
         return Ok(None);
     };
-    let text = value.to_str().map_err(|_| ApiError::BadRequest("malformed Content-Length"))?;
+    let text = value
+        .to_str()
+        .map_err(|_| ApiError::BadRequest("malformed Content-Length"))?;
     if text.is_empty() || !text.bytes().all(|b| b.is_ascii_digit()) {
         return Err(ApiError::BadRequest("malformed Content-Length"));
     }
-    text.parse().map(Some).map_err(|_| ApiError::BadRequest("malformed Content-Length"))
+    text.parse()
+        .map(Some)
+        .map_err(|_| ApiError::BadRequest("malformed Content-Length"))
 }

@@ -40,14 +40,21 @@ pub fn parse(value: &str, size: u64) -> RangeRequest {
     match (first.is_empty(), last.is_empty()) {
         (true, true) => RangeRequest::Full,
         (true, false) => {
-            let Some(suffix) = number(last) else { return RangeRequest::Full };
+            let Some(suffix) = number(last) else {
+                return RangeRequest::Full;
+            };
             if suffix == 0 || size == 0 {
                 return RangeRequest::Unsatisfiable;
             }
-            RangeRequest::Partial { start: size.saturating_sub(suffix), end: size - 1 }
+            RangeRequest::Partial {
+                start: size.saturating_sub(suffix),
+                end: size - 1,
+            }
         }
         (false, _) => {
-            let Some(start) = number(first) else { return RangeRequest::Full };
+            let Some(start) = number(first) else {
+                return RangeRequest::Full;
+            };
             let end = if last.is_empty() {
                 u64::MAX
             } else {
@@ -59,7 +66,10 @@ pub fn parse(value: &str, size: u64) -> RangeRequest {
             if start >= size {
                 return RangeRequest::Unsatisfiable;
             }
-            RangeRequest::Partial { start, end: end.min(size - 1) }
+            RangeRequest::Partial {
+                start,
+                end: end.min(size - 1),
+            }
         }
     }
 }

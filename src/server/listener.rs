@@ -9,7 +9,9 @@ use crate::config::ListenAddr;
 /// else IPv4 only.
 pub async fn bind_tcp(addr: &ListenAddr) -> Result<TcpListener, StartupError> {
     let bind = |text: String| async move {
-        TcpListener::bind(&text).await.map_err(|source| StartupError::Bind { addr: text, source })
+        TcpListener::bind(&text)
+            .await
+            .map_err(|source| StartupError::Bind { addr: text, source })
     };
     match addr {
         ListenAddr::AnyHost(port) => match bind(format!("[::]:{port}")).await {

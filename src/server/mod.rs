@@ -44,7 +44,10 @@ pub enum StartupError {
 pub async fn run(config: Arc<Config>, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
     let store = LocalStore::open(&config.store_dir, &config.upload_sub_dir, config.buffer_bytes)?;
     let listener = listener::bind_tcp(&config.listen).await?;
-    let local = listener.local_addr().map_err(|source| StartupError::Bind { addr: "listener".into(), source })?;
+    let local = listener.local_addr().map_err(|source| StartupError::Bind {
+        addr: "listener".into(),
+        source,
+    })?;
     tracing::info!("listening on {local}");
     tracing::info!(
         store = %config.store_dir.display(),
@@ -52,7 +55,10 @@ pub async fn run(config: Arc<Config>, shutdown: impl Future<Output = ()>) -> Res
         max_upload_bytes = config.max_upload_bytes,
         "serving uploads"
     );
-    let state = AppState { config: Arc::clone(&config), store: store.clone() };
+    let state = AppState {
+        config: Arc::clone(&config),
+        store: store.clone(),
+    };
     let sweeper = tokio::spawn(sweep_loop(store, config.cleanup_interval, config.upload_expiry));
     serve(listener, state, shutdown).await;
     sweeper.abort();
@@ -98,7 +104,10 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
         });
     }
     drop(listener);
-    tracing::info!("shutting down: no new connections; waiting up to {}s for running requests", DRAIN_DEADLINE.as_secs());
+    tracing::info!(
+        "shutting down: no new connections; waiting up to {}s for running requests",
+        DRAIN_DEADLINE.as_secs()
+    );
     tokio::select! {
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(DRAIN_DEADLINE) => tracing::warn!("drain deadline passed; dropping the remaining connections"),

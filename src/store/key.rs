@@ -126,7 +126,12 @@ mod tests {
 
     #[test]
     fn spellings_are_one_key() {
-        let spellings = ["abc/x(1).jpg", "abc/x%281%29.jpg", "abc%2Fx%281%29.jpg", "abc%2fx%28%31%29.jpg"];
+        let spellings = [
+            "abc/x(1).jpg",
+            "abc/x%281%29.jpg",
+            "abc%2Fx%281%29.jpg",
+            "abc%2fx%28%31%29.jpg",
+        ];
         for s in spellings {
             assert_eq!(ok(s), "abc/x(1).jpg", "{s}");
         }
@@ -181,7 +186,12 @@ mod tests {
 
     #[test]
     fn names_with_odd_characters() {
-        for raw in ["abc/a b&c=d;e!.txt", "abc/%23hash%3Fq.txt", "abc/100%25.txt", "abc/ünïcødé 文件.bin"] {
+        for raw in [
+            "abc/a b&c=d;e!.txt",
+            "abc/%23hash%3Fq.txt",
+            "abc/100%25.txt",
+            "abc/ünïcødé 文件.bin",
+        ] {
             assert!(FileKey::from_url_path(raw).is_ok(), "{raw}");
         }
         assert_eq!(FileKey::parse_decoded("a/b.jpg").unwrap().file_name(), "b.jpg");

@@ -62,16 +62,32 @@ impl LocalStore {
     /// Opens (creating where needed) the store under `store_dir`, with finished files under
     /// `store_dir/sub_dir`.
     pub fn open(store_dir: &Path, sub_dir: &str, buffer_bytes: usize) -> Result<Self, StoreError> {
-        let files_dir = if sub_dir.is_empty() { store_dir.to_path_buf() } else { store_dir.join(sub_dir) };
+        let files_dir = if sub_dir.is_empty() {
+            store_dir.to_path_buf()
+        } else {
+            store_dir.join(sub_dir)
+        };
         let internal = store_dir.join(INTERNAL_DIR);
         let tmp_dir = internal.join("tmp");
         let meta_dir = internal.join("meta");
         for dir in [&files_dir, &tmp_dir, &meta_dir] {
             DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)?;
         }
-        let files_fd = rustix::fs::open(&files_dir, OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(io::Error::from)?;
-        Ok(Self { inner: Arc::new(Inner { files_dir, tmp_dir, meta_dir, files_fd, buffer_bytes }) })
+        let files_fd = rustix::fs::open(
+            &files_dir,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(io::Error::from)?;
+        Ok(Self {
+            inner: Arc::new(Inner {
+                files_dir,
+                tmp_dir,
+                meta_dir,
+                files_fd,
+                buffer_bytes,
+            }),
+        })
     }
 
     /// The folder finished files live in.
@@ -96,7 +112,11 @@ impl LocalStore {
         run_blocking(move || {
             let name = format!("{}.part", random_hex(16));
             let path = inner.tmp_dir.join(name);
-            let file = OpenOptions::new().write(true).create_new(true).mode(FILE_MODE).open(&path)?;
+            let file = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(FILE_MODE)
+                .open(&path)?;
             Ok(StagedFile {
                 path,
                 file: Some(file),
@@ -118,14 +138,21 @@ impl LocalStore {
         let key = key.clone();
         let meta_json = serde_json::to_vec(meta).map_err(io::Error::other)?;
         run_blocking_store(move || {
-            let file = staged.file.take().ok_or_else(|| io::Error::other("staged file already closed"))?;
+            let file = staged
+                .file
+                .take()
+                .ok_or_else(|| io::Error::other("staged file already closed"))?;
             file.sync_all().map_err(StoreError::from_write)?;
             drop(file);
 
             let meta_tmp = inner.tmp_dir.join(format!("{}.meta", random_hex(16)));
             let mut meta_guard = RemoveOnDrop(Some(meta_tmp.clone()));
             {
-                let mut f = OpenOptions::new().write(true).create_new(true).mode(FILE_MODE).open(&meta_tmp)?;
+                let mut f = OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(FILE_MODE)
+                    .open(&meta_tmp)?;
                 f.write_all(&meta_json).map_err(StoreError::from_write)?;
                 f.sync_all().map_err(StoreError::from_write)?;
             }
@@ -160,7 +187,12 @@ impl LocalStore {
             }
             let size = stat.len();
             let meta = read_sidecar(&inner.meta_dir, &key).filter(|m| m.size == size);
-            Ok(StoredFile { file, size, modified: stat.modified()?, meta })
+            Ok(StoredFile {
+                file,
+                size,
+                modified: stat.modified()?,
+                meta,
+            })
         })
         .await
     }
@@ -204,7 +236,11 @@ impl LocalStore {
             for entry in fs::read_dir(&tmp)? {
                 let entry = entry?;
                 let Ok(meta) = entry.metadata() else { continue };
-                let age = meta.modified().ok().and_then(|m| now.duration_since(m).ok()).unwrap_or_default();
+                let age = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .unwrap_or_default();
                 if meta.is_file() && age > max_age && fs::remove_file(entry.path()).is_ok() {
                     removed += 1;
                 }
@@ -267,7 +303,10 @@ impl StagedFile {
     }
 
     async fn write_out(&mut self, data: WriteData) -> Result<(), StoreError> {
-        let mut file = self.file.take().ok_or_else(|| io::Error::other("staged file already closed"))?;
+        let mut file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("staged file already closed"))?;
         let (file, result) = tokio::task::spawn_blocking(move || {
             let result = file.write_all(data.as_slice());
             (file, result)
@@ -325,7 +364,10 @@ fn rename_noreplace_into(from: &Path, to: &Path) -> Result<(), StoreError> {
             match DirBuilder::new().recursive(true).mode(DIR_MODE).create(parent) {
                 Ok(()) => {}
                 // A file where a folder should be: the path is taken.
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists || e.raw_os_error() == Some(Errno::NOTDIR.raw_os_error()) => {
+                Err(e)
+                    if e.kind() == io::ErrorKind::AlreadyExists
+                        || e.raw_os_error() == Some(Errno::NOTDIR.raw_os_error()) =>
+                {
                     return Err(StoreError::Exists);
                 }
                 Err(e) => return Err(StoreError::from_write(e)),
@@ -401,7 +443,9 @@ async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Sen
 async fn run_blocking_store<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f).await.map_err(|e| StoreError::Io(io::Error::other(e)))?
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| StoreError::Io(io::Error::other(e)))?
 }
 
 #[cfg(test)]
@@ -413,7 +457,12 @@ mod tests {
     }
 
     fn meta(size: u64) -> FileMeta {
-        FileMeta { content_type: "text/plain".into(), size, uploaded_unix: 1, sha256: None }
+        FileMeta {
+            content_type: "text/plain".into(),
+            size,
+            uploaded_unix: 1,
+            sha256: None,
+        }
     }
 
     #[tokio::test]
@@ -435,7 +484,10 @@ mod tests {
 
         store.delete(&key("a/b c.txt")).await.unwrap();
         assert!(!dir.path().join("upload/a").exists(), "emptied folder removed");
-        assert!(matches!(store.delete(&key("a/b c.txt")).await, Err(StoreError::NotFound)));
+        assert!(matches!(
+            store.delete(&key("a/b c.txt")).await,
+            Err(StoreError::NotFound)
+        ));
     }
 
     #[tokio::test]
@@ -447,15 +499,28 @@ mod tests {
         store.commit(first, &key("k/f"), &meta(5)).await.unwrap();
         let mut second = store.stage().await.unwrap();
         second.write(Bytes::from_static(b"second")).await.unwrap();
-        assert!(matches!(store.commit(second, &key("k/f"), &meta(6)).await, Err(StoreError::Exists)));
+        assert!(matches!(
+            store.commit(second, &key("k/f"), &meta(6)).await,
+            Err(StoreError::Exists)
+        ));
         assert_eq!(fs::read(dir.path().join("upload/k/f")).unwrap(), b"first");
         // A file where a folder would have to be.
         let third = store.stage().await.unwrap();
-        assert!(matches!(store.commit(third, &key("k/f/g"), &meta(0)).await, Err(StoreError::Exists)));
+        assert!(matches!(
+            store.commit(third, &key("k/f/g"), &meta(0)).await,
+            Err(StoreError::Exists)
+        ));
         // A folder where the file would go.
         let fourth = store.stage().await.unwrap();
-        assert!(matches!(store.commit(fourth, &key("k"), &meta(0)).await, Err(StoreError::Exists)));
-        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "losers leave nothing behind");
+        assert!(matches!(
+            store.commit(fourth, &key("k"), &meta(0)).await,
+            Err(StoreError::Exists)
+        ));
+        assert_eq!(
+            fs::read_dir(store.tmp_dir()).unwrap().count(),
+            0,
+            "losers leave nothing behind"
+        );
         // Dropped without commit.
         let mut dropped = store.stage().await.unwrap();
         dropped.write(Bytes::from_static(b"partial")).await.unwrap();
@@ -475,8 +540,14 @@ mod tests {
         let outside = tempfile::tempdir().unwrap();
         fs::write(outside.path().join("secret"), b"x").unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("upload/link")).unwrap();
-        assert!(matches!(store.open_file(&key("link/secret")).await, Err(StoreError::NotFound)));
-        assert!(matches!(store.open_file(&key("s")).await, Err(StoreError::NotFound)), "a folder is not a file");
+        assert!(matches!(
+            store.open_file(&key("link/secret")).await,
+            Err(StoreError::NotFound)
+        ));
+        assert!(
+            matches!(store.open_file(&key("s")).await, Err(StoreError::NotFound)),
+            "a folder is not a file"
+        );
     }
 
     #[tokio::test]
@@ -486,7 +557,12 @@ mod tests {
         let old = store.tmp_dir().join("old.part");
         fs::write(&old, b"x").unwrap();
         let past = SystemTime::now() - Duration::from_secs(7200);
-        File::options().write(true).open(&old).unwrap().set_modified(past).unwrap();
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
         let _fresh = store.stage().await.unwrap();
         assert_eq!(store.sweep_temporaries(Duration::from_secs(3600)).await.unwrap(), 1);
         assert!(!old.exists());

@@ -43,7 +43,12 @@ mod tests {
 
     #[test]
     fn json_round_trip_and_tolerance() {
-        let m = FileMeta { content_type: "image/png".into(), size: 3, uploaded_unix: 7, sha256: None };
+        let m = FileMeta {
+            content_type: "image/png".into(),
+            size: 3,
+            uploaded_unix: 7,
+            sha256: None,
+        };
         let text = serde_json::to_string(&m).unwrap();
         assert_eq!(serde_json::from_str::<FileMeta>(&text).unwrap(), m);
         assert!(serde_json::from_str::<FileMeta>("{\"size\":1}").is_err());

@@ -76,7 +76,13 @@ impl TestServer {
                 panic!("server did not start; log:\n{}", log.lock().unwrap());
             }
         };
-        TestServer { child, dir, addr, base: format!("http://{addr}"), log }
+        TestServer {
+            child,
+            dir,
+            addr,
+            base: format!("http://{addr}"),
+            log,
+        }
     }
 
     /// The store root.
@@ -118,7 +124,9 @@ impl TestServer {
 
     /// Files left in the temporary folder.
     pub fn temporaries(&self) -> usize {
-        std::fs::read_dir(self.store().join(".hmac-file-server/tmp")).map(|d| d.count()).unwrap_or(0)
+        std::fs::read_dir(self.store().join(".hmac-file-server/tmp"))
+            .map(|d| d.count())
+            .unwrap_or(0)
     }
 
     /// Sends raw bytes on a new connection and returns what came back until the server
@@ -143,7 +151,10 @@ impl Drop for TestServer {
 }
 
 fn unsafe_kill(pid: u32, signal: &str) {
-    let _ = Command::new("kill").arg(format!("-{signal}")).arg(pid.to_string()).status();
+    let _ = Command::new("kill")
+        .arg(format!("-{signal}"))
+        .arg(pid.to_string())
+        .status();
 }
 
 /// The test secret as the library type.
