@@ -32,7 +32,7 @@ fn main() -> ExitCode {
             Err(e) => report(&e),
         },
         Command::Run => match loaded {
-            Ok(config) => run(config),
+            Ok(config) => run(config, sources),
             Err(e) => report(&e),
         },
     }
@@ -93,11 +93,14 @@ fn sign(
     ExitCode::SUCCESS
 }
 
-fn run(config: Config) -> ExitCode {
-    if let Err(e) = ops::logging::init(&config) {
-        eprintln!("{e}");
-        return ExitCode::from(2);
-    }
+fn run(config: Config, sources: Sources) -> ExitCode {
+    let log = match ops::logging::init(&config) {
+        Ok(handle) => handle,
+        Err(e) => {
+            eprintln!("{e}");
+            return ExitCode::from(2);
+        }
+    };
     for w in &config.warnings {
         tracing::warn!("{w}");
     }
@@ -116,8 +119,24 @@ fn run(config: Config) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let config = Arc::new(config);
-    match runtime.block_on(server::run(config, server::shutdown_signal())) {
+    let metrics = if config.metrics_enabled {
+        match ops::metrics::install() {
+            Ok(handle) => Some(handle),
+            Err(e) => {
+                tracing::error!("{e}");
+                return ExitCode::FAILURE;
+            }
+        }
+    } else {
+        None
+    };
+    let launch = server::Launch {
+        config: Arc::new(config),
+        sources,
+        log: Some(log),
+        metrics,
+    };
+    match runtime.block_on(server::run(launch, server::shutdown_signal())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

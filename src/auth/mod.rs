@@ -148,6 +148,52 @@ impl Token {
     }
 }
 
+/// The secrets that tokens may be signed with: the current one and, for a while after a
+/// rotation, the previous one, so slots minted just before the rotation still work.
+#[derive(Debug, Clone)]
+pub struct KeyRing {
+    current: Secret,
+    previous: Option<(Secret, std::time::SystemTime)>,
+}
+
+impl KeyRing {
+    /// A ring with one secret.
+    pub fn new(current: Secret) -> Self {
+        Self {
+            current,
+            previous: None,
+        }
+    }
+
+    /// The ring after a rotation to `next`: the current secret stays valid until `grace_until`.
+    /// Rotating to the same secret changes nothing.
+    pub fn rotated(&self, next: Secret, grace_until: std::time::SystemTime) -> Self {
+        if next == self.current {
+            return self.clone();
+        }
+        Self {
+            current: next,
+            previous: Some((self.current.clone(), grace_until)),
+        }
+    }
+
+    /// The current secret.
+    pub fn current(&self) -> &Secret {
+        &self.current
+    }
+
+    /// The secrets valid at `now`, current first.
+    pub fn valid_at(&self, now: std::time::SystemTime) -> Vec<&Secret> {
+        let mut out = vec![&self.current];
+        if let Some((previous, until)) = &self.previous
+            && now <= *until
+        {
+            out.push(previous);
+        }
+        out
+    }
+}
+
 fn new_mac(secret: &Secret) -> HmacSha256 {
     // HMAC takes keys of any length; this cannot fail.
     <HmacSha256 as Mac>::new_from_slice(secret.expose()).expect("HMAC accepts any key length")
@@ -351,6 +397,24 @@ mod tests {
             .unwrap()
             .verify(&[&s], &claims(""))
             .unwrap();
+    }
+
+    #[test]
+    fn key_ring_rotation() {
+        use std::time::{Duration, SystemTime};
+        let now = SystemTime::now();
+        let ring = KeyRing::new(Secret::new("old"));
+        assert_eq!(ring.valid_at(now).len(), 1);
+        let ring = ring.rotated(Secret::new("new"), now + Duration::from_secs(10));
+        assert_eq!(ring.current(), &Secret::new("new"));
+        assert_eq!(ring.valid_at(now), vec![&Secret::new("new"), &Secret::new("old")]);
+        assert_eq!(ring.valid_at(now + Duration::from_secs(11)), vec![&Secret::new("new")]);
+        let same = ring.rotated(Secret::new("new"), now + Duration::from_secs(99));
+        assert_eq!(
+            same.valid_at(now).len(),
+            2,
+            "re-reading an unchanged secret keeps the grace"
+        );
     }
 
     #[test]

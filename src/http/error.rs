@@ -53,6 +53,12 @@ pub enum ApiError {
         /// The file's size, for `Content-Range: bytes */size`.
         size: u64,
     },
+    /// The client is banned for repeated authentication failures.
+    #[error("too many failed attempts; banned for {}s", .retry_after.as_secs().max(1))]
+    Banned {
+        /// How long the ban still lasts.
+        retry_after: std::time::Duration,
+    },
     /// The store is full.
     #[error("insufficient storage: {0}")]
     Full(#[source] StoreError),
@@ -89,6 +95,7 @@ impl ApiError {
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
+            ApiError::Banned { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -118,6 +125,9 @@ impl ApiError {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                     headers.insert(header::CONTENT_RANGE, v);
                 }
+            }
+            ApiError::Banned { retry_after } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
             }
             ApiError::BodyTimeout | ApiError::BadRequest(_) => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

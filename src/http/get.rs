@@ -19,7 +19,7 @@ const READ_CHUNK_BYTES: usize = 256 * 1024;
 
 /// Answers GET or HEAD for a stored file.
 pub async fn get<B>(state: &AppState, target: Target, request: &Request<B>) -> Result<Response, ApiError> {
-    let stored = state.store.open_file(&target.key).await?;
+    let stored = state.store().open_file(&target.key).await?;
     let size = stored.size;
     let modified = truncate_to_seconds(stored.modified);
     let etag = etag(&stored);
@@ -34,6 +34,14 @@ pub async fn get<B>(state: &AppState, target: Target, request: &Request<B>) -> R
         HeaderValue::from_static("public, max-age=31536000, immutable"),
     );
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    if let Some(v) = stored
+        .meta
+        .as_ref()
+        .and_then(|m| m.sha256.as_deref())
+        .and_then(super::digest::repr_digest_from_hex)
+    {
+        headers.insert("repr-digest", header_value(&v));
+    }
 
     if not_modified(req, &etag, modified) {
         let mut r = body::empty(StatusCode::NOT_MODIFIED);

@@ -1,22 +1,27 @@
-//! The HTTP face of the server: one entry point, [`handle`], that routes by prefix and
-//! method to one module per verb, adds CORS to every answer and writes one access-log line
-//! per request (never with the query, where the tokens are).
+//! The HTTP face of the server: one entry point, [`handle`], that checks bans, routes by
+//! prefix and method to one module per verb, adds CORS to every answer, counts the request in
+//! the metrics and writes one access-log line (never with the query, where the tokens are).
 
 pub mod body;
 pub mod cors;
 pub mod delete;
+pub mod digest;
 pub mod error;
 pub mod get;
 pub mod put;
 pub mod range;
 
-use std::net::SocketAddr;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant, SystemTime};
 
+use arc_swap::ArcSwap;
 use http::{HeaderValue, Method, Request, StatusCode, header};
 
-use crate::config::Config;
+use crate::auth::KeyRing;
+use crate::config::{Config, Secret};
+use crate::ops::bans::{BanPolicy, Bans, client_ip};
+use crate::ops::metrics;
 use crate::store::{FileKey, LocalStore};
 pub use body::{Body, Response};
 pub use error::ApiError;
@@ -24,13 +29,79 @@ pub use error::ApiError;
 /// Longest request target (path and query) accepted.
 pub const MAX_URI_BYTES: usize = 8 * 1024;
 
-/// What every request handler shares.
+/// What every request handler shares: the live settings (swapped on reload), the secrets,
+/// the store and the ban list.
 #[derive(Debug, Clone)]
-pub struct AppState {
-    /// The settings.
-    pub config: Arc<Config>,
-    /// Finished files and uploads in progress.
-    pub store: LocalStore,
+pub struct AppState(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    config: ArcSwap<Config>,
+    keys: ArcSwap<KeyRing>,
+    store: LocalStore,
+    bans: Bans,
+}
+
+impl AppState {
+    /// State for a freshly started server.
+    pub fn new(config: Arc<Config>, store: LocalStore) -> Self {
+        let keys = KeyRing::new(config.secret.clone());
+        Self(Arc::new(Shared {
+            config: ArcSwap::new(config),
+            keys: ArcSwap::from_pointee(keys),
+            store,
+            bans: Bans::default(),
+        }))
+    }
+
+    /// The settings in force now.
+    pub fn config(&self) -> Arc<Config> {
+        self.0.config.load_full()
+    }
+
+    /// Replaces the live settings (reload).
+    pub fn set_config(&self, config: Arc<Config>) {
+        self.0.config.store(config);
+    }
+
+    /// The secrets tokens may be signed with now.
+    pub fn keys(&self) -> Arc<KeyRing> {
+        self.0.keys.load_full()
+    }
+
+    /// Makes `next` the current secret; the previous one stays valid for `grace`. Returns
+    /// whether the secret changed.
+    pub fn rotate_secret(&self, next: Secret, grace: Duration) -> bool {
+        let keys = self.keys();
+        if keys.current() == &next {
+            return false;
+        }
+        self.0
+            .keys
+            .store(Arc::new(keys.rotated(next, SystemTime::now() + grace)));
+        true
+    }
+
+    /// The store.
+    pub fn store(&self) -> &LocalStore {
+        &self.0.store
+    }
+
+    /// The ban list.
+    pub fn bans(&self) -> &Bans {
+        &self.0.bans
+    }
+
+    /// The ban policy of the live settings.
+    pub fn ban_policy(&self) -> BanPolicy {
+        let c = self.config();
+        BanPolicy {
+            after_fails: c.block_after_fails,
+            window: c.block_duration,
+            auto_unban: c.auto_unban,
+            ban_time: c.auto_ban_time,
+        }
+    }
 }
 
 /// One request, as the handlers see it.
@@ -44,8 +115,8 @@ pub struct Target {
     pub query: String,
 }
 
-/// Serves one request.
-pub async fn handle<B>(state: AppState, client: SocketAddr, request: Request<B>) -> Response
+/// Serves one request from `peer` (`None` for a Unix socket).
+pub async fn handle<B>(state: AppState, peer: Option<IpAddr>, request: Request<B>) -> Response
 where
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -53,30 +124,50 @@ where
     let started = Instant::now();
     let method = request.method().clone();
     let raw_path = request.uri().path().to_string();
-    let mut response = route(&state, request)
-        .await
-        .unwrap_or_else(|e| e.into_response(&method, &raw_path));
+    let config = state.config();
+    let client = client_ip(peer, request.headers(), &config.trusted_proxies);
+    let is_upload = matches!(method, Method::PUT | Method::POST | Method::PATCH);
+    let _active = is_upload.then(metrics::ActiveUpload::start);
+
+    let result = match client.and_then(|ip| state.bans().banned_for(ip, Instant::now())) {
+        Some(left) => Err(ApiError::Banned { retry_after: left }),
+        None => route(&state, &config, request).await,
+    };
+    if let (Err(ApiError::Auth(_)), Some(ip)) = (&result, client) {
+        metrics::auth_failure();
+        state.bans().record_failure(ip, &state.ban_policy(), Instant::now());
+    }
+    let mut response = result.unwrap_or_else(|e| e.into_response(&method, &raw_path));
     cors::apply(response.headers_mut());
+
+    let status = response.status();
     let bytes = response
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .or_else(|| http_body::Body::size_hint(response.body()).exact())
         .unwrap_or(0);
+    let elapsed = started.elapsed();
+    metrics::request_done(method.as_str(), status.as_u16(), elapsed);
+    if is_upload {
+        metrics::upload_done(status.is_success(), elapsed);
+    } else if method == Method::GET && (status == StatusCode::OK || status == StatusCode::PARTIAL_CONTENT) {
+        metrics::download(bytes);
+    }
     tracing::info!(
         target: "access",
-        client = %client.ip(),
+        client = %client.map_or_else(|| "unix".to_string(), |ip| ip.to_string()),
         %method,
         path = %raw_path,
-        status = response.status().as_u16(),
+        status = status.as_u16(),
         bytes,
-        ms = started.elapsed().as_secs_f64() * 1000.0,
+        ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
         "request"
     );
     response
 }
 
-async fn route<B>(state: &AppState, request: Request<B>) -> Result<Response, ApiError>
+async fn route<B>(state: &AppState, config: &Config, request: Request<B>) -> Result<Response, ApiError>
 where
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
     B::Error: std::fmt::Display,
@@ -90,7 +181,7 @@ where
             .insert(header::ALLOW, HeaderValue::from_static(error::ALLOW));
         return Ok(r);
     }
-    let prefix = state.config.url_prefix();
+    let prefix = config.url_prefix();
     let raw_path = request.uri().path();
     let Some(rest) = raw_path.strip_prefix(prefix.as_str()) else {
         return Err(ApiError::NotFound);
@@ -100,16 +191,16 @@ where
     let query = request.uri().query().unwrap_or("").to_string();
     let target = Target { key, full_path, query };
     match *request.method() {
-        Method::PUT => put::put(state, target, request).await,
+        Method::PUT => put::put(state, config, target, request).await,
         Method::GET | Method::HEAD => get::get(state, target, &request).await,
-        Method::DELETE => delete::delete(state, target).await,
+        Method::DELETE => delete::delete(state, config, target).await,
         _ => Err(ApiError::MethodNotAllowed),
     }
 }
 
 /// Seconds since the epoch.
 pub fn now_unix() -> u64 {
-    std::time::SystemTime::now()
+    SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
 }

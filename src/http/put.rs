@@ -1,21 +1,31 @@
 //! PUT: the XEP-0363 upload. The token is checked before anything else about the file; the
-//! body streams into a staged file that becomes visible only when it is whole.
+//! body streams into a staged file that becomes visible only when it is whole (and, with
+//! ChecksumVerification, matches the digest the client sent).
+
+use std::time::SystemTime;
 
 use bytes::Bytes;
-use http::{HeaderMap, Request, StatusCode, header};
+use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use http_body_util::BodyExt;
 
+use super::digest::{self, repr_digest_from_hex};
 use super::{ApiError, AppState, Response, Target, body, now_unix};
 use crate::auth::{Claims, DEFAULT_CONTENT_TYPE, Token};
-use crate::store::FileMeta;
+use crate::config::Config;
+use crate::ops::metrics;
+use crate::store::{FileMeta, Hashing};
 
 /// Stores one upload: 201, or the error that says why not.
-pub async fn put<B>(state: &AppState, target: Target, request: Request<B>) -> Result<Response, ApiError>
+pub async fn put<B>(
+    state: &AppState,
+    config: &Config,
+    target: Target,
+    request: Request<B>,
+) -> Result<Response, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let config = &state.config;
     let token = Token::from_query(&target.query)?;
     let (head, mut body) = request.into_parts();
     let headers = &head.headers;
@@ -32,8 +42,9 @@ where
             .to_str()
             .map_err(|_| ApiError::BadRequest("Content-Type is not visible ASCII"))?,
     };
+    let keys = state.keys();
     token.verify(
-        &[&config.secret],
+        &keys.valid_at(SystemTime::now()),
         &Claims {
             path: target.key.as_str(),
             full_path: &target.full_path,
@@ -49,20 +60,27 @@ where
             max: config.max_upload_bytes,
         });
     }
-    if state.store.exists(&target.key).await {
+    let expected = if config.checksum_verification {
+        digest::expected(headers).map_err(|e| ApiError::BadRequest(e.0))?
+    } else {
+        digest::Expected::default()
+    };
+    if state.store().exists(&target.key).await {
         return Err(ApiError::Exists);
     }
-    let meta = FileMeta {
-        content_type: content_type.to_string(),
-        size,
-        uploaded_unix: now_unix(),
-        sha256: None,
-    };
 
-    let mut staged = state.store.stage().await?;
+    let hashing = match (config.checksum_verification, expected.sha512.is_some()) {
+        (false, _) => Hashing::None,
+        (true, false) => Hashing::Sha256,
+        (true, true) => Hashing::Sha256And512,
+    };
+    let mut staged = state.store().stage_hashing(hashing).await?;
     loop {
         let frame = match tokio::time::timeout(config.read_timeout, body.frame()).await {
-            Err(_) => return Err(ApiError::BodyTimeout),
+            Err(_) => {
+                tracing::info!(path = %target.key, received = staged.len(), expected = size, "upload stalled; dropped");
+                return Err(ApiError::BodyTimeout);
+            }
             Ok(None) => break,
             Ok(Some(Err(e))) => {
                 tracing::info!(path = %target.key, received = staged.len(), expected = size, error = %e, "upload broken off");
@@ -74,6 +92,7 @@ where
             if staged.len() + data.len() as u64 > size {
                 return Err(ApiError::BadRequest("body longer than Content-Length"));
             }
+            metrics::upload_bytes(data.len() as u64);
             staged.write(data).await?;
         }
     }
@@ -81,9 +100,31 @@ where
         tracing::info!(path = %target.key, received = staged.len(), expected = size, "upload broken off");
         return Err(ApiError::BadRequest("body shorter than Content-Length"));
     }
-    state.store.commit(staged, &target.key, &meta).await?;
+    let digests = staged.digests().await?;
+    if let Some(d) = &digests {
+        let sha256_ok = expected.sha256.as_ref().is_none_or(|e| e[..] == d.sha256[..]);
+        let sha512_ok = expected.sha512.as_ref().is_none_or(|e| Some(e) == d.sha512.as_ref());
+        if !(sha256_ok && sha512_ok) {
+            return Err(ApiError::BadRequest("content digest does not match the body"));
+        }
+    }
+    let sha256 = digests.map(|d| hex::encode(d.sha256));
+    let meta = FileMeta {
+        content_type: content_type.to_string(),
+        size,
+        uploaded_unix: now_unix(),
+        sha256,
+    };
+    state.store().commit(staged, &target.key, &meta).await?;
+    metrics::store_changed(1, size as i64);
     tracing::info!(path = %target.key, size, content_type, "file stored");
-    Ok(body::empty(StatusCode::CREATED))
+    let mut response = body::empty(StatusCode::CREATED);
+    if let Some(v) = meta.sha256.as_deref().and_then(repr_digest_from_hex)
+        && let Ok(v) = HeaderValue::from_str(&v)
+    {
+        response.headers_mut().insert("repr-digest", v);
+    }
+    Ok(response)
 }
 
 /// The Content-Length header, if any; malformed → 400.

@@ -1,3 +1,6 @@
-//! Operations: logging now; metrics, retention and bans follow.
+//! Operations: logging, metrics and health, bans, retention.
 
+pub mod bans;
 pub mod logging;
+pub mod metrics;
+pub mod retention;

@@ -1,21 +1,29 @@
-//! The listener and connection loop: hyper's HTTP/1.1 connections with a header-read timeout
-//! and limits on header size and count, graceful shutdown on SIGTERM/SIGINT, and the
-//! periodic sweep of stale temporaries.
+//! The listener and connection loop: hyper's HTTP/1.1 connections with a header-read timeout,
+//! an idle write timeout, limits on header size and count; graceful shutdown on
+//! SIGTERM/SIGINT; reload on SIGHUP; the metrics listener; and the periodic jobs (sweeping
+//! stale temporaries, lifting bans, re-reading the secret).
 
 pub mod listener;
+pub mod metrics_listener;
+pub mod reload;
 
+use std::convert::Infallible;
+use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
+use tokio_io_timeout::TimeoutStream;
 
-use crate::config::Config;
+use crate::config::{Config, Sources};
 use crate::http::{AppState, handle};
-use crate::store::{LocalStore, StoreError};
+use crate::ops::logging::LogHandle;
+use crate::store::{LocalStore, RetryPolicy, StoreError};
 
 /// Largest request head (request line and headers) accepted, in bytes; larger → 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -23,6 +31,8 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// How long running requests may take to finish after SIGTERM.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
+/// How often expired bans are lifted.
+const BAN_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -30,7 +40,7 @@ pub enum StartupError {
     /// The store could not be opened or created.
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
-    /// The listener could not bind.
+    /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
         /// What we tried.
@@ -40,68 +50,128 @@ pub enum StartupError {
     },
 }
 
-/// Opens the store, binds the listener and serves until `shutdown` completes.
-pub async fn run(config: Arc<Config>, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
-    let store = LocalStore::open(&config.store_dir, &config.upload_sub_dir, config.buffer_bytes)?;
-    let listener = listener::bind_tcp(&config.listen).await?;
-    let local = listener.local_addr().map_err(|source| StartupError::Bind {
-        addr: "listener".into(),
-        source,
-    })?;
-    tracing::info!("listening on {local}");
+/// Everything `run` needs besides the shutdown signal.
+#[derive(Debug)]
+pub struct Launch {
+    /// The settings at start.
+    pub config: Arc<Config>,
+    /// Where they came from, to read them again on SIGHUP.
+    pub sources: Sources,
+    /// The logger, to change level and reopen the file on SIGHUP.
+    pub log: Option<LogHandle>,
+    /// The metrics renderer, when metrics are on.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+/// Opens the store, binds the listeners and serves until `shutdown` completes.
+pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
+    let config = launch.config;
+    let retry = RetryPolicy {
+        max_retries: config.max_retries,
+        delay: config.retry_delay,
+        on_reads: config.enable_get_retries,
+    };
+    let store = LocalStore::open(&config.store_dir, &config.upload_sub_dir, config.buffer_bytes, retry)?;
+    let state = AppState::new(Arc::clone(&config), store.clone());
+
+    let metrics_task = match (&launch.metrics, config.metrics_enabled) {
+        (Some(handle), true) => {
+            let listener = listener::bind_tcp(&config.metrics_listen).await?;
+            let addr = listener.local_addr().map_err(|source| StartupError::Bind {
+                addr: "metrics".into(),
+                source,
+            })?;
+            tracing::info!("metrics and health on http://{addr}/metrics");
+            Some(tokio::spawn(metrics_listener::serve(
+                listener,
+                handle.clone(),
+                state.clone(),
+            )))
+        }
+        _ => None,
+    };
+
+    let listener = match &config.unix_socket {
+        Some(path) => {
+            let socket = listener::bind_unix(path)?;
+            tracing::info!("listening on unix:{}", path.display());
+            Listener::Unix(socket)
+        }
+        None => {
+            let tcp = listener::bind_tcp(&config.listen).await?;
+            let local = tcp.local_addr().map_err(|source| StartupError::Bind {
+                addr: "listener".into(),
+                source,
+            })?;
+            tracing::info!("listening on {local}");
+            Listener::Tcp(tcp)
+        }
+    };
     tracing::info!(
         store = %config.store_dir.display(),
         prefix = %config.url_prefix(),
         max_upload_bytes = config.max_upload_bytes,
         "serving uploads"
     );
-    let state = AppState {
-        config: Arc::clone(&config),
-        store: store.clone(),
-    };
-    let sweeper = tokio::spawn(sweep_loop(store, config.cleanup_interval, config.upload_expiry));
+
+    let jobs = [
+        tokio::spawn(sweep_loop(state.clone())),
+        tokio::spawn(ban_loop(state.clone())),
+        tokio::spawn(reload::signal_loop(
+            state.clone(),
+            launch.sources.clone(),
+            launch.log.clone(),
+        )),
+        tokio::spawn(reload::reask_loop(state.clone(), launch.sources)),
+    ];
     serve(listener, state, shutdown).await;
-    sweeper.abort();
+    for job in jobs.iter().chain(metrics_task.iter()) {
+        job.abort();
+    }
     Ok(())
 }
 
+/// A bound listener.
+#[derive(Debug)]
+pub enum Listener {
+    /// TCP.
+    Tcp(TcpListener),
+    /// A Unix socket (removed when dropped).
+    Unix(listener::UnixSocket),
+}
+
 /// Accepts connections until `shutdown`, then drains them up to [`DRAIN_DEADLINE`].
-pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future<Output = ()>) {
+pub async fn serve(listener: Listener, state: AppState, shutdown: impl Future<Output = ()>) {
+    let config = state.config();
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(state.config.read_timeout)
+        .header_read_timeout(config.read_timeout)
         .max_buf_size(MAX_HEAD_BYTES)
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
+    let write_timeout = config.write_timeout;
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(e) => {
-                    // EMFILE and friends: back off, never end the server.
-                    tracing::warn!(error = %e, "accept failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
+        let accepted = tokio::select! {
+            accepted = accept(&listener) => accepted,
             () = &mut shutdown => break,
         };
-        let _ = stream.set_nodelay(true);
-        let state = state.clone();
-        let service = service_fn(move |request| {
-            let state = state.clone();
-            async move { Ok::<_, std::convert::Infallible>(handle(state, peer, request).await) }
-        });
-        let connection = builder.serve_connection(TokioIo::new(stream), service);
-        let connection = graceful.watch(connection);
-        tokio::spawn(async move {
-            if let Err(e) = connection.await {
-                tracing::debug!(client = %peer.ip(), error = %e, "connection ended with an error");
+        match accepted {
+            Ok(Accepted::Tcp(stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                spawn_connection(&builder, &graceful, stream, Some(peer), state.clone(), write_timeout);
             }
-        });
+            Ok(Accepted::Unix(stream)) => {
+                spawn_connection(&builder, &graceful, stream, None, state.clone(), write_timeout)
+            }
+            Err(e) => {
+                // EMFILE and friends: back off, never end the server.
+                tracing::warn!(error = %e, "accept failed; retrying");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
     }
     drop(listener);
     tracing::info!(
@@ -114,16 +184,70 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: impl Future
     }
 }
 
-/// Removes stale temporaries at start and every `interval`.
-async fn sweep_loop(store: LocalStore, interval: Duration, max_age: Duration) {
-    let mut ticker = tokio::time::interval(interval);
+enum Accepted {
+    Tcp(tokio::net::TcpStream, IpAddr),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(listener: &Listener) -> std::io::Result<Accepted> {
+    match listener {
+        Listener::Tcp(l) => l.accept().await.map(|(s, a)| Accepted::Tcp(s, a.ip().to_canonical())),
+        Listener::Unix(u) => u.listener.accept().await.map(|(s, _)| Accepted::Unix(s)),
+    }
+}
+
+fn spawn_connection<I>(
+    builder: &http1::Builder,
+    graceful: &GracefulShutdown,
+    io: I,
+    peer: Option<IpAddr>,
+    state: AppState,
+    write_timeout: Duration,
+) where
+    I: AsyncRead + AsyncWrite + Send + Unpin + 'static,
+{
+    let mut io = TimeoutStream::new(io);
+    io.set_write_timeout(Some(write_timeout));
+    let service = service_fn(move |request| {
+        let state = state.clone();
+        async move { Ok::<_, Infallible>(handle(state, peer, request).await) }
+    });
+    let connection = graceful.watch(builder.serve_connection(TokioIo::new(Box::pin(io)), service));
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(client = ?peer, error = %e, "connection ended with an error");
+        }
+    });
+}
+
+/// Removes stale temporaries and applies retention, at start and every CleanupInterval.
+async fn sweep_loop(state: AppState) {
     loop {
-        ticker.tick().await;
-        match store.sweep_temporaries(max_age).await {
+        let config = state.config();
+        let started = Instant::now();
+        let report = crate::ops::retention::pass(state.store(), &config).await;
+        tracing::debug!(
+            files = report.files,
+            bytes = report.bytes,
+            deleted = report.deleted,
+            ms = started.elapsed().as_millis() as u64,
+            "retention pass done"
+        );
+        match state.store().sweep_temporaries(config.upload_expiry).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "swept stale temporaries"),
             Err(e) => tracing::warn!(error = %e, "sweeping temporaries failed"),
         }
+        tokio::time::sleep(config.cleanup_interval).await;
+    }
+}
+
+/// Lifts expired bans.
+async fn ban_loop(state: AppState) {
+    let mut ticker = tokio::time::interval(BAN_SWEEP_INTERVAL);
+    loop {
+        ticker.tick().await;
+        state.bans().sweep(Instant::now(), state.config().block_duration);
     }
 }
 

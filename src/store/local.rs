@@ -43,6 +43,44 @@ struct Inner {
     meta_dir: PathBuf,
     files_fd: OwnedFd,
     buffer_bytes: usize,
+    retry: RetryPolicy,
+}
+
+/// How transient storage errors (EINTR, EAGAIN, EBUSY, ESTALE, ETIMEDOUT: the kind a busy
+/// or network file system gives) are retried: MaxRetries times, RetryDelay apart; reads only
+/// with EnableGetRetries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Pause between attempts.
+    pub delay: Duration,
+    /// Whether GET's reads are retried too.
+    pub on_reads: bool,
+}
+
+impl RetryPolicy {
+    /// No retries.
+    pub const NONE: RetryPolicy = RetryPolicy {
+        max_retries: 0,
+        delay: Duration::ZERO,
+        on_reads: false,
+    };
+}
+
+/// Runs `f`, retrying transient failures as `policy` says.
+fn retrying<T>(policy: RetryPolicy, what: &str, mut f: impl FnMut() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    let mut attempt = 0;
+    loop {
+        match f() {
+            Err(e) if attempt < policy.max_retries && e.is_transient() => {
+                attempt += 1;
+                tracing::warn!(error = %e, attempt, max = policy.max_retries, "transient storage error during {what}; retrying");
+                std::thread::sleep(policy.delay);
+            }
+            other => return other,
+        }
+    }
 }
 
 /// An open stored file, ready to be sent.
@@ -61,7 +99,7 @@ pub struct StoredFile {
 impl LocalStore {
     /// Opens (creating where needed) the store under `store_dir`, with finished files under
     /// `store_dir/sub_dir`.
-    pub fn open(store_dir: &Path, sub_dir: &str, buffer_bytes: usize) -> Result<Self, StoreError> {
+    pub fn open(store_dir: &Path, sub_dir: &str, buffer_bytes: usize, retry: RetryPolicy) -> Result<Self, StoreError> {
         let files_dir = if sub_dir.is_empty() {
             store_dir.to_path_buf()
         } else {
@@ -86,6 +124,7 @@ impl LocalStore {
                 meta_dir,
                 files_fd,
                 buffer_bytes,
+                retry,
             }),
         })
     }
@@ -108,6 +147,12 @@ impl LocalStore {
 
     /// Starts a new upload in the temporary folder.
     pub async fn stage(&self) -> Result<StagedFile, StoreError> {
+        self.stage_hashing(Hashing::None).await
+    }
+
+    /// Starts a new upload whose bytes are hashed as they are written (on the I/O thread, so
+    /// the file is never read twice).
+    pub async fn stage_hashing(&self, hashing: Hashing) -> Result<StagedFile, StoreError> {
         let inner = Arc::clone(&self.inner);
         run_blocking(move || {
             let name = format!("{}.part", random_hex(16));
@@ -124,6 +169,7 @@ impl LocalStore {
                 buffer_bytes: inner.buffer_bytes,
                 received: 0,
                 finished: false,
+                hashers: Hashers::new(hashing),
             })
         })
         .await
@@ -142,7 +188,7 @@ impl LocalStore {
                 .file
                 .take()
                 .ok_or_else(|| io::Error::other("staged file already closed"))?;
-            file.sync_all().map_err(StoreError::from_write)?;
+            retrying(inner.retry, "fsync", || file.sync_all().map_err(StoreError::from_write))?;
             drop(file);
 
             let meta_tmp = inner.tmp_dir.join(format!("{}.meta", random_hex(16)));
@@ -158,10 +204,10 @@ impl LocalStore {
             }
 
             let dest = inner.files_dir.join(key.as_str());
-            rename_noreplace_into(&staged.path, &dest)?;
+            retrying(inner.retry, "rename", || rename_noreplace_into(&staged.path, &dest))?;
             staged.disarm();
             if let Some(parent) = dest.parent() {
-                sync_dir(parent)?;
+                retrying(inner.retry, "fsync", || sync_dir(parent))?;
             }
 
             let (shard, name) = sidecar_name(&key);
@@ -180,35 +226,43 @@ impl LocalStore {
         let inner = Arc::clone(&self.inner);
         let key = key.clone();
         run_blocking_store(move || {
-            let file = open_beneath(&inner.files_fd, &inner.files_dir, key.as_str())?;
-            let stat = file.metadata()?;
-            if !stat.is_file() {
-                return Err(StoreError::NotFound);
-            }
-            let size = stat.len();
-            let meta = read_sidecar(&inner.meta_dir, &key).filter(|m| m.size == size);
-            Ok(StoredFile {
-                file,
-                size,
-                modified: stat.modified()?,
-                meta,
+            let policy = if inner.retry.on_reads {
+                inner.retry
+            } else {
+                RetryPolicy::NONE
+            };
+            retrying(policy, "open", || {
+                let file = open_beneath(&inner.files_fd, &inner.files_dir, key.as_str())?;
+                let stat = file.metadata()?;
+                if !stat.is_file() {
+                    return Err(StoreError::NotFound);
+                }
+                let size = stat.len();
+                let meta = read_sidecar(&inner.meta_dir, &key).filter(|m| m.size == size);
+                Ok(StoredFile {
+                    file,
+                    size,
+                    modified: stat.modified()?,
+                    meta,
+                })
             })
         })
         .await
     }
 
-    /// Removes the finished file at `key` and its sidecar, and the folders it leaves empty.
-    pub async fn delete(&self, key: &FileKey) -> Result<(), StoreError> {
+    /// Removes the finished file at `key` and its sidecar, and the folders it leaves empty;
+    /// returns the size it had.
+    pub async fn delete(&self, key: &FileKey) -> Result<u64, StoreError> {
         let inner = Arc::clone(&self.inner);
         let key = key.clone();
         run_blocking_store(move || {
             let path = inner.files_dir.join(key.as_str());
-            match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_file() => {}
+            let size = match fs::symlink_metadata(&path) {
+                Ok(m) if m.is_file() => m.len(),
                 Ok(_) => return Err(StoreError::NotFound),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
                 Err(e) => return Err(e.into()),
-            }
+            };
             fs::remove_file(&path)?;
             let (shard, name) = sidecar_name(&key);
             match fs::remove_file(inner.meta_dir.join(shard).join(name)) {
@@ -222,7 +276,7 @@ impl LocalStore {
                 }
                 dir = d.parent();
             }
-            Ok(())
+            Ok(size)
         })
         .await
     }
@@ -261,9 +315,72 @@ pub struct StagedFile {
     buffer_bytes: usize,
     received: u64,
     finished: bool,
+    hashers: Option<Box<Hashers>>,
+}
+
+/// Which digests a staged file computes while it is written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Hashing {
+    /// None.
+    None,
+    /// SHA-256.
+    Sha256,
+    /// SHA-256 and SHA-512.
+    Sha256And512,
+}
+
+/// Digests of a staged file's bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Digests {
+    /// SHA-256.
+    pub sha256: [u8; 32],
+    /// SHA-512, when asked for.
+    pub sha512: Option<Vec<u8>>,
+}
+
+#[derive(Debug, Clone)]
+struct Hashers {
+    sha256: sha2::Sha256,
+    sha512: Option<sha2::Sha512>,
+}
+
+impl Hashers {
+    fn new(hashing: Hashing) -> Option<Box<Self>> {
+        use sha2::Digest;
+        match hashing {
+            Hashing::None => None,
+            Hashing::Sha256 => Some(Box::new(Self {
+                sha256: sha2::Sha256::new(),
+                sha512: None,
+            })),
+            Hashing::Sha256And512 => Some(Box::new(Self {
+                sha256: sha2::Sha256::new(),
+                sha512: Some(sha2::Sha512::new()),
+            })),
+        }
+    }
+
+    fn update(&mut self, data: &[u8]) {
+        use sha2::Digest;
+        self.sha256.update(data);
+        if let Some(h) = &mut self.sha512 {
+            h.update(data);
+        }
+    }
 }
 
 impl StagedFile {
+    /// The digests of everything written, once the buffer is flushed; `None` when the file
+    /// was staged without hashing.
+    pub async fn digests(&mut self) -> Result<Option<Digests>, StoreError> {
+        use sha2::Digest;
+        self.flush().await?;
+        Ok(self.hashers.as_ref().map(|h| Digests {
+            sha256: h.sha256.clone().finalize().into(),
+            sha512: h.sha512.clone().map(|s| s.finalize().to_vec()),
+        }))
+    }
+
     /// Appends bytes. Large chunks go straight to the file; small ones are gathered first.
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
         self.received += chunk.len() as u64;
@@ -307,13 +424,18 @@ impl StagedFile {
             .file
             .take()
             .ok_or_else(|| io::Error::other("staged file already closed"))?;
-        let (file, result) = tokio::task::spawn_blocking(move || {
+        let mut hashers = self.hashers.take();
+        let (file, hashers, result) = tokio::task::spawn_blocking(move || {
             let result = file.write_all(data.as_slice());
-            (file, result)
+            if let Some(h) = &mut hashers {
+                h.update(data.as_slice());
+            }
+            (file, hashers, result)
         })
         .await
         .map_err(io::Error::other)?;
         self.file = Some(file);
+        self.hashers = hashers;
         result.map_err(StoreError::from_write)
     }
 }
@@ -468,7 +590,7 @@ mod tests {
     #[tokio::test]
     async fn commit_then_read_then_delete() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(dir.path(), "upload", 4096).unwrap();
+        let store = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
         let mut staged = store.stage().await.unwrap();
         staged.write(Bytes::from_static(b"hello ")).await.unwrap();
         staged.write(Bytes::from(vec![b'x'; 10_000])).await.unwrap();
@@ -493,7 +615,7 @@ mod tests {
     #[tokio::test]
     async fn no_replace_and_cleanup() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(dir.path(), "upload", 4096).unwrap();
+        let store = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
         let mut first = store.stage().await.unwrap();
         first.write(Bytes::from_static(b"first")).await.unwrap();
         store.commit(first, &key("k/f"), &meta(5)).await.unwrap();
@@ -531,7 +653,7 @@ mod tests {
     #[tokio::test]
     async fn stale_sidecar_is_ignored_and_symlinks_cannot_escape() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(dir.path(), "upload", 4096).unwrap();
+        let store = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
         let mut staged = store.stage().await.unwrap();
         staged.write(Bytes::from_static(b"abc")).await.unwrap();
         store.commit(staged, &key("s/f"), &meta(99)).await.unwrap();
@@ -550,10 +672,43 @@ mod tests {
         );
     }
 
+    #[test]
+    fn transient_errors_are_retried_others_not() {
+        let policy = RetryPolicy {
+            max_retries: 3,
+            delay: Duration::from_millis(1),
+            on_reads: true,
+        };
+        let mut calls = 0;
+        let result = retrying(policy, "test", || {
+            calls += 1;
+            if calls < 3 {
+                Err(StoreError::Io(Errno::AGAIN.into()))
+            } else {
+                Ok(calls)
+            }
+        });
+        assert_eq!(result.unwrap(), 3);
+        let mut calls = 0;
+        let result: Result<(), _> = retrying(policy, "test", || {
+            calls += 1;
+            Err(StoreError::Io(Errno::STALE.into()))
+        });
+        assert!(result.is_err());
+        assert_eq!(calls, 4, "one try and three retries");
+        let mut calls = 0;
+        let result: Result<(), _> = retrying(policy, "test", || {
+            calls += 1;
+            Err(StoreError::NotFound)
+        });
+        assert!(matches!(result, Err(StoreError::NotFound)));
+        assert_eq!(calls, 1, "a missing file is not transient");
+    }
+
     #[tokio::test]
     async fn sweeps_only_old_temporaries() {
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(dir.path(), "", 4096).unwrap();
+        let store = LocalStore::open(dir.path(), "", 4096, RetryPolicy::NONE).unwrap();
         let old = store.tmp_dir().join("old.part");
         fs::write(&old, b"x").unwrap();
         let past = SystemTime::now() - Duration::from_secs(7200);

@@ -9,7 +9,7 @@ pub mod local;
 pub mod meta;
 
 pub use key::FileKey;
-pub use local::{LocalStore, StagedFile, StoredFile};
+pub use local::{Digests, Hashing, LocalStore, RetryPolicy, StagedFile, StoredFile};
 pub use meta::FileMeta;
 
 use std::io;
@@ -33,6 +33,18 @@ pub enum StoreError {
 }
 
 impl StoreError {
+    /// Whether trying again may succeed (EINTR, EAGAIN, EBUSY, ESTALE, ETIMEDOUT).
+    pub fn is_transient(&self) -> bool {
+        use rustix::io::Errno;
+        let StoreError::Io(e) = self else { return false };
+        matches!(
+            e.kind(),
+            io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+        ) || [Errno::INTR, Errno::AGAIN, Errno::BUSY, Errno::STALE, Errno::TIMEDOUT]
+            .iter()
+            .any(|errno| e.raw_os_error() == Some(errno.raw_os_error()))
+    }
+
     /// Classifies an I/O error from a write path.
     pub fn from_write(e: io::Error) -> Self {
         match e.raw_os_error() {

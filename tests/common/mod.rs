@@ -25,19 +25,24 @@ pub struct TestServer {
 }
 
 impl TestServer {
-    /// Starts the server with the default test settings plus `extra_toml`.
+    /// Starts the server with the default test settings, overridden key by key by
+    /// `extra_toml`. The defaults listen on free loopback ports and turn bans off (tests that
+    /// send bad tokens on purpose would otherwise ban themselves); ban tests set
+    /// `BlockAfterFails`.
     pub fn start(extra_toml: &str) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         let config = dir.path().join("config.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "ListenPort = \"127.0.0.1:0\"\nSecret = \"{SECRET}\"\nStoreDir = \"{}\"\n{extra_toml}\n",
-                store.display()
-            ),
+        let mut table: toml::Table = format!(
+            "ListenPort = \"127.0.0.1:0\"\nMetricsPort = \"127.0.0.1:0\"\nBlockAfterFails = 0\n\
+             Secret = \"{SECRET}\"\nStoreDir = \"{}\"\n",
+            store.display()
         )
+        .parse()
         .unwrap();
+        let extra: toml::Table = extra_toml.parse().expect("extra_toml is valid TOML");
+        table.extend(extra);
+        std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
         Self::start_with_config(dir, &config)
     }
 
@@ -59,7 +64,7 @@ impl TestServer {
             let mut tx = Some(tx);
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                if let Some(addr) = line.split("listening on ").nth(1)
+                if let Some(addr) = line.split(" listening on ").nth(1)
                     && let Some(tx) = tx.take()
                 {
                     let _ = tx.send(addr.trim().to_string());
@@ -187,4 +192,358 @@ pub fn payload(len: usize, seed: u64) -> Vec<u8> {
 /// A reqwest client without a connection pool limit.
 pub fn client() -> reqwest::Client {
     reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap()
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers for the answers/downloads/limits tests: more token kinds, raw HTTP/1.1 exchanges,
+// polling with a deadline, and looking at what is on disk.
+// ---------------------------------------------------------------------------------------
+
+impl TestServer {
+    /// A `v2`-signed upload URL (`content_type` as the client will send it; absent →
+    /// `application/octet-stream`).
+    pub fn signed_v2(&self, raw_path: &str, decoded: &str, size: u64, content_type: &str) -> String {
+        format!(
+            "{}?v2={}",
+            self.url(raw_path),
+            auth::sign_v2(&secret(), decoded, size, content_type)
+        )
+    }
+
+    /// A Metronome `token`-signed upload URL (same message as `v2`).
+    pub fn signed_token(&self, raw_path: &str, decoded: &str, size: u64, content_type: &str) -> String {
+        format!(
+            "{}?token={}",
+            self.url(raw_path),
+            auth::sign_v2(&secret(), decoded, size, content_type)
+        )
+    }
+
+    /// A `v3`-signed PUT URL: the signed path is the whole decoded request path.
+    pub fn signed_v3(&self, raw_path: &str, decoded: &str, expires: u64) -> String {
+        let full = format!("/upload/{decoded}");
+        format!(
+            "{}?v3={}&expires={expires}",
+            self.url(raw_path),
+            auth::sign_v3(&secret(), "PUT", expires, &full)
+        )
+    }
+
+    /// The request target (path and query) of a URL made by `url`/`signed_*`, for raw requests.
+    pub fn target(&self, url: &str) -> String {
+        url.strip_prefix(&self.base).expect("a URL of this server").to_string()
+    }
+
+    /// The folder finished files live in.
+    pub fn files_dir(&self) -> PathBuf {
+        self.store().join("upload")
+    }
+
+    /// Every regular file (or symlink) in the upload folder, relative to it.
+    pub fn stored_files(&self) -> Vec<PathBuf> {
+        let root = self.files_dir();
+        files_under(&root)
+            .into_iter()
+            .map(|p| p.strip_prefix(&root).unwrap().to_path_buf())
+            .collect()
+    }
+
+    /// Metadata sidecars present.
+    pub fn sidecars(&self) -> usize {
+        files_under(&self.store().join(".hmac-file-server/meta")).len()
+    }
+
+    /// Asserts that no finished file, sidecar or temporary exists.
+    #[track_caller]
+    pub fn assert_nothing_stored(&self, what: &str) {
+        assert_eq!(
+            self.stored_files(),
+            Vec::<PathBuf>::new(),
+            "{what}: no file in the store"
+        );
+        assert_eq!(self.sidecars(), 0, "{what}: no metadata sidecar");
+        assert_eq!(self.temporaries(), 0, "{what}: no temporaries left");
+    }
+
+    /// Opens a raw connection with a read timeout.
+    pub fn connect(&self, read_timeout: Duration) -> TcpStream {
+        let s = TcpStream::connect(self.addr).unwrap();
+        s.set_read_timeout(Some(read_timeout)).unwrap();
+        s.set_nodelay(true).unwrap();
+        s
+    }
+
+    /// Sends one raw request and parses every response that came back before the server
+    /// closed the connection or `wait` passed.
+    pub fn raw_responses(&self, request: &[u8], wait: Duration) -> Vec<RawResponse> {
+        let mut s = self.connect(wait);
+        s.write_all(request).unwrap();
+        parse_responses(&read_until_closed(&mut s, wait))
+    }
+
+    /// Sends one raw request and returns the first response (panics when none came).
+    #[track_caller]
+    pub fn raw_one(&self, request: &[u8]) -> RawResponse {
+        let mut s = self.connect(Duration::from_secs(10));
+        s.write_all(request).unwrap();
+        read_response(&mut s, Duration::from_secs(10)).unwrap_or_else(|| panic!("no response; log:\n{}", self.log()))
+    }
+
+    /// Waits until the access log has a line for `method path` (the path as sent, without
+    /// the query); returns that line.
+    #[track_caller]
+    pub fn wait_for_access(&self, method: &str, path: &str, within: Duration) -> String {
+        let needle_m = format!("method={method} ");
+        let needle_p = format!("path={path} ");
+        let mut line = None;
+        let found = wait_until(within, || {
+            line = self
+                .log()
+                .lines()
+                .find(|l| l.contains("client=") && l.contains(&needle_m) && l.contains(&needle_p))
+                .map(str::to_string);
+            line.is_some()
+        });
+        assert!(found, "no access-log line for {method} {path}; log:\n{}", self.log());
+        line.unwrap()
+    }
+
+    /// The PID of the server process.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`"TERM"`, `"HUP"` …) without waiting.
+    pub fn signal(&self, signal: &str) {
+        unsafe_kill(self.child.id(), signal);
+    }
+
+    /// Waits up to `within` for the process to exit.
+    pub fn wait_exit(&mut self, within: Duration) -> Option<std::process::ExitStatus> {
+        let mut status = None;
+        wait_until(within, || {
+            status = self.child.try_wait().unwrap();
+            status.is_some()
+        });
+        status
+    }
+}
+
+/// One HTTP response read off a raw connection.
+#[derive(Debug, Clone)]
+pub struct RawResponse {
+    /// The status code.
+    pub status: u16,
+    /// The headers, names in lower case, in order.
+    pub headers: Vec<(String, String)>,
+    /// The body (as framed by Content-Length, or up to the close).
+    pub body: Vec<u8>,
+}
+
+impl RawResponse {
+    /// The first header of that name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        let name = name.to_ascii_lowercase();
+        self.headers.iter().find(|(n, _)| *n == name).map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses one response at the start of `bytes`; returns it and how many bytes it took, or
+/// None when the head is not complete. A body without Content-Length runs to the end.
+pub fn parse_response(bytes: &[u8]) -> Option<(RawResponse, usize)> {
+    let end = bytes.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
+    let head = String::from_utf8_lossy(&bytes[..end]);
+    let mut lines = head.split("\r\n");
+    let status_line = lines.next()?;
+    let status: u16 = status_line.split(' ').nth(1)?.parse().ok()?;
+    let headers: Vec<(String, String)> = lines
+        .filter(|l| !l.is_empty())
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, v)| (n.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    let length = headers
+        .iter()
+        .find(|(n, _)| n == "content-length")
+        .and_then(|(_, v)| v.parse::<usize>().ok());
+    let body_len = if (100..200).contains(&status) || status == 204 || status == 304 {
+        0
+    } else {
+        length.unwrap_or(bytes.len() - end)
+    };
+    let body_end = (end + body_len).min(bytes.len());
+    Some((
+        RawResponse {
+            status,
+            headers,
+            body: bytes[end..body_end].to_vec(),
+        },
+        body_end,
+    ))
+}
+
+/// Parses every response in `bytes`, in order.
+pub fn parse_responses(mut bytes: &[u8]) -> Vec<RawResponse> {
+    let mut out = Vec::new();
+    while let Some((r, used)) = parse_response(bytes) {
+        out.push(r);
+        bytes = &bytes[used..];
+    }
+    out
+}
+
+/// Reads until EOF, an error (reset) or `wait` has passed in total.
+pub fn read_until_closed(s: &mut TcpStream, wait: Duration) -> Vec<u8> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+    out
+}
+
+/// Reads until one complete response (head and Content-Length body) is in, EOF, or `wait`
+/// has passed; interim 1xx answers are returned like any other.
+pub fn read_response(s: &mut TcpStream, wait: Duration) -> Option<RawResponse> {
+    let deadline = std::time::Instant::now() + wait;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 65536];
+    loop {
+        if let Some((r, _)) = parse_response(&out) {
+            let complete = match r.header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+                Some(n) => r.body.len() >= n || (100..200).contains(&r.status) || r.status == 204 || r.status == 304,
+                None => true,
+            };
+            if complete {
+                return Some(r);
+            }
+        }
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        if left.is_zero() {
+            return None;
+        }
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => return parse_response(&out).map(|(r, _)| r),
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// Polls `check` every 20 ms until it holds or `within` has passed; returns whether it held.
+pub fn wait_until(within: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        if check() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Every regular file and symlink under `root` (recursively; nothing when it is missing).
+pub fn files_under(root: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => stack.push(path),
+                Ok(_) => out.push(path),
+                Err(_) => {}
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Seconds since the epoch.
+pub fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Asserts the CORS headers of SPEC §3 on a response (names in any case).
+#[track_caller]
+pub fn assert_cors(get: impl Fn(&str) -> Option<String>, what: &str) {
+    let list = |name: &str| -> Vec<String> {
+        get(name)
+            .unwrap_or_else(|| panic!("{what}: no {name}"))
+            .split(',')
+            .map(|s| s.trim().to_ascii_lowercase())
+            .collect()
+    };
+    assert_eq!(
+        get("access-control-allow-origin").as_deref(),
+        Some("*"),
+        "{what}: Access-Control-Allow-Origin"
+    );
+    let methods = list("access-control-allow-methods");
+    for m in ["OPTIONS", "HEAD", "GET", "PUT", "POST", "PATCH", "DELETE"] {
+        assert!(
+            methods.contains(&m.to_ascii_lowercase()),
+            "{what}: Allow-Methods lacks {m}: {methods:?}"
+        );
+    }
+    let allowed = list("access-control-allow-headers");
+    for h in [
+        "Authorization",
+        "Content-Type",
+        "Content-Length",
+        "Content-Range",
+        "X-Session-Token",
+        "Tus-Resumable",
+        "Upload-Length",
+        "Upload-Offset",
+        "Upload-Metadata",
+        "Upload-Checksum",
+        "Upload-Concat",
+        "Upload-Defer-Length",
+        "Content-Digest",
+    ] {
+        assert!(
+            allowed.contains(&h.to_ascii_lowercase()),
+            "{what}: Allow-Headers lacks {h}: {allowed:?}"
+        );
+    }
+    let exposed = list("access-control-expose-headers");
+    for h in ["Location", "Upload-Offset", "X-Session-Token", "Tus-Resumable", "ETag"] {
+        assert!(
+            exposed.contains(&h.to_ascii_lowercase()),
+            "{what}: Expose-Headers lacks {h}: {exposed:?}"
+        );
+    }
+    let max_age = get("access-control-max-age").unwrap_or_else(|| panic!("{what}: no Access-Control-Max-Age"));
+    assert!(
+        max_age.trim().parse::<u64>().is_ok_and(|n| n > 0),
+        "{what}: Access-Control-Max-Age {max_age:?}"
+    );
+}
+
+/// [`assert_cors`] for a reqwest response.
+#[track_caller]
+pub fn assert_cors_reqwest(r: &reqwest::Response, what: &str) {
+    assert_cors(|n| r.headers().get(n).map(|v| v.to_str().unwrap().to_string()), what);
+}
+
+/// [`assert_cors`] for a raw response.
+#[track_caller]
+pub fn assert_cors_raw(r: &RawResponse, what: &str) {
+    assert_cors(|n| r.header(n).map(str::to_string), what);
 }

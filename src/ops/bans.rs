@@ -1,0 +1,254 @@
+//! Bans: BlockAfterFails failed authentications from one client address within BlockDuration
+//! ban it; the ban lifts after AutoBanTime (or at restart when AutoUnban is off). Banned
+//! clients get 429 with Retry-After. The client address is the peer's, or the one a trusted
+//! proxy forwards ([`client_ip`]).
+
+use std::collections::{HashMap, VecDeque};
+use std::net::IpAddr;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use http::HeaderMap;
+use ipnet::IpNet;
+
+use super::metrics;
+
+/// Most client addresses tracked at once; beyond it the oldest entries are dropped.
+const MAX_TRACKED: usize = 100_000;
+/// Retry-After for a ban that lasts until restart.
+const UNTIL_RESTART_RETRY_AFTER: Duration = Duration::from_secs(3600);
+
+/// The ban settings in force (reloadable).
+#[derive(Debug, Clone, Copy)]
+pub struct BanPolicy {
+    /// Failures that trigger a ban; 0 = bans off.
+    pub after_fails: u32,
+    /// Window in which failures count.
+    pub window: Duration,
+    /// Whether bans lift by themselves.
+    pub auto_unban: bool,
+    /// How long a ban lasts.
+    pub ban_time: Duration,
+}
+
+#[derive(Debug, Default)]
+struct Entry {
+    failures: VecDeque<Instant>,
+    banned_until: Option<Option<Instant>>,
+}
+
+/// The in-process ban list.
+#[derive(Debug, Default)]
+pub struct Bans {
+    entries: Mutex<HashMap<IpAddr, Entry>>,
+}
+
+impl Bans {
+    /// How long `ip` is still banned, if it is.
+    pub fn banned_for(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
+        let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        match entries.get(&ip)?.banned_until? {
+            None => Some(UNTIL_RESTART_RETRY_AFTER),
+            Some(until) if until > now => Some(until - now),
+            Some(_) => None,
+        }
+    }
+
+    /// Records a failed authentication; returns true when it starts a ban.
+    pub fn record_failure(&self, ip: IpAddr, policy: &BanPolicy, now: Instant) -> bool {
+        if policy.after_fails == 0 {
+            return false;
+        }
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        if entries.len() >= MAX_TRACKED && !entries.contains_key(&ip) {
+            prune(&mut entries, now, policy.window);
+            if entries.len() >= MAX_TRACKED {
+                return false;
+            }
+        }
+        let entry = entries.entry(ip).or_default();
+        if entry.banned_until.is_some() {
+            return false;
+        }
+        while entry
+            .failures
+            .front()
+            .is_some_and(|t| now.duration_since(*t) > policy.window)
+        {
+            entry.failures.pop_front();
+        }
+        entry.failures.push_back(now);
+        if entry.failures.len() < policy.after_fails as usize {
+            return false;
+        }
+        entry.failures.clear();
+        entry.banned_until = Some(policy.auto_unban.then(|| now + policy.ban_time));
+        let in_force = entries.values().filter(|e| e.banned_until.is_some()).count();
+        drop(entries);
+        metrics::banned(in_force);
+        tracing::warn!(
+            client = %ip,
+            failures = policy.after_fails,
+            ban_seconds = policy.auto_unban.then_some(policy.ban_time.as_secs()),
+            "client banned after repeated authentication failures"
+        );
+        true
+    }
+
+    /// Lifts expired bans (logging each) and forgets stale failures.
+    pub fn sweep(&self, now: Instant, window: Duration) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lifted = Vec::new();
+        for (ip, entry) in entries.iter_mut() {
+            if let Some(Some(until)) = entry.banned_until
+                && until <= now
+            {
+                entry.banned_until = None;
+                lifted.push(*ip);
+            }
+        }
+        prune(&mut entries, now, window);
+        let in_force = entries.values().filter(|e| e.banned_until.is_some()).count();
+        drop(entries);
+        for ip in &lifted {
+            tracing::info!(client = %ip, "ban lifted");
+        }
+        if !lifted.is_empty() {
+            metrics::bans_in_force(in_force);
+        }
+    }
+}
+
+fn prune(entries: &mut HashMap<IpAddr, Entry>, now: Instant, window: Duration) {
+    entries
+        .retain(|_, e| e.banned_until.is_some() || e.failures.back().is_some_and(|t| now.duration_since(*t) <= window));
+}
+
+/// The client's address: the peer's, unless the peer is a trusted proxy (or a Unix socket,
+/// `peer = None`, which only local processes reach); then the first untrusted address from
+/// the right of X-Forwarded-For, else X-Real-IP.
+pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
+    let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
+    if let Some(ip) = peer
+        && !is_trusted(&ip)
+    {
+        return Some(ip);
+    }
+    let forwarded: Vec<IpAddr> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    if let Some(ip) = forwarded.iter().rev().find(|ip| !is_trusted(ip)) {
+        return Some(*ip);
+    }
+    if let Some(ip) = headers
+        .get("x-real-ip")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+    {
+        return Some(ip);
+    }
+    forwarded.first().copied().or(peer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn policy(auto_unban: bool) -> BanPolicy {
+        BanPolicy {
+            after_fails: 3,
+            window: Duration::from_secs(10),
+            auto_unban,
+            ban_time: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn bans_after_failures_in_window_and_lifts() {
+        let bans = Bans::default();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        assert!(!bans.record_failure(ip, &policy(true), t0));
+        assert!(!bans.record_failure(ip, &policy(true), t0 + Duration::from_secs(1)));
+        assert!(bans.banned_for(ip, t0).is_none());
+        assert!(bans.record_failure(ip, &policy(true), t0 + Duration::from_secs(2)));
+        let left = bans.banned_for(ip, t0 + Duration::from_secs(2)).unwrap();
+        assert_eq!(left, Duration::from_secs(60));
+        assert!(
+            bans.banned_for("192.0.2.2".parse().unwrap(), t0).is_none(),
+            "others unaffected"
+        );
+        bans.sweep(t0 + Duration::from_secs(63), Duration::from_secs(10));
+        assert!(bans.banned_for(ip, t0 + Duration::from_secs(63)).is_none());
+    }
+
+    #[test]
+    fn failures_outside_the_window_do_not_add_up() {
+        let bans = Bans::default();
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let t0 = Instant::now();
+        for i in 0..10 {
+            assert!(!bans.record_failure(ip, &policy(true), t0 + Duration::from_secs(i * 6)));
+        }
+    }
+
+    #[test]
+    fn without_auto_unban_the_ban_stays() {
+        let bans = Bans::default();
+        let ip: IpAddr = "2001:db8::1".parse().unwrap();
+        let t0 = Instant::now();
+        for i in 0..3 {
+            bans.record_failure(ip, &policy(false), t0 + Duration::from_millis(i));
+        }
+        bans.sweep(t0 + Duration::from_secs(100_000), Duration::from_secs(10));
+        assert!(bans.banned_for(ip, t0 + Duration::from_secs(100_000)).is_some());
+    }
+
+    #[test]
+    fn bans_off_with_zero() {
+        let bans = Bans::default();
+        let p = BanPolicy {
+            after_fails: 0,
+            ..policy(true)
+        };
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        for _ in 0..10 {
+            assert!(!bans.record_failure(ip, &p, Instant::now()));
+        }
+    }
+
+    #[test]
+    fn forwarded_addresses_only_from_trusted_proxies() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap(), "127.0.0.1/32".parse().unwrap()];
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("203.0.113.9, 10.1.1.1"));
+        let proxy: IpAddr = "10.1.1.2".parse().unwrap();
+        let stranger: IpAddr = "198.51.100.7".parse().unwrap();
+        assert_eq!(
+            client_ip(Some(proxy), &h, &trusted),
+            Some("203.0.113.9".parse().unwrap())
+        );
+        assert_eq!(
+            client_ip(Some(stranger), &h, &trusted),
+            Some(stranger),
+            "spoofed header ignored"
+        );
+        let mut h = HeaderMap::new();
+        h.insert("x-real-ip", HeaderValue::from_static("203.0.113.5"));
+        assert_eq!(
+            client_ip(Some(proxy), &h, &trusted),
+            Some("203.0.113.5".parse().unwrap())
+        );
+        assert_eq!(client_ip(Some(proxy), &HeaderMap::new(), &trusted), Some(proxy));
+        assert_eq!(
+            client_ip(None, &h, &[]),
+            Some("203.0.113.5".parse().unwrap()),
+            "Unix socket peers are local"
+        );
+    }
+}

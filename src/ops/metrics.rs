@@ -1,0 +1,203 @@
+//! Prometheus metrics. The Go server's names stay as they are, so existing dashboards keep
+//! working: `hmac_file_server_uploads_total`, `hmac_file_server_upload_errors_total`,
+//! `hmac_file_server_upload_duration_seconds` and `hmac_file_server_goroutines` (here: live
+//! tokio tasks). The rest are ours.
+//!
+//! Recording goes through the `metrics` facade; without an installed recorder (tests, the
+//! metrics listener switched off) every call is a no-op.
+
+use std::time::Duration;
+
+use metrics::{counter, gauge, histogram};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+
+/// Uploads stored.
+pub const UPLOADS: &str = "hmac_file_server_uploads_total";
+/// Upload requests answered with an error or broken off.
+pub const UPLOAD_ERRORS: &str = "hmac_file_server_upload_errors_total";
+/// Seconds from the first byte of an upload request to its answer.
+pub const UPLOAD_DURATION: &str = "hmac_file_server_upload_duration_seconds";
+/// Live tasks (the Go name is kept for dashboards).
+pub const GOROUTINES: &str = "hmac_file_server_goroutines";
+/// Successful GETs (200 and 206).
+pub const DOWNLOADS: &str = "hmac_file_server_downloads_total";
+/// Body bytes received in uploads.
+pub const UPLOAD_BYTES: &str = "hmac_file_server_upload_bytes_total";
+/// Body bytes announced in download answers.
+pub const DOWNLOAD_BYTES: &str = "hmac_file_server_download_bytes_total";
+/// Uploads in progress.
+pub const ACTIVE_UPLOADS: &str = "hmac_file_server_active_uploads";
+/// Refused tokens.
+pub const AUTH_FAILURES: &str = "hmac_file_server_auth_failures_total";
+/// Bans imposed.
+pub const BANS: &str = "hmac_file_server_bans_total";
+/// Client addresses banned now.
+pub const BANNED_CLIENTS: &str = "hmac_file_server_banned_clients";
+/// Files removed by retention, by reason.
+pub const RETENTION_DELETIONS: &str = "hmac_file_server_retention_deletions_total";
+/// Files in the store.
+pub const STORE_FILES: &str = "hmac_file_server_store_files";
+/// Bytes in the store.
+pub const STORE_BYTES: &str = "hmac_file_server_store_bytes";
+/// Seconds per request, by method and status.
+pub const REQUEST_DURATION: &str = "hmac_file_server_request_duration_seconds";
+
+/// Upload duration buckets: 10 ms to 10 min.
+const UPLOAD_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+/// Request duration buckets: 1 ms to 10 min.
+const REQUEST_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0,
+];
+
+/// Installs the global recorder and returns the handle that renders `/metrics`.
+pub fn install() -> Result<PrometheusHandle, String> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Full(UPLOAD_DURATION.into()), UPLOAD_BUCKETS)
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), REQUEST_BUCKETS))
+        .map_err(|e| e.to_string())?
+        .install_recorder()
+        .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;
+    describe();
+    // Counters appear at 0 from the start, so rates work before the first event.
+    for name in [
+        UPLOADS,
+        UPLOAD_ERRORS,
+        DOWNLOADS,
+        UPLOAD_BYTES,
+        DOWNLOAD_BYTES,
+        AUTH_FAILURES,
+        BANS,
+    ] {
+        counter!(name).absolute(0);
+    }
+    gauge!(ACTIVE_UPLOADS).set(0.0);
+    gauge!(BANNED_CLIENTS).set(0.0);
+    Ok(handle)
+}
+
+fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(UPLOADS, "Uploads stored.");
+    describe_counter!(
+        UPLOAD_ERRORS,
+        "Upload requests (PUT, POST, PATCH) answered with an error or broken off."
+    );
+    describe_histogram!(UPLOAD_DURATION, metrics::Unit::Seconds, "Duration of upload requests.");
+    describe_gauge!(
+        GOROUTINES,
+        "Live tasks of the server (named after the Go server's gauge)."
+    );
+    describe_counter!(DOWNLOADS, "Downloads answered with 200 or 206.");
+    describe_counter!(
+        UPLOAD_BYTES,
+        metrics::Unit::Bytes,
+        "Body bytes received in upload requests."
+    );
+    describe_counter!(
+        DOWNLOAD_BYTES,
+        metrics::Unit::Bytes,
+        "Body bytes sent in download answers."
+    );
+    describe_gauge!(ACTIVE_UPLOADS, "Uploads in progress.");
+    describe_counter!(
+        AUTH_FAILURES,
+        "Requests refused for a missing, malformed, wrong or expired token."
+    );
+    describe_counter!(BANS, "Client addresses banned.");
+    describe_gauge!(BANNED_CLIENTS, "Client addresses banned now.");
+    describe_counter!(RETENTION_DELETIONS, "Files deleted by retention, by reason.");
+    describe_gauge!(STORE_FILES, "Files in the store.");
+    describe_gauge!(STORE_BYTES, metrics::Unit::Bytes, "Bytes in the store.");
+    describe_histogram!(
+        REQUEST_DURATION,
+        metrics::Unit::Seconds,
+        "Duration of requests by method and status."
+    );
+}
+
+/// A request finished.
+pub fn request_done(method: &str, status: u16, elapsed: Duration) {
+    histogram!(REQUEST_DURATION, "method" => method.to_string(), "status" => status.to_string())
+        .record(elapsed.as_secs_f64());
+}
+
+/// An upload request (PUT, POST, PATCH) finished, successfully or not.
+pub fn upload_done(stored: bool, elapsed: Duration) {
+    if stored {
+        counter!(UPLOADS).increment(1);
+    } else {
+        counter!(UPLOAD_ERRORS).increment(1);
+    }
+    histogram!(UPLOAD_DURATION).record(elapsed.as_secs_f64());
+}
+
+/// Body bytes received.
+pub fn upload_bytes(n: u64) {
+    counter!(UPLOAD_BYTES).increment(n);
+}
+
+/// A file was stored or removed: keep the store gauges current between full counts.
+pub fn store_changed(files: i64, bytes: i64) {
+    gauge!(STORE_FILES).increment(files as f64);
+    gauge!(STORE_BYTES).increment(bytes as f64);
+}
+
+/// The store was counted in full.
+pub fn store_counted(files: u64, bytes: u64) {
+    gauge!(STORE_FILES).set(files as f64);
+    gauge!(STORE_BYTES).set(bytes as f64);
+}
+
+/// A download was answered with `bytes` of body.
+pub fn download(bytes: u64) {
+    counter!(DOWNLOADS).increment(1);
+    counter!(DOWNLOAD_BYTES).increment(bytes);
+}
+
+/// A token was refused.
+pub fn auth_failure() {
+    counter!(AUTH_FAILURES).increment(1);
+}
+
+/// A client was banned; `banned_now` is the number of bans in force.
+pub fn banned(banned_now: usize) {
+    counter!(BANS).increment(1);
+    gauge!(BANNED_CLIENTS).set(banned_now as f64);
+}
+
+/// The number of bans in force changed (a ban lifted).
+pub fn bans_in_force(n: usize) {
+    gauge!(BANNED_CLIENTS).set(n as f64);
+}
+
+/// Retention removed a file.
+pub fn retention_deleted(reason: &'static str) {
+    counter!(RETENTION_DELETIONS, "reason" => reason).increment(1);
+}
+
+/// Uploads in progress: +1 at start, -1 at the end (a guard does both).
+pub struct ActiveUpload(());
+
+impl ActiveUpload {
+    /// Counts an upload as running until dropped.
+    pub fn start() -> Self {
+        gauge!(ACTIVE_UPLOADS).increment(1.0);
+        ActiveUpload(())
+    }
+}
+
+impl Drop for ActiveUpload {
+    fn drop(&mut self) {
+        gauge!(ACTIVE_UPLOADS).decrement(1.0);
+    }
+}
+
+/// Renders the text exposition, with the live-task gauge read now.
+pub fn render(handle: &PrometheusHandle) -> String {
+    if let Ok(rt) = tokio::runtime::Handle::try_current() {
+        gauge!(GOROUTINES).set(rt.metrics().num_alive_tasks() as f64);
+    }
+    handle.render()
+}
