@@ -12,5 +12,7 @@ pub mod auth;
 pub mod config;
 pub mod http;
 pub mod ops;
+pub mod resumable;
 pub mod server;
+pub mod state;
 pub mod store;

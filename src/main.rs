@@ -136,7 +136,11 @@ fn run(config: Config, sources: Sources) -> ExitCode {
         log: Some(log),
         metrics,
     };
-    match runtime.block_on(server::run(launch, server::shutdown_signal())) {
+    let result = runtime.block_on(async {
+        let shutdown = server::shutdown_signal().map_err(|e| format!("cannot listen for SIGTERM/SIGINT: {e}"))?;
+        server::run(launch, shutdown).await.map_err(|e| e.to_string())
+    });
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!("{e}");

@@ -29,21 +29,27 @@ pub enum ApiError {
         /// The limit.
         max: u64,
     },
+    /// The path leads out of the store (through a symlink placed in it).
+    #[error("path leaves the store")]
+    PathEscape,
     /// A file is already at the path.
     #[error("file already exists")]
     Exists,
     /// Nothing at the path.
     #[error("not found")]
     NotFound,
-    /// A method this server does not serve.
+    /// A method this resource does not serve; the methods it does, for `Allow`.
     #[error("method not allowed")]
-    MethodNotAllowed,
+    MethodNotAllowed(&'static str),
     /// A malformed request, with a reason safe to show.
     #[error("{0}")]
     BadRequest(&'static str),
     /// The client sent no body bytes for ReadTimeout.
     #[error("timed out reading the request body")]
     BodyTimeout,
+    /// The request head is too large.
+    #[error("request header fields too large")]
+    HeadTooLarge,
     /// The request target is too long.
     #[error("URI too long")]
     UriTooLong,
@@ -59,6 +65,30 @@ pub enum ApiError {
         /// How long the ban still lasts.
         retry_after: std::time::Duration,
     },
+    /// tus: missing or unsupported Tus-Resumable.
+    #[error("unsupported or missing Tus-Resumable; this server speaks tus 1.0.0")]
+    TusVersion,
+    /// tus PATCH without `application/offset+octet-stream`.
+    #[error("PATCH needs Content-Type: application/offset+octet-stream")]
+    UnsupportedMediaType,
+    /// The upload's offset is not what the request says.
+    #[error("offset mismatch: the upload has {offset} bytes")]
+    OffsetMismatch {
+        /// The durable offset.
+        offset: u64,
+    },
+    /// An expired resumable upload.
+    #[error("upload expired")]
+    Gone,
+    /// Another request holds the upload.
+    #[error("upload is busy; retry")]
+    Locked,
+    /// tus Upload-Checksum mismatch: the chunk was discarded.
+    #[error("checksum mismatch; chunk discarded")]
+    ChecksumMismatch,
+    /// The upload state (Redis) is unreachable.
+    #[error("upload state unavailable: {0}")]
+    Unavailable(String),
     /// The store is full.
     #[error("insufficient storage: {0}")]
     Full(#[source] StoreError),
@@ -67,11 +97,32 @@ pub enum ApiError {
     Internal(#[source] StoreError),
 }
 
+impl From<crate::resumable::ResumableError> for ApiError {
+    fn from(e: crate::resumable::ResumableError) -> Self {
+        use crate::resumable::ResumableError;
+        match e {
+            ResumableError::State(s) => s.into(),
+            ResumableError::Store(s) => s.into(),
+            ResumableError::Locked => ApiError::Locked,
+        }
+    }
+}
+
+impl From<crate::state::StateError> for ApiError {
+    fn from(e: crate::state::StateError) -> Self {
+        match e {
+            crate::state::StateError::Unavailable(reason) => ApiError::Unavailable(reason),
+            other => ApiError::Internal(StoreError::Io(std::io::Error::other(other.to_string()))),
+        }
+    }
+}
+
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
             StoreError::Exists => ApiError::Exists,
             StoreError::NotFound => ApiError::NotFound,
+            StoreError::Escape => ApiError::PathEscape,
             StoreError::Full(_) => ApiError::Full(e),
             StoreError::Io(_) => ApiError::Internal(e),
         }
@@ -79,23 +130,33 @@ impl From<StoreError> for ApiError {
 }
 
 /// Methods served on upload paths, for `Allow`.
-pub const ALLOW: &str = "OPTIONS, HEAD, GET, PUT, DELETE";
+pub const ALLOW: &str = "OPTIONS, HEAD, GET, PUT, POST, DELETE";
+/// Methods served on tus upload resources.
+pub const ALLOW_TUS: &str = "OPTIONS, HEAD, PATCH, DELETE";
 
 impl ApiError {
     /// The status code for this error.
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadPath(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Auth(_) => StatusCode::FORBIDDEN,
+            ApiError::Auth(_) | ApiError::PathEscape => StatusCode::FORBIDDEN,
             ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Exists => StatusCode::CONFLICT,
             ApiError::NotFound => StatusCode::NOT_FOUND,
-            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::UriTooLong => StatusCode::URI_TOO_LONG,
+            ApiError::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ApiError::RangeNotSatisfiable { .. } => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Banned { .. } => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TusVersion => StatusCode::PRECONDITION_FAILED,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::OffsetMismatch { .. } => StatusCode::CONFLICT,
+            ApiError::Gone => StatusCode::GONE,
+            ApiError::Locked => StatusCode::LOCKED,
+            ApiError::ChecksumMismatch => StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
+            ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -118,18 +179,27 @@ impl ApiError {
         };
         let headers = response.headers_mut();
         match self {
-            ApiError::MethodNotAllowed => {
-                headers.insert(header::ALLOW, HeaderValue::from_static(ALLOW));
+            ApiError::MethodNotAllowed(allow) => {
+                headers.insert(header::ALLOW, HeaderValue::from_static(allow));
             }
             ApiError::RangeNotSatisfiable { size } => {
                 if let Ok(v) = HeaderValue::from_str(&format!("bytes */{size}")) {
                     headers.insert(header::CONTENT_RANGE, v);
                 }
             }
+            ApiError::TusVersion => {
+                headers.insert("tus-version", HeaderValue::from_static("1.0.0"));
+            }
+            ApiError::OffsetMismatch { offset } => {
+                headers.insert("upload-offset", HeaderValue::from(offset));
+            }
+            ApiError::Locked | ApiError::Unavailable(_) => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
             ApiError::Banned { retry_after } => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
             }
-            ApiError::BodyTimeout | ApiError::BadRequest(_) => {
+            ApiError::BodyTimeout | ApiError::BadRequest(_) | ApiError::HeadTooLarge => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
             }
             _ => {}

@@ -163,7 +163,7 @@ fn etag(stored: &StoredFile) -> String {
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default()
         .as_nanos();
-    format!("\"{:x}-{:x}\"", stored.size, nanos)
+    format!("\"{:x}-{:x}-{:x}\"", stored.size, nanos, stored.inode)
 }
 
 fn truncate_to_seconds(t: SystemTime) -> SystemTime {

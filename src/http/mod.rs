@@ -22,6 +22,8 @@ use crate::auth::KeyRing;
 use crate::config::{Config, Secret};
 use crate::ops::bans::{BanPolicy, Bans, client_ip};
 use crate::ops::metrics;
+use crate::resumable::session::{self, SessionToken};
+use crate::resumable::{Resumable, tus};
 use crate::store::{FileKey, LocalStore};
 pub use body::{Body, Response};
 pub use error::ApiError;
@@ -40,18 +42,25 @@ struct Shared {
     keys: ArcSwap<KeyRing>,
     store: LocalStore,
     bans: Bans,
+    resumable: Resumable,
 }
 
 impl AppState {
     /// State for a freshly started server.
-    pub fn new(config: Arc<Config>, store: LocalStore) -> Self {
+    pub fn new(config: Arc<Config>, store: LocalStore, resumable: Resumable) -> Self {
         let keys = KeyRing::new(config.secret.clone());
         Self(Arc::new(Shared {
             config: ArcSwap::new(config),
             keys: ArcSwap::from_pointee(keys),
             store,
             bans: Bans::default(),
+            resumable,
         }))
+    }
+
+    /// The resumable-upload engine.
+    pub fn resumable(&self) -> &Resumable {
+        &self.0.resumable
     }
 
     /// The settings in force now.
@@ -129,8 +138,8 @@ where
     let is_upload = matches!(method, Method::PUT | Method::POST | Method::PATCH);
     let _active = is_upload.then(metrics::ActiveUpload::start);
 
-    let result = match client.and_then(|ip| state.bans().banned_for(ip, Instant::now())) {
-        Some(left) => Err(ApiError::Banned { retry_after: left }),
+    let (result, session_header) = match client.and_then(|ip| state.bans().banned_for(ip, Instant::now())) {
+        Some(left) => (Err(ApiError::Banned { retry_after: left }), None),
         None => route(&state, &config, request).await,
     };
     if let (Err(ApiError::Auth(_)), Some(ip)) = (&result, client) {
@@ -139,6 +148,9 @@ where
     }
     let mut response = result.unwrap_or_else(|e| e.into_response(&method, &raw_path));
     cors::apply(response.headers_mut());
+    if let Some(v) = session_header {
+        response.headers_mut().insert(session::HEADER, v);
+    }
 
     let status = response.status();
     let bytes = response
@@ -167,34 +179,74 @@ where
     response
 }
 
-async fn route<B>(state: &AppState, config: &Config, request: Request<B>) -> Result<Response, ApiError>
+/// Routes a request; the second value is the X-Session-Token every PUT answer carries.
+async fn route<B>(
+    state: &AppState,
+    config: &Config,
+    request: Request<B>,
+) -> (Result<Response, ApiError>, Option<HeaderValue>)
 where
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    if request.uri().path_and_query().map_or(0, |pq| pq.as_str().len()) > MAX_URI_BYTES {
-        return Err(ApiError::UriTooLong);
+    let uri_bytes = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
+    if uri_bytes > MAX_URI_BYTES {
+        return (Err(ApiError::UriTooLong), None);
+    }
+    // hyper's buffer limit only bites when a head arrives in pieces: count it here too.
+    let head_bytes: usize = uri_bytes
+        + request
+            .headers()
+            .iter()
+            .map(|(n, v)| n.as_str().len() + v.len() + 4)
+            .sum::<usize>();
+    if head_bytes > crate::server::MAX_HEAD_BYTES {
+        return (Err(ApiError::HeadTooLarge), None);
     }
     if request.method() == Method::OPTIONS {
         let mut r = body::empty(StatusCode::NO_CONTENT);
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(error::ALLOW));
-        return Ok(r);
+        tus::options_headers(r.headers_mut(), config.max_upload_bytes);
+        return (Ok(r), None);
     }
     let prefix = config.url_prefix();
     let raw_path = request.uri().path();
     let Some(rest) = raw_path.strip_prefix(prefix.as_str()) else {
-        return Err(ApiError::NotFound);
+        return (Err(ApiError::NotFound), None);
     };
-    let key = FileKey::from_url_path(rest)?;
+    if let Some(id) = rest.strip_prefix(tus::TUS_SEGMENT) {
+        let id = id.to_string();
+        let result = match *request.method() {
+            Method::HEAD => tus::head(state, &id, request.headers()).await,
+            Method::PATCH => tus::patch(state, config, &id, request).await,
+            Method::DELETE => tus::terminate(state, &id, request.headers()).await,
+            _ => Err(ApiError::MethodNotAllowed(error::ALLOW_TUS)),
+        };
+        return (result, None);
+    }
+    let key = match FileKey::from_url_path(rest) {
+        Ok(k) => k,
+        Err(e) => return (Err(e.into()), None),
+    };
     let full_path = format!("{prefix}{}", key.as_str());
     let query = request.uri().query().unwrap_or("").to_string();
     let target = Target { key, full_path, query };
     match *request.method() {
-        Method::PUT => put::put(state, config, target, request).await,
-        Method::GET | Method::HEAD => get::get(state, target, &request).await,
-        Method::DELETE => delete::delete(state, config, target).await,
-        _ => Err(ApiError::MethodNotAllowed),
+        Method::PUT => match SessionToken::from_headers(request.headers()) {
+            Ok(session) => {
+                let header = session.header();
+                (put::put(state, config, target, request, &session).await, Some(header))
+            }
+            Err(e) => (Err(e), None),
+        },
+        Method::POST => (tus::create(state, config, target, request).await, None),
+        Method::HEAD if request.headers().contains_key(session::HEADER) && !target.query.is_empty() => {
+            (session::head(state, &target, request.headers()).await, None)
+        }
+        Method::GET | Method::HEAD => (get::get(state, target, &request).await, None),
+        Method::DELETE => (delete::delete(state, config, target).await, None),
+        _ => (Err(ApiError::MethodNotAllowed(error::ALLOW)), None),
     }
 }
 

@@ -13,6 +13,7 @@ use super::{ApiError, AppState, Response, Target, body, now_unix};
 use crate::auth::{Claims, DEFAULT_CONTENT_TYPE, Token};
 use crate::config::Config;
 use crate::ops::metrics;
+use crate::resumable::session::{self, SessionToken};
 use crate::store::{FileMeta, Hashing};
 
 /// Stores one upload: 201, or the error that says why not.
@@ -21,6 +22,7 @@ pub async fn put<B>(
     config: &Config,
     target: Target,
     request: Request<B>,
+    session: &SessionToken,
 ) -> Result<Response, ApiError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
@@ -69,22 +71,27 @@ where
         return Err(ApiError::Exists);
     }
 
-    let hashing = match (config.checksum_verification, expected.sha512.is_some()) {
-        (false, _) => Hashing::None,
-        (true, false) => Hashing::Sha256,
-        (true, true) => Hashing::Sha256And512,
+    let hashing = Hashing {
+        sha256: config.checksum_verification,
+        sha512: config.checksum_verification && expected.sha512.is_some(),
+        ..Hashing::NONE
     };
     let mut staged = state.store().stage_hashing(hashing).await?;
-    loop {
-        let frame = match tokio::time::timeout(config.read_timeout, body.frame()).await {
+    let shutdown = state.resumable().shutdown.clone();
+    let broken_off = loop {
+        let frame = tokio::select! {
+            frame = tokio::time::timeout(config.read_timeout, body.frame()) => frame,
+            () = shutdown.cancelled() => break Some(ApiError::Unavailable("server shutting down".into())),
+        };
+        let frame = match frame {
             Err(_) => {
                 tracing::info!(path = %target.key, received = staged.len(), expected = size, "upload stalled; dropped");
-                return Err(ApiError::BodyTimeout);
+                break Some(ApiError::BodyTimeout);
             }
-            Ok(None) => break,
+            Ok(None) => break None,
             Ok(Some(Err(e))) => {
                 tracing::info!(path = %target.key, received = staged.len(), expected = size, error = %e, "upload broken off");
-                return Err(ApiError::BadRequest("request body ended early"));
+                break Some(ApiError::BadRequest("request body ended early"));
             }
             Ok(Some(Ok(frame))) => frame,
         };
@@ -95,6 +102,10 @@ where
             metrics::upload_bytes(data.len() as u64);
             staged.write(data).await?;
         }
+    };
+    if let Some(error) = broken_off {
+        session::keep_partial(state, config, session, &target, staged, size, content_type).await;
+        return Err(error);
     }
     if staged.len() != size {
         tracing::info!(path = %target.key, received = staged.len(), expected = size, "upload broken off");
@@ -102,13 +113,13 @@ where
     }
     let digests = staged.digests().await?;
     if let Some(d) = &digests {
-        let sha256_ok = expected.sha256.as_ref().is_none_or(|e| e[..] == d.sha256[..]);
-        let sha512_ok = expected.sha512.as_ref().is_none_or(|e| Some(e) == d.sha512.as_ref());
+        let sha256_ok = expected.sha256.is_none() || expected.sha256 == d.sha256;
+        let sha512_ok = expected.sha512.is_none() || expected.sha512 == d.sha512;
         if !(sha256_ok && sha512_ok) {
             return Err(ApiError::BadRequest("content digest does not match the body"));
         }
     }
-    let sha256 = digests.map(|d| hex::encode(d.sha256));
+    let sha256 = digests.and_then(|d| d.sha256).map(hex::encode);
     let meta = FileMeta {
         content_type: content_type.to_string(),
         size,
@@ -117,6 +128,7 @@ where
     };
     state.store().commit(staged, &target.key, &meta).await?;
     metrics::store_changed(1, size as i64);
+    session::forget_partial(state, session, &target).await;
     tracing::info!(path = %target.key, size, content_type, "file stored");
     let mut response = body::empty(StatusCode::CREATED);
     if let Some(v) = meta.sha256.as_deref().and_then(repr_digest_from_hex)

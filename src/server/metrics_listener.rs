@@ -71,8 +71,10 @@ async fn answer<B>(handle: &PrometheusHandle, state: &AppState, request: &Reques
     }
 }
 
-/// The store is writable: a probe file can be created, written, synced and removed.
+/// The upload state answers (Redis, where set) and the store is writable: a probe file can
+/// be created, written, synced and removed.
 async fn health(state: &AppState) -> Result<(), String> {
+    state.resumable().state.ping().await.map_err(|e| e.to_string())?;
     let dir = state.store().tmp_dir().to_path_buf();
     tokio::task::spawn_blocking(move || {
         use std::io::Write;

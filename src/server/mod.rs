@@ -23,7 +23,13 @@ use tokio_io_timeout::TimeoutStream;
 use crate::config::{Config, Sources};
 use crate::http::{AppState, handle};
 use crate::ops::logging::LogHandle;
+use crate::resumable::Resumable;
+use crate::state::embedded::EmbeddedState;
+use crate::state::redis::RedisState;
+use crate::state::{StateError, UploadState};
+use crate::store::key::INTERNAL_DIR;
 use crate::store::{LocalStore, RetryPolicy, StoreError};
+use tokio_util::sync::CancellationToken;
 
 /// Largest request head (request line and headers) accepted, in bytes; larger → 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
@@ -40,6 +46,9 @@ pub enum StartupError {
     /// The store could not be opened or created.
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    /// The upload state could not be opened.
+    #[error("cannot open the upload state: {0}")]
+    State(#[from] StateError),
     /// A listener could not bind.
     #[error("cannot listen on {addr}: {source}")]
     Bind {
@@ -66,13 +75,44 @@ pub struct Launch {
 /// Opens the store, binds the listeners and serves until `shutdown` completes.
 pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(), StartupError> {
     let config = launch.config;
+    // Registered before anything is bound, so an early SIGHUP reloads instead of killing.
+    let hangup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).map_err(|source| {
+        StartupError::Bind {
+            addr: "SIGHUP handler".into(),
+            source,
+        }
+    })?;
     let retry = RetryPolicy {
         max_retries: config.max_retries,
         delay: config.retry_delay,
         on_reads: config.enable_get_retries,
     };
     let store = LocalStore::open(&config.store_dir, &config.upload_sub_dir, config.buffer_bytes, retry)?;
-    let state = AppState::new(Arc::clone(&config), store.clone());
+    let upload_state = match &config.redis {
+        None => UploadState::Embedded(EmbeddedState::open(
+            &config.store_dir.join(INTERNAL_DIR).join("uploads"),
+        )?),
+        Some(redis) => {
+            let r = RedisState::connect(redis)?;
+            let state = UploadState::Redis(r);
+            match state.ping().await {
+                Ok(()) => tracing::info!(addr = %redis.addr, "resumable state in Redis"),
+                Err(e) => tracing::error!(
+                    addr = %redis.addr,
+                    error = %e,
+                    "REDIS IS NOT REACHABLE: resumable uploads answer 503 until it is; plain uploads and downloads work; reconnecting by itself"
+                ),
+            }
+            state
+        }
+    };
+    let shutdown_uploads = CancellationToken::new();
+    let resumable = Resumable {
+        state: upload_state,
+        store: store.clone(),
+        shutdown: shutdown_uploads.clone(),
+    };
+    let state = AppState::new(Arc::clone(&config), store.clone(), resumable);
 
     let metrics_task = match (&launch.metrics, config.metrics_enabled) {
         (Some(handle), true) => {
@@ -118,13 +158,14 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
         tokio::spawn(sweep_loop(state.clone())),
         tokio::spawn(ban_loop(state.clone())),
         tokio::spawn(reload::signal_loop(
+            hangup,
             state.clone(),
             launch.sources.clone(),
             launch.log.clone(),
         )),
         tokio::spawn(reload::reask_loop(state.clone(), launch.sources)),
     ];
-    serve(listener, state, shutdown).await;
+    serve(listener, state, shutdown, shutdown_uploads).await;
     for job in jobs.iter().chain(metrics_task.iter()) {
         job.abort();
     }
@@ -141,7 +182,12 @@ pub enum Listener {
 }
 
 /// Accepts connections until `shutdown`, then drains them up to [`DRAIN_DEADLINE`].
-pub async fn serve(listener: Listener, state: AppState, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: Listener,
+    state: AppState,
+    shutdown: impl Future<Output = ()>,
+    abort_uploads: CancellationToken,
+) {
     let config = state.config();
     let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
@@ -178,9 +224,18 @@ pub async fn serve(listener: Listener, state: AppState, shutdown: impl Future<Ou
         "shutting down: no new connections; waiting up to {}s for running requests",
         DRAIN_DEADLINE.as_secs()
     );
+    let drained = graceful.shutdown();
+    tokio::pin!(drained);
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
-        () = tokio::time::sleep(DRAIN_DEADLINE) => tracing::warn!("drain deadline passed; dropping the remaining connections"),
+        () = &mut drained => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(DRAIN_DEADLINE) => {
+            tracing::warn!("drain deadline passed; saving unfinished uploads for resumption");
+            abort_uploads.cancel();
+            tokio::select! {
+                () = &mut drained => tracing::info!("all connections closed"),
+                () = tokio::time::sleep(Duration::from_secs(5)) => tracing::warn!("dropping the remaining connections"),
+            }
+        }
     }
 }
 
@@ -226,6 +281,11 @@ async fn sweep_loop(state: AppState) {
         let config = state.config();
         let started = Instant::now();
         let report = crate::ops::retention::pass(state.store(), &config).await;
+        match state.resumable().sweep(config.upload_expiry).await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(removed = n, "swept expired resumable uploads"),
+            Err(e) => tracing::warn!(error = %e, "sweeping resumable uploads failed"),
+        }
         tracing::debug!(
             files = report.files,
             bytes = report.bytes,
@@ -251,18 +311,16 @@ async fn ban_loop(state: AppState) {
     }
 }
 
-/// Completes on SIGTERM or SIGINT.
-pub async fn shutdown_signal() {
+/// Registers for SIGTERM and SIGINT now (so a signal that comes during start-up is not
+/// lost to the default action) and returns a future that completes on either.
+pub fn shutdown_signal() -> std::io::Result<impl Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGTERM");
-            return std::future::pending().await;
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
         }
-    };
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM received"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT received"),
-    }
+    })
 }

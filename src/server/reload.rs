@@ -13,15 +13,12 @@ use crate::http::AppState;
 use crate::ops::logging::LogHandle;
 
 /// Waits for SIGHUP and reloads, until aborted.
-pub async fn signal_loop(state: AppState, sources: Sources, log: Option<LogHandle>) {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut hup = match signal(SignalKind::hangup()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot listen for SIGHUP; reload disabled");
-            return;
-        }
-    };
+pub async fn signal_loop(
+    mut hup: tokio::signal::unix::Signal,
+    state: AppState,
+    sources: Sources,
+    log: Option<LogHandle>,
+) {
     while hup.recv().await.is_some() {
         tracing::info!("SIGHUP received: reloading");
         if let Some(log) = &log {

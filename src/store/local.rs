@@ -23,6 +23,7 @@ use bytes::Bytes;
 use rustix::fs::{Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::Errno;
 
+use super::digest::{Digests, Hashers, Hashing};
 use super::key::INTERNAL_DIR;
 use super::meta::{FileMeta, sidecar_name};
 use super::{FileKey, StoreError};
@@ -41,6 +42,7 @@ struct Inner {
     files_dir: PathBuf,
     tmp_dir: PathBuf,
     meta_dir: PathBuf,
+    partial_dir: PathBuf,
     files_fd: OwnedFd,
     buffer_bytes: usize,
     retry: RetryPolicy,
@@ -94,6 +96,8 @@ pub struct StoredFile {
     pub modified: SystemTime,
     /// Its sidecar, when present and consistent with the file.
     pub meta: Option<FileMeta>,
+    /// Its inode number (with size and time, it tells apart two files stored in one clock tick).
+    pub inode: u64,
 }
 
 impl LocalStore {
@@ -108,7 +112,8 @@ impl LocalStore {
         let internal = store_dir.join(INTERNAL_DIR);
         let tmp_dir = internal.join("tmp");
         let meta_dir = internal.join("meta");
-        for dir in [&files_dir, &tmp_dir, &meta_dir] {
+        let partial_dir = internal.join("partial");
+        for dir in [&files_dir, &tmp_dir, &meta_dir, &partial_dir] {
             DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)?;
         }
         let files_fd = rustix::fs::open(
@@ -122,6 +127,7 @@ impl LocalStore {
                 files_dir,
                 tmp_dir,
                 meta_dir,
+                partial_dir,
                 files_fd,
                 buffer_bytes,
                 retry,
@@ -139,15 +145,122 @@ impl LocalStore {
         &self.inner.tmp_dir
     }
 
+    /// The folder the bytes of unfinished resumable uploads live in.
+    pub fn partial_dir(&self) -> &Path {
+        &self.inner.partial_dir
+    }
+
+    /// Where the bytes of resumable upload `id` live (`id` is validated by the caller).
+    pub fn partial_path(&self, id: &str) -> PathBuf {
+        self.inner.partial_dir.join(format!("{id}.part"))
+    }
+
+    /// Opens the bytes of resumable upload `id` to append at `offset`: anything past the
+    /// durable offset (written before a crash, never acknowledged) is cut off first. The file
+    /// is created when missing and kept when the handle is dropped.
+    pub async fn open_partial(&self, id: &str, offset: u64, hashing: Hashing) -> Result<StagedFile, StoreError> {
+        let path = self.partial_path(id);
+        let buffer_bytes = self.inner.buffer_bytes;
+        run_blocking_store(move || {
+            let mut file = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(FILE_MODE)
+                .open(&path)?;
+            let len = file.metadata()?.len();
+            if len < offset {
+                return Err(StoreError::Io(io::Error::other(format!(
+                    "partial upload has {len} bytes, its record says {offset}"
+                ))));
+            }
+            if len > offset {
+                file.set_len(offset)?;
+            }
+            use std::io::Seek;
+            file.seek(io::SeekFrom::Start(offset))?;
+            Ok(StagedFile {
+                path,
+                file: Some(file),
+                buffer: Vec::with_capacity(buffer_bytes),
+                buffer_bytes,
+                received: 0,
+                finished: true,
+                hashers: Hashers::new(hashing),
+            })
+        })
+        .await
+    }
+
+    /// Keeps the bytes of a broken-off upload as resumable upload `id`: flushes, fsyncs and
+    /// moves the temporary file into the partial folder. Returns the durable byte count.
+    pub async fn adopt_partial(&self, mut staged: StagedFile, id: &str) -> Result<u64, StoreError> {
+        staged.sync().await?;
+        let dest = self.partial_path(id);
+        run_blocking_store(move || {
+            let len = fs::metadata(&staged.path)?.len();
+            fs::rename(&staged.path, &dest)?;
+            staged.disarm();
+            if let Some(parent) = dest.parent() {
+                sync_dir(parent)?;
+            }
+            Ok(len)
+        })
+        .await
+    }
+
+    /// Removes the bytes of resumable upload `id`.
+    pub async fn remove_partial(&self, id: &str) -> Result<(), StoreError> {
+        let path = self.partial_path(id);
+        run_blocking_store(move || match fs::remove_file(path) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
+        })
+        .await
+    }
+
+    /// Removes partial uploads untouched for longer than `max_age`; returns their ids.
+    pub async fn sweep_partials(&self, max_age: Duration) -> Result<Vec<String>, StoreError> {
+        let dir = self.inner.partial_dir.clone();
+        run_blocking_store(move || {
+            let now = SystemTime::now();
+            let mut removed = Vec::new();
+            for entry in fs::read_dir(&dir)?.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                let age = meta
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .unwrap_or_default();
+                if meta.is_file() && age > max_age && fs::remove_file(entry.path()).is_ok() {
+                    let name = entry.file_name().to_string_lossy().into_owned();
+                    removed.push(name.trim_end_matches(".part").to_string());
+                }
+            }
+            Ok(removed)
+        })
+        .await
+    }
+
     /// Whether a finished file (or folder) exists at the key.
     pub async fn exists(&self, key: &FileKey) -> bool {
-        let path = self.inner.files_dir.join(key.as_str());
-        tokio::fs::symlink_metadata(path).await.is_ok()
+        let inner = Arc::clone(&self.inner);
+        let key = key.clone();
+        run_blocking_store(move || {
+            let (dir_rel, name) = split_key(&key);
+            match dir_beneath(&inner.files_fd, dir_rel, false) {
+                Ok(dir) => Ok(rustix::fs::statat(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok()),
+                Err(StoreError::Exists) => Ok(true),
+                Err(_) => Ok(false),
+            }
+        })
+        .await
+        .unwrap_or(false)
     }
 
     /// Starts a new upload in the temporary folder.
     pub async fn stage(&self) -> Result<StagedFile, StoreError> {
-        self.stage_hashing(Hashing::None).await
+        self.stage_hashing(Hashing::NONE).await
     }
 
     /// Starts a new upload whose bytes are hashed as they are written (on the I/O thread, so
@@ -203,12 +316,10 @@ impl LocalStore {
                 f.sync_all().map_err(StoreError::from_write)?;
             }
 
-            let dest = inner.files_dir.join(key.as_str());
-            retrying(inner.retry, "rename", || rename_noreplace_into(&staged.path, &dest))?;
+            retrying(inner.retry, "rename", || {
+                rename_into_store(&inner.files_fd, &staged.path, &key)
+            })?;
             staged.disarm();
-            if let Some(parent) = dest.parent() {
-                retrying(inner.retry, "fsync", || sync_dir(parent))?;
-            }
 
             let (shard, name) = sidecar_name(&key);
             let shard_dir = inner.meta_dir.join(shard);
@@ -239,11 +350,13 @@ impl LocalStore {
                 }
                 let size = stat.len();
                 let meta = read_sidecar(&inner.meta_dir, &key).filter(|m| m.size == size);
+                use std::os::unix::fs::MetadataExt;
                 Ok(StoredFile {
                     file,
                     size,
                     modified: stat.modified()?,
                     meta,
+                    inode: stat.ino(),
                 })
             })
         })
@@ -256,25 +369,36 @@ impl LocalStore {
         let inner = Arc::clone(&self.inner);
         let key = key.clone();
         run_blocking_store(move || {
-            let path = inner.files_dir.join(key.as_str());
-            let size = match fs::symlink_metadata(&path) {
-                Ok(m) if m.is_file() => m.len(),
-                Ok(_) => return Err(StoreError::NotFound),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StoreError::NotFound),
-                Err(e) => return Err(e.into()),
+            let (dir_rel, name) = split_key(&key);
+            let dir = match dir_beneath(&inner.files_fd, dir_rel, false) {
+                Ok(d) => d,
+                Err(StoreError::Exists) => return Err(StoreError::NotFound),
+                Err(e) => return Err(e),
             };
-            fs::remove_file(&path)?;
-            let (shard, name) = sidecar_name(&key);
-            match fs::remove_file(inner.meta_dir.join(shard).join(name)) {
+            let size = match rustix::fs::statat(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) if rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::RegularFile => {
+                    st.st_size as u64
+                }
+                Ok(_) | Err(Errno::NOENT) => return Err(StoreError::NotFound),
+                Err(e) => return Err(StoreError::Io(e.into())),
+            };
+            rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty()).map_err(io::Error::from)?;
+            let (shard, sidecar) = sidecar_name(&key);
+            match fs::remove_file(inner.meta_dir.join(shard).join(sidecar)) {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
                 _ => {}
             }
-            let mut dir = path.parent();
-            while let Some(d) = dir {
-                if d == inner.files_dir || fs::remove_dir(d).is_err() {
+            // Remove the folders the file leaves empty, deepest first (beneath the root only).
+            let mut rel = dir_rel;
+            while !rel.is_empty() {
+                let (parent_rel, leaf) = rel.rsplit_once('/').unwrap_or(("", rel));
+                let Ok(parent) = dir_beneath(&inner.files_fd, parent_rel, false) else {
+                    break;
+                };
+                if rustix::fs::unlinkat(&parent, leaf, rustix::fs::AtFlags::REMOVEDIR).is_err() {
                     break;
                 }
-                dir = d.parent();
+                rel = parent_rel;
             }
             Ok(size)
         })
@@ -318,67 +442,51 @@ pub struct StagedFile {
     hashers: Option<Box<Hashers>>,
 }
 
-/// Which digests a staged file computes while it is written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Hashing {
-    /// None.
-    None,
-    /// SHA-256.
-    Sha256,
-    /// SHA-256 and SHA-512.
-    Sha256And512,
-}
-
-/// Digests of a staged file's bytes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Digests {
-    /// SHA-256.
-    pub sha256: [u8; 32],
-    /// SHA-512, when asked for.
-    pub sha512: Option<Vec<u8>>,
-}
-
-#[derive(Debug, Clone)]
-struct Hashers {
-    sha256: sha2::Sha256,
-    sha512: Option<sha2::Sha512>,
-}
-
-impl Hashers {
-    fn new(hashing: Hashing) -> Option<Box<Self>> {
-        use sha2::Digest;
-        match hashing {
-            Hashing::None => None,
-            Hashing::Sha256 => Some(Box::new(Self {
-                sha256: sha2::Sha256::new(),
-                sha512: None,
-            })),
-            Hashing::Sha256And512 => Some(Box::new(Self {
-                sha256: sha2::Sha256::new(),
-                sha512: Some(sha2::Sha512::new()),
-            })),
-        }
-    }
-
-    fn update(&mut self, data: &[u8]) {
-        use sha2::Digest;
-        self.sha256.update(data);
-        if let Some(h) = &mut self.sha512 {
-            h.update(data);
-        }
-    }
-}
-
 impl StagedFile {
     /// The digests of everything written, once the buffer is flushed; `None` when the file
     /// was staged without hashing.
     pub async fn digests(&mut self) -> Result<Option<Digests>, StoreError> {
-        use sha2::Digest;
         self.flush().await?;
-        Ok(self.hashers.as_ref().map(|h| Digests {
-            sha256: h.sha256.clone().finalize().into(),
-            sha512: h.sha512.clone().map(|s| s.finalize().to_vec()),
-        }))
+        Ok(self.hashers.as_ref().map(|h| h.digests()))
+    }
+
+    /// Flushes and fsyncs: everything written so far is durable.
+    pub async fn sync(&mut self) -> Result<(), StoreError> {
+        self.flush().await?;
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("staged file already closed"))?;
+        let (file, result) = tokio::task::spawn_blocking(move || {
+            let r = file.sync_data();
+            (file, r)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        self.file = Some(file);
+        result.map_err(StoreError::from_write)
+    }
+
+    /// Cuts the file back to `len` bytes (a rejected chunk) and fsyncs.
+    pub async fn truncate(&mut self, len: u64) -> Result<(), StoreError> {
+        self.buffer.clear();
+        let file = self
+            .file
+            .take()
+            .ok_or_else(|| io::Error::other("staged file already closed"))?;
+        let (file, result) = tokio::task::spawn_blocking(move || {
+            use std::io::Seek;
+            let mut f = file;
+            let r = f
+                .set_len(len)
+                .and_then(|()| f.seek(io::SeekFrom::Start(len)))
+                .and_then(|_| f.sync_data());
+            (f, r)
+        })
+        .await
+        .map_err(io::Error::other)?;
+        self.file = Some(file);
+        result.map_err(StoreError::from_write)
     }
 
     /// Appends bytes. Large chunks go straight to the file; small ones are gathered first.
@@ -478,47 +586,78 @@ impl Drop for RemoveOnDrop {
     }
 }
 
-/// Renames `from` to `to` unless `to` exists, creating `to`'s folders.
-fn rename_noreplace_into(from: &Path, to: &Path) -> Result<(), StoreError> {
-    let cwd = rustix::fs::CWD;
-    for attempt in 0..3 {
-        if let Some(parent) = to.parent() {
-            match DirBuilder::new().recursive(true).mode(DIR_MODE).create(parent) {
-                Ok(()) => {}
-                // A file where a folder should be: the path is taken.
-                Err(e)
-                    if e.kind() == io::ErrorKind::AlreadyExists
-                        || e.raw_os_error() == Some(Errno::NOTDIR.raw_os_error()) =>
-                {
-                    return Err(StoreError::Exists);
+/// Splits a key into its folder (relative, maybe empty) and file name.
+fn split_key(key: &FileKey) -> (&str, &str) {
+    match key.as_str().rsplit_once('/') {
+        Some((dir, name)) => (dir, name),
+        None => ("", key.as_str()),
+    }
+}
+
+/// Opens the folder `rel` beneath the store's root, creating missing folders when `create`,
+/// without ever leaving the root: a symlink that points out (or `..` games) fails with
+/// [`StoreError::Escape`]; a file where a folder should be with [`StoreError::Exists`].
+fn dir_beneath(root_fd: &OwnedFd, rel: &str, create: bool) -> Result<OwnedFd, StoreError> {
+    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    let mut dir = rustix::fs::openat(root_fd.as_fd(), ".", flags, Mode::empty()).map_err(io::Error::from)?;
+    if rel.is_empty() {
+        return Ok(dir);
+    }
+    let mut end = 0;
+    for segment in rel.split('/') {
+        end += segment.len();
+        let prefix = &rel[..end];
+        end += 1;
+        let mut attempts = 0;
+        dir = loop {
+            match rustix::fs::openat2(root_fd.as_fd(), prefix, flags, Mode::empty(), resolve) {
+                Ok(fd) => break fd,
+                Err(Errno::NOENT) if create && attempts < 3 => {
+                    attempts += 1;
+                    match rustix::fs::mkdirat(&dir, segment, Mode::from_raw_mode(DIR_MODE)) {
+                        Ok(()) | Err(Errno::EXIST) => continue,
+                        Err(e) => return Err(StoreError::from_write(e.into())),
+                    }
                 }
-                Err(e) => return Err(StoreError::from_write(e)),
+                Err(Errno::NOENT) => return Err(StoreError::NotFound),
+                Err(Errno::NOTDIR) => return Err(StoreError::Exists),
+                Err(Errno::XDEV) | Err(Errno::LOOP) => return Err(StoreError::Escape),
+                Err(e) => return Err(StoreError::Io(e.into())),
             }
-        }
-        let result = match rustix::fs::renameat_with(cwd, from, cwd, to, RenameFlags::NOREPLACE) {
-            Err(Errno::INVAL) | Err(Errno::NOSYS) => link_then_unlink(from, to),
+        };
+    }
+    Ok(dir)
+}
+
+/// Renames `from` into the store at `key` unless something is there already, creating the
+/// key's folders beneath the root (never through a symlink that leads out), then fsyncs the
+/// folder.
+fn rename_into_store(root_fd: &OwnedFd, from: &Path, key: &FileKey) -> Result<(), StoreError> {
+    let (dir_rel, name) = split_key(key);
+    for attempt in 0..3 {
+        let dir = dir_beneath(root_fd, dir_rel, true)?;
+        let cwd = rustix::fs::CWD;
+        let result = match rustix::fs::renameat_with(cwd, from, &dir, name, RenameFlags::NOREPLACE) {
+            // File systems without RENAME_NOREPLACE: `link` fails if the target exists.
+            Err(Errno::INVAL) | Err(Errno::NOSYS) => {
+                rustix::fs::linkat(cwd, from, &dir, name, rustix::fs::AtFlags::empty()).map(|()| {
+                    let _ = rustix::fs::unlink(from);
+                })
+            }
             other => other,
         };
         match result {
-            Ok(()) => return Ok(()),
+            Ok(()) => return rustix::fs::fsync(&dir).map_err(|e| StoreError::from_write(e.into())),
             Err(Errno::EXIST) | Err(Errno::NOTDIR) | Err(Errno::ISDIR) | Err(Errno::NOTEMPTY) => {
                 return Err(StoreError::Exists);
             }
-            // A concurrent delete removed the emptied parent folder between our mkdir and
-            // rename: make it again.
+            // A concurrent delete removed the emptied folder between mkdir and rename.
             Err(Errno::NOENT) if attempt < 2 => continue,
             Err(e) => return Err(StoreError::from_write(e.into())),
         }
     }
     Err(StoreError::Io(io::Error::other("rename kept failing")))
-}
-
-/// No-replace rename for file systems without `RENAME_NOREPLACE`: `link` fails if the target
-/// exists.
-fn link_then_unlink(from: &Path, to: &Path) -> Result<(), Errno> {
-    rustix::fs::link(from, to)?;
-    let _ = rustix::fs::unlink(from);
-    Ok(())
 }
 
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {

@@ -4,12 +4,14 @@
 //! fsyncs it and renames it into place with no-replace semantics, so a reader sees a whole
 //! file or none, and of two racing uploads to one path exactly one wins.
 
+pub mod digest;
 pub mod key;
 pub mod local;
 pub mod meta;
 
+pub use digest::{Digests, Hashing};
 pub use key::FileKey;
-pub use local::{Digests, Hashing, LocalStore, RetryPolicy, StagedFile, StoredFile};
+pub use local::{LocalStore, RetryPolicy, StagedFile, StoredFile};
 pub use meta::FileMeta;
 
 use std::io;
@@ -24,6 +26,9 @@ pub enum StoreError {
     /// No such file.
     #[error("not found")]
     NotFound,
+    /// The path would leave the store (a symlink in the store that points out).
+    #[error("path leaves the store")]
+    Escape,
     /// The file system is full or over quota.
     #[error("no space left in the store: {0}")]
     Full(#[source] io::Error),
