@@ -31,6 +31,17 @@ where
     let token = Token::from_query(&target.query)?;
     let (head, mut body) = request.into_parts();
     let headers = &head.headers;
+    if let Some(range) = headers.get(header::CONTENT_RANGE) {
+        let range = range
+            .to_str()
+            .map_err(|_| ApiError::BadRequest("malformed Content-Range"))?;
+        let (first, total) = session::parse_content_range(range)?;
+        let length = content_length(headers)?;
+        return session::resume(
+            state, config, &target, session, headers, &mut body, first, total, length,
+        )
+        .await;
+    }
     // No Content-Length: a request without Transfer-Encoding has an empty body (0 bytes);
     // a chunked one has an unknown size, which the token cannot be checked against.
     let size = match content_length(headers)? {
