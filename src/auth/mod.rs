@@ -227,17 +227,26 @@ pub fn sign_delete(secret: &Secret, path: &str, delete_secret: &Secret) -> Strin
     hex_hmac(secret, &message)
 }
 
-/// Checks a Metronome delete token (the `token` query parameter) in constant time.
-pub fn verify_delete(query: &str, secrets: &[&Secret], path: &str, delete_secret: &Secret) -> Result<(), AuthError> {
+/// Checks a Metronome delete token (the `token` query parameter) in constant time against
+/// each valid secret; `delete_secret` is Metronome's `http_file_delete_secret` (`None`: the
+/// same as the secret).
+pub fn verify_delete(
+    query: &str,
+    secrets: &[&Secret],
+    path: &str,
+    delete_secret: Option<&Secret>,
+) -> Result<(), AuthError> {
     let value = form_urlencoded::parse(query.as_bytes())
         .find(|(k, _)| k == "token")
         .map(|(_, v)| v.into_owned())
         .ok_or(AuthError::Missing)?;
     let mut given = [0u8; 32];
     hex::decode_to_slice(value.as_bytes(), &mut given).map_err(|_| AuthError::Malformed)?;
-    let mut message = format!("{path}\0").into_bytes();
-    message.extend_from_slice(delete_secret.expose());
     for secret in secrets {
+        // Without a DeleteSecret of its own, each secret is its own delete secret, so tokens
+        // minted before a rotation keep working through the grace period.
+        let mut message = format!("{path}\0").into_bytes();
+        message.extend_from_slice(delete_secret.unwrap_or(secret).expose());
         let mut mac = new_mac(secret);
         mac.update(&message);
         if mac.verify_slice(&given).is_ok() {
@@ -422,11 +431,18 @@ mod tests {
         let s = secret();
         let d = Secret::new("delete-secret");
         let t = sign_delete(&s, PATH, &d);
-        verify_delete(&format!("token={t}"), &[&s], PATH, &d).unwrap();
+        verify_delete(&format!("token={t}"), &[&s], PATH, Some(&d)).unwrap();
         assert_eq!(
-            verify_delete(&format!("token={t}"), &[&s], "abc123/x", &d),
+            verify_delete(&format!("token={t}"), &[&s], "abc123/x", Some(&d)),
             Err(AuthError::Mismatch)
         );
-        assert_eq!(verify_delete("", &[&s], PATH, &d), Err(AuthError::Missing));
+        assert_eq!(verify_delete("", &[&s], PATH, Some(&d)), Err(AuthError::Missing));
+        let old = Secret::new("old");
+        let old_token = sign_delete(&old, PATH, &old);
+        verify_delete(&format!("token={old_token}"), &[&s, &old], PATH, None).unwrap();
+        assert_eq!(
+            verify_delete(&format!("token={old_token}"), &[&s], PATH, None),
+            Err(AuthError::Mismatch)
+        );
     }
 }

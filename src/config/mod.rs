@@ -127,8 +127,8 @@ pub struct Config {
     pub secret: Secret,
     /// Where the secret came from, when read from a file.
     pub secret_file: Option<PathBuf>,
-    /// Metronome's `http_file_delete_secret` (defaults to the upload secret).
-    pub delete_secret: Secret,
+    /// Metronome's `http_file_delete_secret`; `None`: the same as the upload secret.
+    pub delete_secret: Option<Secret>,
     /// Root of the local store.
     pub store_dir: PathBuf,
     /// URL prefix and folder under the store; empty = served at `/`.
@@ -493,11 +493,7 @@ fn build(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Option<Config> {
         ));
     }
     let delete_text = r.text("DeleteSecret", "");
-    let delete_secret = if delete_text.is_empty() {
-        secret.clone()
-    } else {
-        Some(Secret::new(delete_text.as_bytes()))
-    };
+    let delete_secret = (!delete_text.is_empty()).then(|| Secret::new(delete_text.as_bytes()));
 
     let store_dir = PathBuf::from(r.text("StoreDir", "./data"));
     if store_dir.as_os_str().is_empty() {
@@ -627,7 +623,7 @@ fn build(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Option<Config> {
         unix_socket,
         secret: secret?,
         secret_file,
-        delete_secret: delete_secret?,
+        delete_secret,
         store_dir,
         upload_sub_dir,
         log_level,

@@ -12,7 +12,12 @@ use crate::config::Config;
 pub async fn delete(state: &AppState, config: &Config, target: Target) -> Result<Response, ApiError> {
     let keys = state.keys();
     let secrets = keys.valid_at(SystemTime::now());
-    auth::verify_delete(&target.query, &secrets, target.key.as_str(), &config.delete_secret)?;
+    auth::verify_delete(
+        &target.query,
+        &secrets,
+        target.key.as_str(),
+        config.delete_secret.as_ref(),
+    )?;
     let size = state.store().delete(&target.key).await?;
     crate::ops::metrics::store_changed(-1, -(size as i64));
     tracing::info!(path = %target.key, "file deleted");

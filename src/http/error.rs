@@ -60,7 +60,7 @@ pub enum ApiError {
         size: u64,
     },
     /// The client is banned for repeated authentication failures.
-    #[error("too many failed attempts; banned for {}s", .retry_after.as_secs().max(1))]
+    #[error("too many failed attempts; banned for {}s", .retry_after.as_millis().div_ceil(1000).max(1))]
     Banned {
         /// How long the ban still lasts.
         retry_after: std::time::Duration,
@@ -197,7 +197,10 @@ impl ApiError {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             ApiError::Banned { retry_after } => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from(retry_after.as_secs().max(1)));
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(retry_after.as_millis().div_ceil(1000).max(1) as u64),
+                );
             }
             ApiError::BodyTimeout | ApiError::BadRequest(_) | ApiError::HeadTooLarge => {
                 headers.insert(header::CONNECTION, HeaderValue::from_static("close"));

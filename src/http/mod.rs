@@ -101,6 +101,31 @@ impl AppState {
         &self.0.bans
     }
 
+    /// Counts a failed authentication: across all instances through Redis when it is set
+    /// (falling back to this instance's count when Redis does not answer), else here.
+    pub async fn record_auth_failure(&self, ip: IpAddr) {
+        let policy = self.ban_policy();
+        if policy.after_fails == 0 {
+            return;
+        }
+        if let Some(redis) = self.resumable().state.as_redis() {
+            let ban_time = policy.auto_unban.then_some(policy.ban_time);
+            match redis
+                .record_auth_failure(&ip.to_string(), policy.window, policy.after_fails, ban_time)
+                .await
+            {
+                Ok(true) => {
+                    metrics::ban_counted();
+                    self.bans().adopt(ip, ban_time, Instant::now());
+                    return;
+                }
+                Ok(false) => return,
+                Err(e) => tracing::warn!(error = %e, "cannot share a failed authentication; counting it here"),
+            }
+        }
+        self.bans().record_failure(ip, &policy, Instant::now());
+    }
+
     /// The ban policy of the live settings.
     pub fn ban_policy(&self) -> BanPolicy {
         let c = self.config();
@@ -144,7 +169,7 @@ where
     };
     if let (Err(ApiError::Auth(_)), Some(ip)) = (&result, client) {
         metrics::auth_failure();
-        state.bans().record_failure(ip, &state.ban_policy(), Instant::now());
+        state.record_auth_failure(ip).await;
     }
     let mut response = result.unwrap_or_else(|e| e.into_response(&method, &raw_path));
     cors::apply(response.headers_mut());

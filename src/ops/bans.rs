@@ -1,7 +1,8 @@
 //! Bans: BlockAfterFails failed authentications from one client address within BlockDuration
 //! ban it; the ban lifts after AutoBanTime (or at restart when AutoUnban is off). Banned
 //! clients get 429 with Retry-After. The client address is the peer's, or the one a trusted
-//! proxy forwards ([`client_ip`]).
+//! proxy forwards ([`client_ip`]). With Redis, failures are counted across all instances and
+//! a ban made by one is taken over by the others within two seconds.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -92,6 +93,23 @@ impl Bans {
             ban_seconds = policy.auto_unban.then_some(policy.ban_time.as_secs()),
             "client banned after repeated authentication failures"
         );
+        true
+    }
+
+    /// Takes over a ban made by another instance (shared through Redis); returns true when
+    /// it is new here.
+    pub fn adopt(&self, ip: IpAddr, left: Option<Duration>, now: Instant) -> bool {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let entry = entries.entry(ip).or_default();
+        if entry.banned_until.is_some() {
+            return false;
+        }
+        entry.failures.clear();
+        entry.banned_until = Some(left.map(|d| now + d));
+        let in_force = entries.values().filter(|e| e.banned_until.is_some()).count();
+        drop(entries);
+        metrics::bans_in_force(in_force);
+        tracing::warn!(client = %ip, ban_seconds = left.map(|d| d.as_secs()), "client banned (shared ban)");
         true
     }
 

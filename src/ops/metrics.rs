@@ -167,6 +167,12 @@ pub fn banned(banned_now: usize) {
     gauge!(BANNED_CLIENTS).set(banned_now as f64);
 }
 
+/// A ban started elsewhere in the cluster's shared count (Redis): counted once, by the
+/// instance whose request tipped it.
+pub fn ban_counted() {
+    counter!(BANS).increment(1);
+}
+
 /// The number of bans in force changed (a ban lifted).
 pub fn bans_in_force(n: usize) {
     gauge!(BANNED_CLIENTS).set(n as f64);

@@ -75,9 +75,18 @@ async fn answer<B>(handle: &PrometheusHandle, state: &AppState, request: &Reques
 /// be created, written, synced and removed.
 async fn health(state: &AppState) -> Result<(), String> {
     state.resumable().state.ping().await.map_err(|e| e.to_string())?;
+    let files = state.store().files_dir().to_path_buf();
     let dir = state.store().tmp_dir().to_path_buf();
     tokio::task::spawn_blocking(move || {
         use std::io::Write;
+        // The upload folder: a writable folder (no probe file there: GET or retention would see it).
+        match std::fs::metadata(&files) {
+            Ok(m) if m.is_dir() => {}
+            Ok(_) => return Err(format!("{} is not a folder", files.display())),
+            Err(e) => return Err(format!("upload folder unusable: {e}")),
+        }
+        rustix::fs::access(&files, rustix::fs::Access::WRITE_OK)
+            .map_err(|e| format!("upload folder not writable: {e}"))?;
         let path = dir.join(format!("health-{}.probe", std::process::id()));
         let result = std::fs::File::create(&path)
             .and_then(|mut f| f.write_all(b"ok").and_then(|()| f.sync_all()))

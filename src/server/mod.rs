@@ -37,8 +37,8 @@ pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// How long running requests may take to finish after SIGTERM.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
-/// How often expired bans are lifted.
-const BAN_SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// How often expired bans are lifted and shared bans (Redis) are taken over.
+const BAN_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -308,6 +308,18 @@ async fn ban_loop(state: AppState) {
     loop {
         ticker.tick().await;
         state.bans().sweep(Instant::now(), state.config().block_duration);
+        if let Some(redis) = state.resumable().state.as_redis() {
+            match redis.bans().await {
+                Ok(bans) => {
+                    for (client, left) in bans {
+                        if let Ok(ip) = client.parse() {
+                            state.bans().adopt(ip, left, Instant::now());
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "cannot read shared bans"),
+            }
+        }
     }
 }
 

@@ -153,6 +153,14 @@ impl UploadState {
         dispatch!(self, s => s.stop_requested(id, token).await)
     }
 
+    /// The Redis backend, when state is shared.
+    pub fn as_redis(&self) -> Option<&redis::RedisState> {
+        match self {
+            UploadState::Redis(r) => Some(r),
+            UploadState::Embedded(_) => None,
+        }
+    }
+
     /// Whether the backend answers now (for /health).
     pub async fn ping(&self) -> Result<(), StateError> {
         dispatch!(self, s => s.ping().await)

@@ -165,6 +165,73 @@ impl RedisState {
         Ok(stop != 0)
     }
 
+    /// Counts a failed authentication of `client` across all instances; returns true when it
+    /// reaches `threshold` within `window` and a shared ban starts (for `ban_time`, or until
+    /// lifted by hand when `None`).
+    pub async fn record_auth_failure(
+        &self,
+        client: &str,
+        window: Duration,
+        threshold: u32,
+        ban_time: Option<Duration>,
+    ) -> Result<bool, StateError> {
+        let script = redis::Script::new(
+            r"local n = redis.call('INCR', KEYS[1])
+              if n == 1 then redis.call('PEXPIRE', KEYS[1], ARGV[1]) end
+              if n >= tonumber(ARGV[2]) then
+                redis.call('DEL', KEYS[1])
+                if ARGV[3] == '0' then redis.call('SET', KEYS[2], 1) else redis.call('SET', KEYS[2], 1, 'PX', ARGV[3]) end
+                return 1
+              end
+              return 0",
+        );
+        let banned: i64 = script
+            .key(key("fail", client))
+            .key(key("ban", client))
+            .arg(window.as_millis().max(1) as u64)
+            .arg(threshold)
+            .arg(ban_time.map_or(0, |d| d.as_millis().max(1) as u64))
+            .invoke_async(&mut self.manager.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(banned == 1)
+    }
+
+    /// Every shared ban: client address and time left (`None` = until lifted by hand).
+    pub async fn bans(&self) -> Result<Vec<(String, Option<Duration>)>, StateError> {
+        let mut conn = self.manager.clone();
+        let pattern = format!("{PREFIX}:ban:*");
+        let mut cursor: u64 = 0;
+        let mut keys: Vec<String> = Vec::new();
+        loop {
+            let (next, batch): (u64, Vec<String>) = redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(&pattern)
+                .arg("COUNT")
+                .arg(1000)
+                .query_async(&mut conn)
+                .await
+                .map_err(unavailable)?;
+            keys.extend(batch);
+            cursor = next;
+            if cursor == 0 || keys.len() > 100_000 {
+                break;
+            }
+        }
+        let mut out = Vec::with_capacity(keys.len());
+        for k in keys {
+            let ttl: i64 = conn.pttl(&k).await.map_err(unavailable)?;
+            let client = k.rsplit(':').next().unwrap_or_default().to_string();
+            match ttl {
+                -2 => {}
+                -1 => out.push((client, None)),
+                ms => out.push((client, Some(Duration::from_millis(ms.max(0) as u64)))),
+            }
+        }
+        Ok(out)
+    }
+
     pub(super) async fn ping(&self) -> Result<(), StateError> {
         let pong: String = redis::cmd("PING")
             .query_async(&mut self.manager.clone())

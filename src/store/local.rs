@@ -43,7 +43,6 @@ struct Inner {
     tmp_dir: PathBuf,
     meta_dir: PathBuf,
     partial_dir: PathBuf,
-    files_fd: OwnedFd,
     buffer_bytes: usize,
     retry: RetryPolicy,
 }
@@ -100,6 +99,25 @@ pub struct StoredFile {
     pub inode: u64,
 }
 
+impl Inner {
+    /// The upload folder, opened now (not once at start: an operator may replace or remount
+    /// it while the server runs).
+    fn root(&self) -> Result<OwnedFd, StoreError> {
+        rustix::fs::open(
+            &self.files_dir,
+            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| match e {
+            Errno::NOENT | Errno::NOTDIR => StoreError::Io(io::Error::other(format!(
+                "upload folder {} is missing or not a folder",
+                self.files_dir.display()
+            ))),
+            e => StoreError::Io(e.into()),
+        })
+    }
+}
+
 impl LocalStore {
     /// Opens (creating where needed) the store under `store_dir`, with finished files under
     /// `store_dir/sub_dir`.
@@ -116,19 +134,12 @@ impl LocalStore {
         for dir in [&files_dir, &tmp_dir, &meta_dir, &partial_dir] {
             DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)?;
         }
-        let files_fd = rustix::fs::open(
-            &files_dir,
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(io::Error::from)?;
         Ok(Self {
             inner: Arc::new(Inner {
                 files_dir,
                 tmp_dir,
                 meta_dir,
                 partial_dir,
-                files_fd,
                 buffer_bytes,
                 retry,
             }),
@@ -248,7 +259,8 @@ impl LocalStore {
         let key = key.clone();
         run_blocking_store(move || {
             let (dir_rel, name) = split_key(&key);
-            match dir_beneath(&inner.files_fd, dir_rel, false) {
+            let Ok(root) = inner.root() else { return Ok(false) };
+            match dir_beneath(&root, dir_rel, false) {
                 Ok(dir) => Ok(rustix::fs::statat(&dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).is_ok()),
                 Err(StoreError::Exists) => Ok(true),
                 Err(_) => Ok(false),
@@ -317,7 +329,7 @@ impl LocalStore {
             }
 
             retrying(inner.retry, "rename", || {
-                rename_into_store(&inner.files_fd, &staged.path, &key)
+                rename_into_store(&inner.root()?, &staged.path, &key)
             })?;
             staged.disarm();
 
@@ -343,7 +355,7 @@ impl LocalStore {
                 RetryPolicy::NONE
             };
             retrying(policy, "open", || {
-                let file = open_beneath(&inner.files_fd, &inner.files_dir, key.as_str())?;
+                let file = open_beneath(&inner.root()?, &inner.files_dir, key.as_str())?;
                 let stat = file.metadata()?;
                 if !stat.is_file() {
                     return Err(StoreError::NotFound);
@@ -370,7 +382,8 @@ impl LocalStore {
         let key = key.clone();
         run_blocking_store(move || {
             let (dir_rel, name) = split_key(&key);
-            let dir = match dir_beneath(&inner.files_fd, dir_rel, false) {
+            let root = inner.root()?;
+            let dir = match dir_beneath(&root, dir_rel, false) {
                 Ok(d) => d,
                 Err(StoreError::Exists) => return Err(StoreError::NotFound),
                 Err(e) => return Err(e),
@@ -392,7 +405,7 @@ impl LocalStore {
             let mut rel = dir_rel;
             while !rel.is_empty() {
                 let (parent_rel, leaf) = rel.rsplit_once('/').unwrap_or(("", rel));
-                let Ok(parent) = dir_beneath(&inner.files_fd, parent_rel, false) else {
+                let Ok(parent) = dir_beneath(&root, parent_rel, false) else {
                     break;
                 };
                 if rustix::fs::unlinkat(&parent, leaf, rustix::fs::AtFlags::REMOVEDIR).is_err() {
