@@ -51,9 +51,6 @@ fn check_config(loaded: Result<Config, ConfigError>) -> ExitCode {
             for w in &config.warnings {
                 eprintln!("warning: {w}");
             }
-            for feature in config.inactive_features() {
-                eprintln!("note: {feature}: not built into this version yet; these settings have no effect");
-            }
             println!("configuration OK");
             ExitCode::SUCCESS
         }
@@ -103,9 +100,6 @@ fn run(config: Config, sources: Sources) -> ExitCode {
     };
     for w in &config.warnings {
         tracing::warn!("{w}");
-    }
-    for feature in config.inactive_features() {
-        tracing::warn!("{feature}: not built into this version yet; these settings have no effect");
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();

@@ -293,16 +293,6 @@ impl Config {
         }
     }
 
-    /// Features that the settings turn on but this version does not run yet, each with the
-    /// keys that belong to it; the server says so at start-up.
-    pub fn inactive_features(&self) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.redis.is_some() {
-            out.push("Redis state (RedisAddr, RedisPassword, RedisDB)".to_string());
-        }
-        out
-    }
-
     /// The URL prefix uploads live under: `/upload/` or `/`.
     pub fn url_prefix(&self) -> String {
         if self.upload_sub_dir.is_empty() {
@@ -752,10 +742,6 @@ BufferSize = 65536
         assert_eq!(c.redis.as_ref().unwrap().addr, "localhost:6379");
         assert!(c.redis.as_ref().unwrap().password.is_none());
         assert_eq!(c.warnings.len(), 1, "short secret warns: {:?}", c.warnings);
-        assert_eq!(
-            c.inactive_features(),
-            ["Redis state (RedisAddr, RedisPassword, RedisDB)"]
-        );
     }
 
     #[test]
@@ -869,7 +855,6 @@ BufferSize = 65536
         }
         let c = load_str(example, &[], &[]).unwrap();
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
-        assert!(c.inactive_features().is_empty(), "{:?}", c.inactive_features());
     }
 
     #[test]

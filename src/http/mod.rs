@@ -152,9 +152,59 @@ pub struct Target {
 /// Serves one request from `peer` (`None` for a Unix socket).
 pub async fn handle<B>(state: AppState, peer: Option<IpAddr>, request: Request<B>) -> Response
 where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
+    B::Error: std::fmt::Display,
+{
+    let (parts, mut body) = request.into_parts();
+    let response = handle_parts(&state, peer, Request::from_parts(parts, &mut body)).await;
+    // A request answered before its body was read (403, 413, 409 …): read the rest in the
+    // background, bounded, so the client (or a reverse proxy still sending) gets the answer
+    // instead of a connection reset (RFC 9112 §9.3).
+    // Not after a stalled or broken body: that connection is closed on purpose.
+    let closing = response.headers().get(header::CONNECTION).is_some_and(|v| v == "close");
+    if !closing && !http_body::Body::is_end_stream(&body) {
+        let limit = state
+            .config()
+            .max_upload_bytes
+            .saturating_mul(2)
+            .saturating_add(1 << 20);
+        tokio::spawn(drain(body, limit, DRAIN_TIME));
+    }
+    response
+}
+
+/// Longest time spent reading the unread rest of an answered request's body.
+const DRAIN_TIME: Duration = Duration::from_secs(30);
+/// Longest pause in that body before the connection is closed instead.
+const DRAIN_IDLE: Duration = Duration::from_secs(5);
+
+async fn drain<B>(mut body: B, limit: u64, max_time: Duration)
+where
+    B: http_body::Body<Data = bytes::Bytes> + Unpin,
+{
+    use http_body_util::BodyExt;
+    let deadline = tokio::time::Instant::now() + max_time;
+    let mut read = 0u64;
+    loop {
+        let idle = tokio::time::Instant::now() + DRAIN_IDLE;
+        let Ok(Some(Ok(frame))) = tokio::time::timeout_at(deadline.min(idle), body.frame()).await else {
+            break;
+        };
+        if let Ok(data) = frame.into_data() {
+            read += data.len() as u64;
+            if read > limit {
+                break;
+            }
+        }
+    }
+}
+
+async fn handle_parts<B>(state: &AppState, peer: Option<IpAddr>, request: Request<B>) -> Response
+where
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    let state = state.clone();
     let started = Instant::now();
     let method = request.method().clone();
     let raw_path = request.uri().path().to_string();
