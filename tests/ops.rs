@@ -1403,7 +1403,7 @@ async fn json_log_lines_all_parse() {
                 .is_some_and(|p| p.starts_with("/upload/j/"))
             && let Some(s) = v["fields"]["status"].as_u64()
         {
-            for key in ["client", "method", "path", "status", "bytes", "ms"] {
+            for key in ["client", "method", "path", "status", "bytes_in", "bytes_out", "ms"] {
                 assert!(!v["fields"][key].is_null(), "access line without {key}: {line}");
             }
             statuses.push(s);

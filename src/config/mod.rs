@@ -231,6 +231,17 @@ impl Config {
         for (key, value) in table {
             if keys::kind_of(&key).is_some() {
                 known.insert(key, value);
+            } else if let Some(canonical) = keys::KEYS
+                .iter()
+                .map(|(k, _)| *k)
+                .find(|k| k.eq_ignore_ascii_case(&key))
+            {
+                // prosody-filer writes `listenport`, `storeDir`: Go's TOML readers ignore case.
+                if known.contains_key(canonical) {
+                    problems.push(problem(&key, format!("given twice (also as `{canonical}`)")));
+                } else {
+                    known.insert(canonical.to_string(), value);
+                }
             } else if keys::FOREIGN_KEYS.iter().any(|k| k.eq_ignore_ascii_case(&key)) {
                 warnings.push(format!(
                     "{key}: used by other hmac-file-server versions, not by this one; ignored"
@@ -240,6 +251,17 @@ impl Config {
                     .map(|k| format!("; did you mean `{k}`?"))
                     .unwrap_or_default();
                 problems.push(problem(&key, format!("unknown key{hint}")));
+            }
+        }
+
+        for (var, _) in &sources.env {
+            if let Some(rest) = var.strip_prefix("HMAC_FILE_SERVER_")
+                && !keys::KEYS.iter().any(|(k, _)| keys::env_var_name(k) == *var)
+            {
+                let hint = keys::closest(&rest.replace('_', ""))
+                    .map(|k| format!("; did you mean {}?", keys::env_var_name(k)))
+                    .unwrap_or_default();
+                problems.push(problem(var, format!("unknown environment variable{hint}")));
             }
         }
 
@@ -754,6 +776,38 @@ BufferSize = 65536
             "{}",
             err.problems[0].message
         );
+    }
+
+    #[test]
+    fn prosody_filer_spelling_is_accepted() {
+        let c = load_str(
+            "listenport = \"127.0.0.1:5050\"\nsecret = \"0123456789abcdef\"\nstoreDir = \"/srv/x\"\nuploadSubDir = \"up\"",
+            &[],
+            &[],
+        )
+        .unwrap();
+        assert_eq!(c.listen, ListenAddr::Socket("127.0.0.1:5050".parse().unwrap()));
+        assert_eq!(c.store_dir, PathBuf::from("/srv/x"));
+        assert_eq!(c.upload_sub_dir, "up");
+        let err = load_str("Secret = \"0123456789abcdef\"\nsecret = \"x\"", &[], &[]).unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+    }
+
+    #[test]
+    fn unknown_environment_variables_are_errors() {
+        let err = load_str(
+            "Secret = \"0123456789abcdef\"",
+            &[("HMAC_FILE_SERVER_MAX_UPLOAD_SIZ", "1")],
+            &[],
+        )
+        .unwrap_err();
+        assert_eq!(err.problems[0].key, "HMAC_FILE_SERVER_MAX_UPLOAD_SIZ");
+        assert!(
+            err.problems[0].message.contains("HMAC_FILE_SERVER_MAX_UPLOAD_SIZE"),
+            "{}",
+            err.problems[0].message
+        );
+        load_str("Secret = \"0123456789abcdef\"", &[("OTHER_VAR", "1")], &[]).unwrap();
     }
 
     #[test]

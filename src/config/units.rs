@@ -3,9 +3,10 @@
 //! Durations: an integer is seconds (`ReadTimeout = 900`); a string is either plain seconds
 //! (`"900"`) or a humantime expression (`"30d"`, `"24h"`, `"1h30m"`, `"90s"`).
 //!
-//! Sizes: an integer is bytes; a string is a number with an optional unit. Decimal units are
-//! powers of 1000 (`KB`, `MB`, `GB`, `TB`), binary units powers of 1024 (`KiB`, `MiB`, `GiB`,
-//! `TiB`); a bare `K`, `M`, `G`, `T` is binary, as the Go servers read it.
+//! Sizes: an integer is bytes; a string is a number with an optional unit. Every unit is
+//! binary: `KB`/`KiB`/`K` = 1024, `MB`/`MiB`/`M` = 1024², `GB`/`GiB`/`G` = 1024³, `TB`/`TiB`/`T`
+//! = 1024⁴. That is how the Go servers read `"100MB"`, so their configs keep their meaning
+//! (and `"100MB"` stays above Prosody's default limit of 100 MiB). For decimal sizes give bytes.
 
 use std::time::Duration;
 
@@ -30,17 +31,13 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
         .unwrap_or(text.len());
     let (number, unit) = text.split_at(split);
     let unit = unit.trim();
-    let bad = || format!("`{text}` is not a size; use bytes or e.g. \"100MB\" (10^6) or \"100MiB\" (2^20)");
+    let bad = || format!("`{text}` is not a size; use bytes or e.g. \"100MiB\" (MB, MiB and M all mean 2^20)");
     let multiplier: u64 = match unit.to_ascii_lowercase().as_str() {
         "" | "b" => 1,
-        "kb" => 1_000,
-        "mb" => 1_000_000,
-        "gb" => 1_000_000_000,
-        "tb" => 1_000_000_000_000,
-        "k" | "kib" => 1 << 10,
-        "m" | "mib" => 1 << 20,
-        "g" | "gib" => 1 << 30,
-        "t" | "tib" => 1 << 40,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        "t" | "tb" | "tib" => 1 << 40,
         _ => return Err(bad()),
     };
     if number.is_empty() {
@@ -76,12 +73,16 @@ mod tests {
     #[test]
     fn sizes() {
         assert_eq!(parse_size("1024").unwrap(), 1024);
-        assert_eq!(parse_size("10GB").unwrap(), 10_000_000_000);
+        assert_eq!(
+            parse_size("10GB").unwrap(),
+            10 << 30,
+            "binary, as the Go servers read it"
+        );
         assert_eq!(parse_size("10GiB").unwrap(), 10 << 30);
         assert_eq!(parse_size("100 MiB").unwrap(), 100 << 20);
         assert_eq!(parse_size("100M").unwrap(), 100 << 20);
         assert_eq!(parse_size("1.5KiB").unwrap(), 1536);
-        assert_eq!(parse_size("5kb").unwrap(), 5000);
+        assert_eq!(parse_size("5kb").unwrap(), 5120);
         assert!(parse_size("").is_err());
         assert!(parse_size("GB").is_err());
         assert!(parse_size("10 parsecs").is_err());

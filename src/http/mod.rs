@@ -208,6 +208,11 @@ where
     let started = Instant::now();
     let method = request.method().clone();
     let raw_path = request.uri().path().to_string();
+    let bytes_in: u64 = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse().ok())
+        .unwrap_or(0);
     let config = state.config();
     let client = client_ip(peer, request.headers(), &config.trusted_proxies);
     let is_upload = matches!(method, Method::PUT | Method::POST | Method::PATCH);
@@ -247,7 +252,8 @@ where
         %method,
         path = %raw_path,
         status = status.as_u16(),
-        bytes,
+        bytes_in,
+        bytes_out = bytes,
         ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
         "request"
     );

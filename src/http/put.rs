@@ -138,7 +138,7 @@ where
         sha256,
     };
     state.store().commit(staged, &target.key, &meta).await?;
-    metrics::store_changed(1, size as i64);
+    metrics::file_stored(size);
     session::forget_partial(state, session, &target).await;
     tracing::info!(path = %target.key, size, content_type, "file stored");
     let mut response = body::empty(StatusCode::CREATED);

@@ -124,13 +124,17 @@ pub fn request_done(method: &str, status: u16, elapsed: Duration) {
 }
 
 /// An upload request (PUT, POST, PATCH) finished, successfully or not.
-pub fn upload_done(stored: bool, elapsed: Duration) {
-    if stored {
-        counter!(UPLOADS).increment(1);
-    } else {
+pub fn upload_done(ok: bool, elapsed: Duration) {
+    if !ok {
         counter!(UPLOAD_ERRORS).increment(1);
     }
     histogram!(UPLOAD_DURATION).record(elapsed.as_secs_f64());
+}
+
+/// A file reached the store (a whole PUT, or the last piece of a resumable upload).
+pub fn file_stored(bytes: u64) {
+    counter!(UPLOADS).increment(1);
+    store_changed(1, bytes as i64);
 }
 
 /// Body bytes received.

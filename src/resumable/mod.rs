@@ -203,20 +203,33 @@ impl Resumable {
         B: http_body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        let mut next_poll = Instant::now() + STOP_POLL;
+        let mut next_poll = tokio::time::Instant::now() + STOP_POLL;
+        let mut idle_since = tokio::time::Instant::now();
         loop {
+            // Wait for the next frame, but look up every STOP_POLL whether another request
+            // wants this upload (a client that went quiet must not hold it for ReadTimeout).
             let frame = tokio::select! {
-                frame = tokio::time::timeout(read_timeout, body.frame()) => frame,
+                frame = body.frame() => frame,
+                () = tokio::time::sleep_until(next_poll) => {
+                    next_poll = tokio::time::Instant::now() + STOP_POLL;
+                    if self.must_stop(held).await {
+                        return Ok(Ended::Stopped);
+                    }
+                    if idle_since.elapsed() >= read_timeout {
+                        return Ok(Ended::TimedOut);
+                    }
+                    continue;
+                }
                 () = self.shutdown.cancelled() => return Ok(Ended::ShuttingDown),
             };
+            idle_since = tokio::time::Instant::now();
             let frame = match frame {
-                Err(_) => return Ok(Ended::TimedOut),
-                Ok(None) => return Ok(Ended::Complete),
-                Ok(Some(Err(e))) => {
+                None => return Ok(Ended::Complete),
+                Some(Err(e)) => {
                     tracing::debug!(error = %e, "resumable body broken off");
                     return Ok(Ended::BrokenOff);
                 }
-                Ok(Some(Ok(frame))) => frame,
+                Some(Ok(frame)) => frame,
             };
             if let Ok(data) = frame.into_data() {
                 if file.len() + data.len() as u64 > max_bytes {
@@ -225,17 +238,23 @@ impl Resumable {
                 metrics::upload_bytes(data.len() as u64);
                 file.write(data).await?;
             }
-            if Instant::now() >= next_poll {
-                next_poll = Instant::now() + STOP_POLL;
-                match self.state.stop_requested(&held.id, &held.token).await {
-                    Ok(true) => return Ok(Ended::Stopped),
-                    Ok(false) => {}
-                    // The state went away mid-write: save what we have and end cleanly.
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot check the upload lock; stopping this write");
-                        return Ok(Ended::Stopped);
-                    }
+            if tokio::time::Instant::now() >= next_poll {
+                next_poll = tokio::time::Instant::now() + STOP_POLL;
+                if self.must_stop(held).await {
+                    return Ok(Ended::Stopped);
                 }
+            }
+        }
+    }
+
+    /// Whether another request asked for the upload (or its lock can no longer be checked:
+    /// then save and stop rather than risk two writers).
+    async fn must_stop(&self, held: &Held) -> bool {
+        match self.state.stop_requested(&held.id, &held.token).await {
+            Ok(stop) => stop,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot check the upload lock; stopping this write");
+                true
             }
         }
     }
@@ -269,7 +288,7 @@ impl Resumable {
             self.forget(&record.id).await?;
         }
         committed?;
-        metrics::store_changed(1, length as i64);
+        metrics::file_stored(length);
         tracing::info!(path = %record.key, size = length, "resumable upload completed");
         Ok(())
     }

@@ -1,7 +1,8 @@
 //! The seed's X-Session-Token scheme (SPEC §4.1), for clients that PUT:
 //! - every PUT answer carries `X-Session-Token` (the client's, or a new one);
-//! - a PUT that breaks off keeps its bytes as a partial upload of that session, invisible at
-//!   the GET URL, for UploadExpiry;
+//! - a PUT with a client-chosen token that breaks off keeps its bytes as a partial upload of
+//!   that session, invisible at the GET URL, for UploadExpiry (a client that sent no token
+//!   never saw the server's one, so its bytes are dropped);
 //! - `HEAD <slot url + query>` with the token answers `Upload-Offset` and `Upload-Length`;
 //! - `PUT <slot url + query>` with the token and `Content-Range: bytes N-(S-1)/S` resumes; the
 //!   HMAC is checked against the total S; N other than the stored offset → 409.
@@ -90,7 +91,8 @@ pub async fn keep_partial(
     size: u64,
     content_type: &str,
 ) {
-    if staged.is_empty() {
+    // Only a client that sent its own token can come back for the bytes.
+    if staged.is_empty() || !session.from_client {
         return;
     }
     let engine = state.resumable();
@@ -246,6 +248,10 @@ where
         let Some(mut record) = engine.state.get(&id).await? else {
             return Err(ApiError::OffsetMismatch { offset: 0 });
         };
+        if record.expired(now_unix()) {
+            engine.forget(&id).await?;
+            return Err(ApiError::OffsetMismatch { offset: 0 });
+        }
         if record.length != Some(total) {
             return Err(ApiError::BadRequest(
                 "Content-Range total differs from the upload's length",

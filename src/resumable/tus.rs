@@ -5,10 +5,11 @@
 //! capability, as in tusd). Checksums (sha1, sha256, md5), expiration and termination are
 //! supported. The finished file appears at the slot's URL through the store's atomic commit.
 //!
-//! Partial uploads for concatenation cannot be checked against a v/v2 token (it signs the
-//! final size, which a part does not know): they need a well-formed token, are bounded by
-//! MaxUploadSize and expire; the final upload's token is checked against the sum of its
-//! parts, so no unsigned file ever reaches the store.
+//! A v, v2 or Metronome token signs the file's size, so with one the upload must say its
+//! length at creation (no creation-defer-length, no partial uploads for concatenation): a
+//! token that cannot be checked would let anyone write to disk. v3 tokens (which sign the
+//! path and an expiry, not the size) allow both; a final upload is checked against the sum
+//! of its parts.
 
 use std::collections::BTreeMap;
 use std::time::SystemTime;
@@ -204,11 +205,17 @@ where
         (None, true) => None,
         _ => return Err(ApiError::BadRequest("send Upload-Length or Upload-Defer-Length: 1")),
     };
+    // A token that signs the size (v, v2, token) can only be checked against the size: a
+    // deferred length or a part of a concatenation would let anyone with a token-shaped
+    // string write to disk. Those need a v3 token (or the size given now).
     match (&concat, length) {
-        (Concat::Partial, _) => {}
-        (_, Some(n)) => verify_slot(state, &target, &token, n, &content_type)?,
-        (_, None) if token.protocol.signs_size() => {}
-        (_, None) => verify_slot(state, &target, &token, 0, &content_type)?,
+        (Concat::None, Some(n)) => verify_slot(state, &target, &token, n, &content_type)?,
+        _ if token.protocol.signs_size() => {
+            return Err(ApiError::BadRequest(
+                "this slot's token signs the file size: send Upload-Length with it (no deferred length or parts)",
+            ));
+        }
+        (_, n) => verify_slot(state, &target, &token, n.unwrap_or(0), &content_type)?,
     }
     if let Some(n) = length
         && n > config.max_upload_bytes
@@ -234,7 +241,7 @@ where
         created_unix: now,
         expires_unix: now + config.upload_expiry.as_secs(),
         concat,
-        deferred_query: (length.is_none() && token.protocol.signs_size()).then(|| target.query.clone()),
+        deferred_query: None,
     };
     // An empty partial file first: a record never points at bytes that do not exist.
     drop(
@@ -243,7 +250,10 @@ where
             .open_partial(&record.id, 0, crate::store::Hashing::NONE)
             .await?,
     );
-    engine.state.put(&record, config.upload_expiry).await?;
+    if let Err(e) = engine.state.put(&record, config.upload_expiry).await {
+        let _ = engine.store.remove_partial(&record.id).await;
+        return Err(e.into());
+    }
     tracing::info!(path = %record.key, id = %record.id, length = ?record.length, "tus upload created");
 
     let mut response = tus_response(StatusCode::CREATED);
@@ -346,7 +356,7 @@ async fn concatenate(
     for r in &records {
         engine.forget(&r.id).await?;
     }
-    crate::ops::metrics::store_changed(1, total as i64);
+    crate::ops::metrics::file_stored(total);
     tracing::info!(path = %target.key, size = total, parts = records.len(), "tus final upload concatenated");
     let _ = metadata;
     let mut response = tus_response(StatusCode::CREATED);
@@ -373,10 +383,29 @@ async fn load(engine: &Resumable, id: &str) -> Result<UploadRecord, ApiError> {
     Ok(record)
 }
 
+/// Finishes an upload that has all its bytes but was not committed (a crash between the last
+/// byte and the commit): the next HEAD or PATCH completes it.
+async fn rescue(engine: &Resumable, config: &Config, record: &UploadRecord) -> Result<(), ApiError> {
+    if record.length == Some(record.offset) && record.concat == Concat::None {
+        let held = engine.lock(&record.id).await?;
+        let result = match engine.state.get(&record.id).await {
+            Ok(Some(fresh)) if fresh.length == Some(fresh.offset) => {
+                engine.finish(&fresh, config.checksum_verification).await
+            }
+            Ok(_) => Ok(()),
+            Err(e) => Err(e.into()),
+        };
+        engine.unlock(held).await;
+        result?;
+    }
+    Ok(())
+}
+
 /// `HEAD` on an upload: its offset and length.
 pub async fn head(state: &AppState, id: &str, headers: &HeaderMap) -> Result<Response, ApiError> {
     require_tus(headers)?;
     let record = load(state.resumable(), id).await?;
+    rescue(state.resumable(), &state.config(), &record).await?;
     let mut response = tus_response(StatusCode::OK);
     let h = response.headers_mut();
     h.insert("upload-offset", HeaderValue::from(record.offset));
@@ -501,23 +530,22 @@ where
             config.upload_expiry,
         )
         .await?;
-    match ended {
-        Ended::TooLong => {
-            return Err(ApiError::TooLarge {
-                size: limit + 1,
-                max: limit,
-            });
-        }
-        Ended::ChecksumMismatch => return Err(ApiError::ChecksumMismatch),
-        Ended::Stopped => return Err(ApiError::Locked),
-        Ended::BrokenOff => return Err(ApiError::BadRequest("request body ended early")),
-        Ended::TimedOut => return Err(ApiError::BodyTimeout),
-        Ended::ShuttingDown | Ended::Complete => {}
-    }
+    // Whatever ended the chunk, an upload that has all its bytes is finished now: its last
+    // byte may have come in a request that broke off or was stopped right after it.
     if record.length == Some(record.offset) && record.concat == Concat::None {
         engine.finish(record, config.checksum_verification).await?;
     }
-    Ok(())
+    match ended {
+        Ended::TooLong => Err(ApiError::TooLarge {
+            size: limit + 1,
+            max: limit,
+        }),
+        Ended::ChecksumMismatch => Err(ApiError::ChecksumMismatch),
+        Ended::Stopped => Err(ApiError::Locked),
+        Ended::BrokenOff => Err(ApiError::BadRequest("request body ended early")),
+        Ended::TimedOut => Err(ApiError::BodyTimeout),
+        Ended::ShuttingDown | Ended::Complete => Ok(()),
+    }
 }
 
 /// `DELETE` on an upload (termination).

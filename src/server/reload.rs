@@ -119,7 +119,8 @@ fn restart_only_changes(old: &Config, fresh: &Config) -> Vec<&'static str> {
     check("MetricsPort", old.metrics_listen != fresh.metrics_listen);
     check(
         "RedisAddr/RedisPassword/RedisDB",
-        old.redis.as_ref().map(|r| (&r.addr, r.db)) != fresh.redis.as_ref().map(|r| (&r.addr, r.db)),
+        old.redis.as_ref().map(|r| (&r.addr, r.db, &r.password))
+            != fresh.redis.as_ref().map(|r| (&r.addr, r.db, &r.password)),
     );
     check("BufferSize", old.buffer_bytes != fresh.buffer_bytes);
     check("WriteTimeout", old.write_timeout != fresh.write_timeout);

@@ -547,3 +547,55 @@ pub fn assert_cors_reqwest(r: &reqwest::Response, what: &str) {
 pub fn assert_cors_raw(r: &RawResponse, what: &str) {
     assert_cors(|n| r.header(n).map(str::to_string), what);
 }
+
+// ---------------------------------------------------------------------------------------
+// Helpers for the resumable-upload tests (tus, session, redis_state): a second server on the
+// same store, and stopping a server while keeping its store for a restart.
+// ---------------------------------------------------------------------------------------
+
+impl TestServer {
+    /// Starts a server in `dir` (its config written there, `StoreDir` = `dir/store`): with the
+    /// folder of a stopped server ([`TestServer::stop_keep_dir`]) this is a restart on the
+    /// same store. `extra_toml` overrides the defaults as in [`TestServer::start`].
+    pub fn start_in(dir: tempfile::TempDir, extra_toml: &str) -> TestServer {
+        let store = dir.path().join("store");
+        Self::start_on_store(dir, &store, extra_toml)
+    }
+
+    /// Starts a second server whose `StoreDir` is `other`'s store (as instances behind a
+    /// balancer sharing NFS). Its own folder holds its config and a `store` symlink to the
+    /// shared store, so [`TestServer::store`] and the other helpers see the same files.
+    /// `other` must outlive it: its folder holds the store.
+    pub fn start_sharing(other: &TestServer, extra_toml: &str) -> TestServer {
+        let dir = tempfile::tempdir().unwrap();
+        let shared = other.store();
+        std::os::unix::fs::symlink(&shared, dir.path().join("store")).unwrap();
+        Self::start_on_store(dir, &shared, extra_toml)
+    }
+
+    fn start_on_store(dir: tempfile::TempDir, store: &Path, extra_toml: &str) -> TestServer {
+        let config = dir.path().join("config.toml");
+        let mut table: toml::Table = format!(
+            "ListenPort = \"127.0.0.1:0\"\nMetricsPort = \"127.0.0.1:0\"\nBlockAfterFails = 0\n\
+             Secret = \"{SECRET}\"\nStoreDir = \"{}\"\n",
+            store.display()
+        )
+        .parse()
+        .unwrap();
+        let extra: toml::Table = extra_toml.parse().expect("extra_toml is valid TOML");
+        table.extend(extra);
+        std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
+        Self::start_with_config(dir, &config)
+    }
+
+    /// Stops the server with `signal` (`"TERM"`: graceful; `"KILL"`: kill -9), waits for the
+    /// exit and returns its folder (store included) for [`TestServer::start_in`].
+    pub fn stop_keep_dir(mut self, signal: &str) -> tempfile::TempDir {
+        unsafe_kill(self.child.id(), signal);
+        if self.wait_exit(Duration::from_secs(10)).is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+}
