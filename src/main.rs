@@ -21,6 +21,10 @@ fn main() -> ExitCode {
     let loaded = Config::load(&sources);
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => check_config(loaded),
+        Command::Unban { address } => match loaded {
+            Ok(config) => unban(&config, address),
+            Err(e) => report(&e),
+        },
         Command::Sign {
             protocol,
             expires_in,
@@ -55,6 +59,56 @@ fn check_config(loaded: Result<Config, ConfigError>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => report(&e),
+    }
+}
+
+fn unban(config: &Config, address: std::net::IpAddr) -> ExitCode {
+    use hmac_file_server::ops::bans::{read_ban_file, write_ban_file};
+    if let Some(redis) = &config.redis {
+        let result = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(|e| e.to_string())
+            .and_then(|rt| {
+                rt.block_on(async {
+                    let state =
+                        hmac_file_server::state::redis::RedisState::connect(redis).map_err(|e| e.to_string())?;
+                    state.unban(&address.to_string()).await.map_err(|e| e.to_string())
+                })
+            });
+        return match result {
+            Ok(true) => {
+                println!("ban of {address} lifted in Redis; every instance follows within 2 s");
+                ExitCode::SUCCESS
+            }
+            Ok(false) => {
+                println!("{address} was not banned");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("cannot reach Redis: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
+    let path = hmac_file_server::http::ban_file(config);
+    let mut bans = read_ban_file(&path);
+    if bans.remove(&address.to_string()).is_none() {
+        println!("{address} is not in {}", path.display());
+        return ExitCode::SUCCESS;
+    }
+    match write_ban_file(&path, &bans) {
+        Ok(()) => {
+            println!(
+                "{address} removed from {}; reload the server (SIGHUP, systemctl reload) to lift it",
+                path.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("cannot write {}: {e}", path.display());
+            ExitCode::FAILURE
+        }
     }
 }
 

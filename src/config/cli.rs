@@ -31,6 +31,12 @@ pub enum Command {
     Run,
     /// Parse and validate the configuration; print every problem and exit 2, or exit 0.
     CheckConfig,
+    /// Lift the ban of a client address (in the ban file, or in Redis when RedisAddr is set);
+    /// then reload the running server (SIGHUP) if it uses the embedded state.
+    Unban {
+        /// The client address.
+        address: std::net::IpAddr,
+    },
     /// Print the query string that signs an upload slot, for tests and operators.
     Sign {
         /// Only this protocol (default: one line each for v, v2 and v3).

@@ -49,11 +49,16 @@ impl AppState {
     /// State for a freshly started server.
     pub fn new(config: Arc<Config>, store: LocalStore, resumable: Resumable) -> Self {
         let keys = KeyRing::new(config.secret.clone());
+        // Embedded state keeps its bans beside the store; with Redis they live there.
+        let bans = match resumable.state {
+            crate::state::UploadState::Embedded(_) => Bans::persistent(ban_file(&config)),
+            crate::state::UploadState::Redis(_) => Bans::default(),
+        };
         Self(Arc::new(Shared {
             config: ArcSwap::new(config),
             keys: ArcSwap::from_pointee(keys),
             store,
-            bans: Bans::default(),
+            bans,
             resumable,
         }))
     }
@@ -136,6 +141,11 @@ impl AppState {
             ban_time: c.auto_ban_time,
         }
     }
+}
+
+/// Where the embedded state keeps the ban list.
+pub fn ban_file(config: &Config) -> std::path::PathBuf {
+    config.store_dir.join(crate::store::key::INTERNAL_DIR).join("bans.json")
 }
 
 /// One request, as the handlers see it.

@@ -4,10 +4,11 @@
 //! proxy forwards ([`client_ip`]). With Redis, failures are counted across all instances and
 //! a ban made by one is taken over by the others within two seconds.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::IpAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use http::HeaderMap;
 use ipnet::IpNet;
@@ -38,13 +39,113 @@ struct Entry {
     banned_until: Option<Option<Instant>>,
 }
 
-/// The in-process ban list.
+/// The in-process ban list; with a file (embedded state) it survives restarts.
 #[derive(Debug, Default)]
 pub struct Bans {
     entries: Mutex<HashMap<IpAddr, Entry>>,
+    file: Option<PathBuf>,
+}
+
+/// The ban file: client address → end of the ban in unix seconds (`null` = until restart or
+/// `unban`; such bans are not restored at start).
+type BanFile = BTreeMap<String, Option<u64>>;
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// Reads a ban file (missing or unreadable: no bans).
+pub fn read_ban_file(path: &Path) -> BanFile {
+    std::fs::read(path)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+/// Writes a ban file atomically.
+pub fn write_ban_file(path: &Path, bans: &BanFile) -> std::io::Result<()> {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, serde_json::to_vec_pretty(bans).map_err(std::io::Error::other)?)?;
+    std::fs::rename(&tmp, path)
 }
 
 impl Bans {
+    /// A ban list kept in `path`: timed bans still running are restored now.
+    pub fn persistent(path: PathBuf) -> Self {
+        let now_unix = unix_now();
+        let now = Instant::now();
+        let mut entries = HashMap::new();
+        for (ip, until) in read_ban_file(&path) {
+            if let (Ok(ip), Some(until)) = (ip.parse::<IpAddr>(), until)
+                && until > now_unix
+            {
+                let entry = Entry {
+                    failures: VecDeque::new(),
+                    banned_until: Some(Some(now + Duration::from_secs(until - now_unix))),
+                };
+                entries.insert(ip, entry);
+            }
+        }
+        if !entries.is_empty() {
+            tracing::info!(bans = entries.len(), "bans restored from {}", path.display());
+            metrics::bans_in_force(entries.len());
+        }
+        Self {
+            entries: Mutex::new(entries),
+            file: Some(path),
+        }
+    }
+
+    /// Writes the bans in force to the ban file, if there is one.
+    fn save(&self, entries: &HashMap<IpAddr, Entry>) {
+        let Some(path) = &self.file else { return };
+        let now = Instant::now();
+        let now_unix = unix_now();
+        let file: BanFile = entries
+            .iter()
+            .filter_map(|(ip, e)| {
+                let until = e.banned_until?;
+                Some((
+                    ip.to_string(),
+                    until.map(|u| now_unix + u.saturating_duration_since(now).as_secs()),
+                ))
+            })
+            .collect();
+        if let Err(e) = write_ban_file(path, &file) {
+            tracing::warn!(path = %path.display(), error = %e, "cannot save the ban list");
+        }
+    }
+
+    /// Lifts every ban whose address is not in `keep` (an `unban` by hand: the ban file or
+    /// Redis no longer has it).
+    pub fn lift_all_except(&self, keep: &HashSet<IpAddr>) {
+        let mut entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut lifted = Vec::new();
+        for (ip, entry) in entries.iter_mut() {
+            if entry.banned_until.is_some() && !keep.contains(ip) {
+                entry.banned_until = None;
+                entry.failures.clear();
+                lifted.push(*ip);
+            }
+        }
+        if lifted.is_empty() {
+            return;
+        }
+        let in_force = entries.values().filter(|e| e.banned_until.is_some()).count();
+        drop(entries);
+        metrics::bans_in_force(in_force);
+        for ip in lifted {
+            tracing::info!(client = %ip, "ban lifted by hand");
+        }
+    }
+
+    /// Re-reads the ban file (on SIGHUP): bans removed from it by `unban` are lifted.
+    pub fn reload_file(&self) {
+        let Some(path) = &self.file else { return };
+        let keep: HashSet<IpAddr> = read_ban_file(path).keys().filter_map(|ip| ip.parse().ok()).collect();
+        self.lift_all_except(&keep);
+    }
+
     /// How long `ip` is still banned, if it is.
     pub fn banned_for(&self, ip: IpAddr, now: Instant) -> Option<Duration> {
         let entries = self.entries.lock().unwrap_or_else(|e| e.into_inner());
@@ -85,6 +186,7 @@ impl Bans {
         entry.failures.clear();
         entry.banned_until = Some(policy.auto_unban.then(|| now + policy.ban_time));
         let in_force = entries.values().filter(|e| e.banned_until.is_some()).count();
+        self.save(&entries);
         drop(entries);
         metrics::banned(in_force);
         tracing::warn!(
@@ -107,6 +209,7 @@ impl Bans {
         entry.failures.clear();
         entry.banned_until = Some(left.map(|d| now + d));
         let in_force = entries.values().filter(|e| e.banned_until.is_some()).count();
+        self.save(&entries);
         drop(entries);
         metrics::bans_in_force(in_force);
         tracing::warn!(client = %ip, ban_seconds = left.map(|d| d.as_secs()), "client banned (shared ban)");
@@ -127,6 +230,9 @@ impl Bans {
         }
         prune(&mut entries, now, window);
         let in_force = entries.values().filter(|e| e.banned_until.is_some()).count();
+        if !lifted.is_empty() {
+            self.save(&entries);
+        }
         drop(entries);
         for ip in &lifted {
             tracing::info!(client = %ip, "ban lifted");
@@ -225,6 +331,34 @@ mod tests {
         }
         bans.sweep(t0 + Duration::from_secs(100_000), Duration::from_secs(10));
         assert!(bans.banned_for(ip, t0 + Duration::from_secs(100_000)).is_some());
+    }
+
+    #[test]
+    fn timed_bans_survive_a_restart_and_unban_lifts() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bans.json");
+        let ip: IpAddr = "192.0.2.9".parse().unwrap();
+        let forever: IpAddr = "192.0.2.10".parse().unwrap();
+        let bans = Bans::persistent(path.clone());
+        let t0 = Instant::now();
+        for i in 0..3 {
+            bans.record_failure(ip, &policy(true), t0 + Duration::from_millis(i));
+            bans.record_failure(forever, &policy(false), t0 + Duration::from_millis(i));
+        }
+        let restarted = Bans::persistent(path.clone());
+        assert!(restarted.banned_for(ip, Instant::now()).is_some(), "timed ban restored");
+        assert!(
+            restarted.banned_for(forever, Instant::now()).is_none(),
+            "until-restart ban not restored"
+        );
+        let mut file = read_ban_file(&path);
+        assert!(file.remove(&ip.to_string()).is_some());
+        write_ban_file(&path, &file).unwrap();
+        restarted.reload_file();
+        assert!(
+            restarted.banned_for(ip, Instant::now()).is_none(),
+            "unban by file + reload"
+        );
     }
 
     #[test]

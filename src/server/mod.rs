@@ -311,11 +311,15 @@ async fn ban_loop(state: AppState) {
         if let Some(redis) = state.resumable().state.as_redis() {
             match redis.bans().await {
                 Ok(bans) => {
+                    let mut shared = std::collections::HashSet::new();
                     for (client, left) in bans {
                         if let Ok(ip) = client.parse() {
+                            shared.insert(ip);
                             state.bans().adopt(ip, left, Instant::now());
                         }
                     }
+                    // Bans deleted in Redis (`unban`) are lifted here too.
+                    state.bans().lift_all_except(&shared);
                 }
                 Err(e) => tracing::debug!(error = %e, "cannot read shared bans"),
             }

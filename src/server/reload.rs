@@ -24,6 +24,7 @@ pub async fn signal_loop(
         if let Some(log) = &log {
             log.reopen();
         }
+        state.bans().reload_file();
         reload(&state, &sources, log.as_ref());
     }
 }

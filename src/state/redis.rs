@@ -197,6 +197,18 @@ impl RedisState {
         Ok(banned == 1)
     }
 
+    /// Lifts the shared ban of `client` (and forgets its failures); returns whether there was
+    /// one.
+    pub async fn unban(&self, client: &str) -> Result<bool, StateError> {
+        let removed: i64 = self
+            .manager
+            .clone()
+            .del(&[key("ban", client), key("fail", client)])
+            .await
+            .map_err(unavailable)?;
+        Ok(removed > 0)
+    }
+
     /// Every shared ban: client address and time left (`None` = until lifted by hand).
     pub async fn bans(&self) -> Result<Vec<(String, Option<Duration>)>, StateError> {
         let mut conn = self.manager.clone();

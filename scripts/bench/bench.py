@@ -1,0 +1,1235 @@
+#!/usr/bin/env python3
+"""The hmac-file-server benchmark: `scripts/bench.sh [--quick] [--perf]`.
+
+Builds the release binary, then measures on loopback with every store on /dev/shm:
+
+- ceilings of this machine, in the same run: a plain 1 GiB PUT with curl into a sink that
+  discards it (sink.py), and a 1 GiB write into /dev/shm;
+- small: 20,000 PUTs of 64 KiB at concurrency 32, each a new signed path, then GETs of the same
+  files (wrk with signed.lua): req/s, MiB/s, p50/p99, non-2xx answers, wrong-length bodies;
+- large: 1 GiB PUT and GET with curl, sha256 of the downloaded bytes checked;
+- rss-2g: one 2 GiB PUT, peak server RSS (the bounded-memory target);
+- resumable: the same 1 GiB through tus in 8 MiB PATCHes, when the server advertises tus;
+- many: 500 concurrent slow uploads of 8 MiB (slow_uploads.py), peak server RSS (VmHWM);
+- sweep: PUT and GET req/s at concurrency 1, 8, 32 and 128, drawn as an SVG plot.
+
+Every phase gets a fresh server (so VmHWM is that phase's peak) and a fresh store. Results go to
+bench-results/<date>.md (the table), .json (every raw figure) and -concurrency.svg; the table is
+also printed. Only 127.0.0.1 is ever contacted; every run and loop is bounded in count and time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent.parent
+DEFAULT_BINARY = REPO / "target" / "release" / "hmac-file-server"
+BINARY = DEFAULT_BINARY  # --binary replaces it
+HOST = "127.0.0.1"
+SECRET = "bench-secret-" + "0123456789abcdef"
+EXTRA_CONFIG: list[str] = []  # --config-line, for experiments (e.g. 'BufferSize = 1048576')
+WAIT_QUIET_SECONDS = 30.0  # --wait-quiet
+WAITED = {"busy": 0.0, "steal": 0.0, "own": 0.0, "time": 0.0}  # spent in wait_quiet(), not measured
+MIB = 1024 * 1024
+GIB = 1024 * MIB
+
+# Reference figures from the issue (2 cores, loopback, /dev/shm).
+REFERENCE = {
+    "prosody-filer": {"small_put_rps": 6466, "small_get_rps": 11061, "large_put_mibs": 1185, "large_get_mibs": 3099},
+    "go-3.4": {"small_put_rps": 5965, "small_get_rps": 7649, "large_put_mibs": 1089, "large_get_mibs": 1954},
+}
+TARGETS = {
+    "small_put_rps": 1.5 * REFERENCE["prosody-filer"]["small_put_rps"],
+    "small_get_rps": 1.2 * REFERENCE["prosody-filer"]["small_get_rps"],
+    "large_put_of_ceiling": 0.85,
+    "large_get_mibs": REFERENCE["prosody-filer"]["large_get_mibs"],
+    "many_rss_mib": 150,
+    "big_rss_mib": 100,
+}
+
+
+@dataclass
+class Plan:
+    """How much each phase does; `--quick` makes a smoke-test-sized one."""
+
+    small_count: int = 20_000
+    small_bytes: int = 64 * 1024
+    small_concurrency: int = 32
+    large_bytes: int = GIB
+    big_bytes: int = 2 * GIB
+    tus_chunk_bytes: int = 8 * MIB
+    many_count: int = 500
+    many_bytes: int = 8 * MIB
+    many_tick_ms: float = 80.0
+    sweep_concurrency: tuple[int, ...] = (1, 8, 32, 128)
+    sweep_count: int = 3_000
+    repeats: int = 3
+
+    @classmethod
+    def quick(cls) -> "Plan":
+        return cls(
+            small_count=2_000,
+            large_bytes=256 * MIB,
+            big_bytes=512 * MIB,
+            many_count=100,
+            many_bytes=2 * MIB,
+            many_tick_ms=40.0,
+            sweep_count=500,
+            repeats=1,
+        )
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def sign_v(path: str, size: int) -> str:
+    """The XEP-0363 `v` token: HMAC-SHA256(secret, path + " " + size), lowercase hex."""
+    return hmac.new(SECRET.encode(), f"{path} {size}".encode(), hashlib.sha256).hexdigest()
+
+
+def signed_put_target(path: str, size: int) -> str:
+    return f"/upload/{path}?v={sign_v(path, size)}"
+
+
+def new_paths(prefix: str, count: int) -> list[str]:
+    """Prosody-style slot paths: a fresh random folder and a file name each."""
+    return [f"{prefix}-{uuid.uuid4().hex}/file-{k:06d}.bin" for k in range(count)]
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values) if values else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# The server under test
+
+
+def proc_status(pid: int | str) -> dict[str, str]:
+    out = {}
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                out[key] = value.strip()
+    except OSError:
+        pass
+    return out
+
+
+def proc_kib(pid: int, key: str) -> int:
+    value = proc_status(pid).get(key, "0 kB").split()[0]
+    return int(value) if value.isdigit() else 0
+
+
+def proc_cpu_seconds(pid: int) -> float:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return 0.0
+
+
+def proc_context_switches(pid: int) -> int:
+    """Context switches of the process's live threads (those that exited are not counted)."""
+    total = 0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0
+    for tid in tids:
+        status = proc_status(f"{pid}/task/{tid}")
+        for key in ("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches"):
+            value = status.get(key, "0")
+            total += int(value) if value.isdigit() else 0
+    return total
+
+
+class Sampler:
+    """Samples a process's RSS and thread count every 50 ms while running (bounded by stop())."""
+
+    def __init__(self, pid: int):
+        self.pid = pid
+        self.max_rss_kib = 0
+        self.max_threads = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.05):
+            status = proc_status(self.pid)
+            rss = status.get("VmRSS", "0 kB").split()[0]
+            threads = status.get("Threads", "0")
+            if rss.isdigit():
+                self.max_rss_kib = max(self.max_rss_kib, int(rss))
+            if threads.isdigit():
+                self.max_threads = max(self.max_threads, int(threads))
+
+    def __enter__(self) -> "Sampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+class Server:
+    """One hmac-file-server on 127.0.0.1:<free port> with a fresh store under the work folder."""
+
+    def __init__(self, workdir: Path, name: str):
+        self.name = name
+        self.store = workdir / f"store-{name}"
+        self.config = workdir / f"server-{name}.toml"
+        self.log_path = workdir / f"server-{name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    def __enter__(self) -> "Server":
+        self.store.mkdir()
+        self.config.write_text(
+            f'ListenPort = "{HOST}:0"\n'
+            f'Secret = "{SECRET}"\n'
+            f'StoreDir = "{self.store}"\n'
+            'MaxUploadSize = "4GiB"\n'
+            'LogLevel = "warn"\n'
+            "MetricsEnabled = false\n" + "".join(line + "\n" for line in EXTRA_CONFIG)
+        )
+        env = dict(os.environ)
+        # LogLevel warn keeps access lines out of the measurement; the one "listening on" line
+        # comes from the server module, so let that module say it.
+        env["RUST_LOG"] = "warn,hmac_file_server::server=info"
+        log_file = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [str(BINARY), "--config", str(self.config)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            env=env,
+            preexec_fn=raise_nofile_limit,
+        )
+        log_file.close()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            m = re.search(r"listening on 127\.0\.0\.1:(\d+)", self.log_path.read_text(errors="replace"))
+            if m:
+                self.port = int(m.group(1))
+                return self
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.02)
+        self.__exit__(None, None, None)
+        raise RuntimeError(f"server did not start; its log:\n{self.log_path.read_text(errors='replace')}")
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def hwm_mib(self) -> float:
+        return proc_kib(self.pid, "VmHWM") / 1024
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu_seconds(self.pid)
+
+    def problems(self) -> list[str]:
+        """WARN/ERROR lines the server logged (config notes about inactive features aside)."""
+        lines = self.log_path.read_text(errors="replace").splitlines()
+        return [line for line in lines if re.search(r"\b(WARN|ERROR)\b", line) and "not built" not in line]
+
+    def __exit__(self, *exc) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(timeout=10)
+        shutil.rmtree(self.store, ignore_errors=True)
+
+
+def raise_nofile_limit() -> None:
+    """500 uploads need ~1,000 descriptors (socket + staged file): lift the soft limit to the hard."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def cpu_checkpoint() -> dict:
+    """The machine's busy and steal CPU seconds (/proc/stat), this process's and its reaped
+    children's CPU seconds (the servers, wrk, curl and helpers are all reaped by a phase's end),
+    and the time."""
+    with open("/proc/stat") as f:
+        fields = [int(x) for x in f.readline().split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
+    own = resource.getrusage(resource.RUSAGE_SELF)
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    raw = {
+        "busy": (user + nice + system + irq + softirq) / tick,
+        "steal": steal / tick,
+        "own": own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime,
+        "time": time.monotonic(),
+    }
+    return {k: v - WAITED[k] for k, v in raw.items()}
+
+
+def other_cpu_share(before: dict, after: dict) -> dict:
+    """How much of the machine went to anything but the bench (other processes, the kernel's
+    own work, the hypervisor's steal) between two checkpoints: the figures are only as good as
+    the machine was quiet."""
+    capacity = (after["time"] - before["time"]) * (os.cpu_count() or 1)
+    if capacity <= 0:
+        return {"others": 0.0, "steal": 0.0}
+    others = (after["busy"] - before["busy"]) - (after["own"] - before["own"])
+    return {
+        "others": round(max(0.0, others) / capacity, 3),
+        "steal": round((after["steal"] - before["steal"]) / capacity, 3),
+    }
+
+
+def wait_quiet() -> None:
+    """Waits (at most WAIT_QUIET_SECONDS) until the machine has been idle for a second: on a
+    shared machine, a compile that starts in the middle of a measurement halves it."""
+    if WAIT_QUIET_SECONDS <= 0:
+        return
+    deadline = time.monotonic() + WAIT_QUIET_SECONDS
+    start = cpu_checkpoint()
+    try:
+        wait_quiet_until(deadline)
+    finally:
+        end = cpu_checkpoint()
+        for k in WAITED:
+            WAITED[k] += end[k] - start[k]
+
+
+def wait_quiet_until(deadline: float) -> None:
+    waited = False
+    while True:
+        before = cpu_checkpoint()
+        time.sleep(1.0)
+        share = other_cpu_share(before, cpu_checkpoint())
+        if share["others"] < 0.05 or time.monotonic() >= deadline:
+            if waited and share["others"] >= 0.05:
+                log(f"the machine stayed busy ({share['others']:.0%} of it): measuring anyway")
+            return
+        if not waited:
+            log(f"waiting up to {WAIT_QUIET_SECONDS:.0f} s for the machine to go quiet ({share['others']:.0%} busy)")
+            waited = True
+
+
+# ---------------------------------------------------------------------------------------------
+# Tools
+
+
+def ensure_tools() -> dict[str, str]:
+    """wrk (Debian package) and curl; installs wrk with apt-get when running as root."""
+    if shutil.which("wrk") is None:
+        if os.geteuid() == 0 and shutil.which("apt-get"):
+            log("wrk is missing: apt-get install -y wrk")
+            cmd = ["apt-get", "install", "-y", "-qq", "wrk"]
+            if subprocess.run(cmd, stdout=subprocess.DEVNULL, timeout=600).returncode != 0:
+                subprocess.run(["apt-get", "update", "-qq"], stdout=subprocess.DEVNULL, timeout=600, check=True)
+                subprocess.run(cmd, stdout=subprocess.DEVNULL, timeout=600, check=True)
+        else:
+            sys.exit("bench: needs wrk (Debian: sudo apt-get install wrk)")
+    if shutil.which("curl") is None:
+        sys.exit("bench: needs curl (Debian: sudo apt-get install curl)")
+    versions = {}
+    wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True, timeout=10)
+    versions["wrk"] = (wrk.stdout + wrk.stderr).split("Copyright")[0].strip()
+    curl = subprocess.run(["curl", "--version"], capture_output=True, text=True, timeout=10)
+    versions["curl"] = curl.stdout.split()[1] if curl.stdout else "?"
+    return versions
+
+
+def build() -> None:
+    log("cargo build --release")
+    result = subprocess.run(["cargo", "build", "--release"], cwd=REPO, capture_output=True, text=True, timeout=1800)
+    if result.returncode != 0:
+        sys.stderr.write(result.stderr)
+        sys.exit("bench: cargo build --release failed")
+
+
+def machine_info(tools: dict[str, str]) -> dict:
+    cpu = "?"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "?")
+    except OSError:
+        pass
+    mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / GIB
+
+    def git(*args: str) -> str:
+        r = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=10)
+        return r.stdout.strip()
+
+    version = subprocess.run([str(BINARY), "--version"], capture_output=True, text=True, timeout=10).stdout.strip()
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1),
+        "kernel": platform.release(),
+        "os": distro_name(),
+        "server": version,
+        "commit": commit_of_binary(git),
+        "tools": tools,
+    }
+
+
+def commit_of_binary(git) -> str:
+    if BINARY != DEFAULT_BINARY:
+        return f"unknown (--binary {BINARY})"
+    dirty = git("status", "--porcelain", "--", "src", "Cargo.toml", "Cargo.lock")
+    return git("rev-parse", "--short", "HEAD") + (" with uncommitted changes" if dirty else "")
+
+
+def distro_name() -> str:
+    try:
+        with open("/etc/os-release") as f:
+            for line in f:
+                if line.startswith("PRETTY_NAME="):
+                    return line.split("=", 1)[1].strip().strip('"')
+    except OSError:
+        pass
+    return platform.system()
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+
+
+def make_source(path: Path, size: int) -> str:
+    """Writes `size` random bytes to `path` (on /dev/shm) and returns their sha256."""
+    digest = hashlib.sha256()
+    block = 4 * MIB
+    with open(path, "wb") as f:
+        written = 0
+        while written < size:
+            chunk = os.urandom(min(block, size - written))
+            digest.update(chunk)
+            f.write(chunk)
+            written += len(chunk)
+    return digest.hexdigest()
+
+
+def shm_write_mibs(workdir: Path, size: int) -> float:
+    """MiB/s of writing `size` bytes into a new /dev/shm file in 1 MiB writes (page allocation
+    included, as the server pays it too)."""
+    target = workdir / "shm-write.bin"
+    buf = b"\xa5" * MIB
+    t0 = time.perf_counter()
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        left = size
+        while left > 0:
+            left -= os.write(fd, buf[: min(MIB, left)])
+    finally:
+        os.close(fd)
+    seconds = time.perf_counter() - t0
+    target.unlink()
+    return size / MIB / seconds
+
+
+def curl(args: list[str], max_seconds: int = 300) -> tuple[str, float, int]:
+    """Runs curl quietly; returns (HTTP status, time_total in s, bytes moved)."""
+    cmd = ["curl", "-sS", "--max-time", str(max_seconds), "-o", "/dev/null", "-w", "%{http_code} %{time_total} %{size_upload} %{size_download}", *args]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=max_seconds + 30)
+    parts = r.stdout.split()
+    if len(parts) != 4:
+        return f"curl failed: {r.stderr.strip()}", float("nan"), 0
+    return parts[0], float(parts[1]), int(float(parts[2])) + int(float(parts[3]))
+
+
+def curl_put(url: str, source: Path) -> tuple[str, float, int]:
+    # -T streams the file as the PUT body; an empty Expect skips the 100-continue round trip.
+    return curl(["-T", str(source), "-H", "Expect:", url])
+
+
+def sink_ceiling(source: Path, size: int, repeats: int) -> list[float]:
+    sink = subprocess.Popen(
+        [sys.executable, str(HERE / "sink.py"), "--requests", str(repeats), "--max-seconds", "300"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert sink.stdout is not None
+        port = int(sink.stdout.readline().strip().rsplit(":", 1)[1])
+        rates = []
+        for _ in range(repeats):
+            wait_quiet()
+            status, seconds, moved = curl_put(f"http://{HOST}:{port}/sink", source)
+            if status != "201" or moved != size:
+                raise RuntimeError(f"sink PUT failed: {status}, {moved} bytes")
+            rates.append(size / MIB / seconds)
+        sink.wait(timeout=30)
+        return rates
+    finally:
+        if sink.poll() is None:
+            sink.kill()
+            sink.wait(timeout=10)
+
+
+def write_target_lists(workdir: Path, name: str, targets: list[str], threads: int) -> str:
+    prefix = workdir / f"targets-{name}"
+    files = [open(f"{prefix}.{i}", "w") for i in range(threads)]
+    for k, target in enumerate(targets):
+        files[k % threads].write(target + "\n")
+    for f in files:
+        f.close()
+    return str(prefix)
+
+
+def run_wrk(server: Server, workdir: Path, name: str, mode: str, targets: list[str], concurrency: int, body_bytes: int) -> dict:
+    """One wrk run over exactly these targets; returns signed.lua's summary plus CPU use."""
+    threads = max(1, min(os.cpu_count() or 2, concurrency, len(targets)))
+    prefix = write_target_lists(workdir, name, targets, threads)
+    cap_seconds = 20 + len(targets) // 250
+    cmd = [
+        "wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{cap_seconds}s", "--timeout", "30s",
+        "-s", str(HERE / "signed.lua"), f"http://{HOST}:{server.port}", "--", mode, prefix, str(body_bytes), str(threads),
+    ]
+    cpu0 = server.cpu_seconds()
+    switches0 = proc_context_switches(server.pid)
+    children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=cap_seconds + 60)
+    children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+    switches1 = proc_context_switches(server.pid)
+    cpu1 = server.cpu_seconds()
+    line = next((l for l in r.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
+    if line is None:
+        raise RuntimeError(f"wrk printed no summary (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
+    out = json.loads(line[len("BENCH_JSON "):])
+    seconds = out["duration_us"] / 1e6
+    out["mode"] = mode
+    out["concurrency"] = concurrency
+    out["threads"] = threads
+    out["seconds"] = seconds
+    out["complete"] = out["answered"] == out["expected"] == out["sent"]
+    out["req_per_s"] = out["answered"] / seconds if seconds > 0 else 0.0
+    out["mib_per_s"] = out["answered"] * body_bytes / MIB / seconds if seconds > 0 else 0.0
+    out["server_cpu_s"] = round(cpu1 - cpu0, 3)
+    out["server_cpu_us_per_request"] = (cpu1 - cpu0) * 1e6 / max(1, out["answered"])
+    out["server_switches_per_request"] = (switches1 - switches0) / max(1, out["answered"])
+    out["client_cpu_s"] = round(
+        (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime), 3
+    )
+    return out
+
+
+def get_sha256(port: int, path: str, max_seconds: int = 300) -> tuple[int, int, str]:
+    """GETs a file, hashing it as it streams; returns (status, length, sha256)."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=max_seconds)
+    try:
+        conn.request("GET", f"/upload/{path}")
+        resp = conn.getresponse()
+        digest = hashlib.sha256()
+        buf = bytearray(4 * MIB)
+        view = memoryview(buf)
+        length = 0
+        while True:
+            n = resp.readinto(buf)
+            if not n:
+                break
+            digest.update(view[:n])
+            length += n
+        return resp.status, length, digest.hexdigest()
+    finally:
+        conn.close()
+
+
+def put_from_file_repeated(port: int, path: str, source: Path, times: int, max_seconds: int = 300) -> tuple[int, float]:
+    """PUTs `times` copies of `source` back to back as one body (sendfile from /dev/shm, so the
+    client costs little); returns (status, seconds)."""
+    size = source.stat().st_size * times
+    sock = socket.create_connection((HOST, port), timeout=max_seconds)
+    try:
+        t0 = time.perf_counter()
+        sock.sendall(
+            (
+                f"PUT {signed_put_target(path, size)} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+                f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n"
+            ).encode()
+        )
+        for _ in range(times):
+            with open(source, "rb") as f:
+                sock.sendfile(f)
+        status_line = sock.makefile("rb").readline()
+        seconds = time.perf_counter() - t0
+        parts = status_line.split()
+        return (int(parts[1]) if len(parts) >= 2 else 0), seconds
+    finally:
+        sock.close()
+
+
+def tus_advertised(port: int) -> str | None:
+    """The server's Tus-Version header on OPTIONS, or None when it does not speak tus."""
+    conn = http.client.HTTPConnection(HOST, port, timeout=10)
+    try:
+        conn.request("OPTIONS", "/upload/", headers={"Tus-Resumable": "1.0.0"})
+        resp = conn.getresponse()
+        resp.read()
+        return resp.getheader("Tus-Version")
+    finally:
+        conn.close()
+
+
+# ---- RESUMABLE (tus) ------------------------------------------------------------------------
+# Runs only when OPTIONS answers with Tus-Version (SPEC §4.2); otherwise the table says "not
+# built yet", so the bench also measures builds from before tus. Checked against the server's
+# tus 1.0.0 (commit 72a22b5): 128 PATCHes, sha256 of the result matches.
+def tus_upload(port: int, path: str, source: Path, chunk_bytes: int, max_seconds: int = 300) -> dict:
+    """Creates a tus upload at the signed slot URL and sends `source` in PATCHes of
+    `chunk_bytes`; returns status, seconds (creation to last PATCH answer) and MiB/s."""
+    import mmap
+
+    size = source.stat().st_size
+    deadline = time.monotonic() + max_seconds
+    conn = http.client.HTTPConnection(HOST, port, timeout=max_seconds)
+    try:
+        t0 = time.perf_counter()
+        conn.request(
+            "POST",
+            signed_put_target(path, size),
+            headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(size), "Content-Length": "0"},
+        )
+        resp = conn.getresponse()
+        resp.read()
+        location = resp.getheader("Location")
+        if resp.status != 201 or not location:
+            return {"status": f"creation answered {resp.status}", "seconds": 0.0, "mib_per_s": 0.0}
+        if location.startswith("http"):
+            location = "/" + location.split("/", 3)[3]
+        with open(source, "rb") as f, mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ) as data:
+            view = memoryview(data)
+            offset = 0
+            patches = 0
+            while offset < size:
+                if time.monotonic() > deadline:
+                    return {"status": "timeout", "seconds": 0.0, "mib_per_s": 0.0}
+                n = min(chunk_bytes, size - offset)
+                conn.request(
+                    "PATCH",
+                    location,
+                    body=view[offset : offset + n],
+                    headers={
+                        "Tus-Resumable": "1.0.0",
+                        "Upload-Offset": str(offset),
+                        "Content-Type": "application/offset+octet-stream",
+                        "Content-Length": str(n),
+                    },
+                )
+                resp = conn.getresponse()
+                resp.read()
+                if resp.status != 204:
+                    return {"status": f"PATCH at {offset} answered {resp.status}", "seconds": 0.0, "mib_per_s": 0.0}
+                offset = int(resp.getheader("Upload-Offset", offset + n))
+                patches += 1
+            view.release()
+        seconds = time.perf_counter() - t0
+        return {"status": "ok", "patches": patches, "seconds": seconds, "mib_per_s": size / MIB / seconds}
+    finally:
+        conn.close()
+
+
+# ---------------------------------------------------------------------------------------------
+# Phases
+
+
+@dataclass
+class Results:
+    plan: dict
+    machine: dict
+    started: str
+    command: str
+    ceilings: dict = field(default_factory=dict)
+    small: dict = field(default_factory=dict)
+    large: dict = field(default_factory=dict)
+    big: dict = field(default_factory=dict)
+    resumable: dict = field(default_factory=dict)
+    many: dict = field(default_factory=dict)
+    sweep: list = field(default_factory=list)
+    perf: dict = field(default_factory=dict)
+    problems: list = field(default_factory=list)  # wrong answers, lost files: exit status 1
+    warnings: list = field(default_factory=list)  # a busy machine: figures not to be trusted
+    seconds: float = 0.0
+    load_at_start: str = ""
+    other_cpu: dict = field(default_factory=dict)
+
+
+def phase_ceilings(res: Results, plan: Plan, workdir: Path, source: Path) -> None:
+    log(f"ceilings: {plan.repeats}× sink PUT and /dev/shm write of {plan.large_bytes // MIB} MiB")
+    sink = sink_ceiling(source, plan.large_bytes, plan.repeats)
+    shm = [shm_write_mibs(workdir, plan.large_bytes) for _ in range(plan.repeats)]
+    res.ceilings = {
+        "sink_put_mibs": median(sink),
+        "sink_put_mibs_all": [round(x, 1) for x in sink],
+        "shm_write_mibs": median(shm),
+        "shm_write_mibs_all": [round(x, 1) for x in shm],
+    }
+
+
+def combine_runs(runs: list[dict]) -> dict:
+    """One summary of several wrk runs: medians of rates, latencies and times; sums of counts."""
+    out = {
+        "runs": len(runs),
+        "concurrency": runs[0]["concurrency"],
+        "complete": all(r["complete"] for r in runs),
+        "statuses": {},
+        "errors": {},
+        "latency_us": {},
+    }
+    for key in ("req_per_s", "mib_per_s", "seconds", "server_cpu_s", "client_cpu_s",
+                "server_cpu_us_per_request", "server_switches_per_request"):
+        out[key] = median([r[key] for r in runs])
+        out[f"{key}_all"] = [round(r[key], 3) for r in runs]
+    for key in ("expected", "sent", "answered", "non_2xx", "wrong_length"):
+        out[key] = sum(r[key] for r in runs)
+    for key in ("p50", "p90", "p99", "p999", "max"):
+        out["latency_us"][key] = median([r["latency_us"][key] for r in runs])
+    for r in runs:
+        for k, v in r["statuses"].items():
+            out["statuses"][k] = out["statuses"].get(k, 0) + v
+        for k, v in r["errors"].items():
+            out["errors"][k] = out["errors"].get(k, 0) + v
+    return out
+
+
+def phase_small(res: Results, plan: Plan, workdir: Path) -> None:
+    n, size, c = plan.small_count, plan.small_bytes, plan.small_concurrency
+    puts, gets, stored_all, rss = [], [], [], []
+    for i in range(plan.repeats):
+        log(f"small {i + 1}/{plan.repeats}: {n} PUTs of {size // 1024} KiB at c={c}, then GETs of the same files")
+        paths = new_paths("small", n)
+        wait_quiet()
+        with Server(workdir, f"small{i}") as server:
+            put = run_wrk(server, workdir, f"small{i}-put", "put", [signed_put_target(p, size) for p in paths], c, size)
+            stored = sum(1 for f in (server.store / "upload").rglob("*") if f.is_file())
+            get = run_wrk(server, workdir, f"small{i}-get", "get", [f"/upload/{p}" for p in paths], c, size)
+            puts.append(put)
+            gets.append(get)
+            stored_all.append(stored)
+            rss.append(server.hwm_mib())
+            for name, run in (("PUT", put), ("GET", get)):
+                if not run["complete"] or run["non_2xx"] or run["wrong_length"] or any(run["errors"].values()):
+                    res.problems.append(
+                        f"small run {i + 1} {name}: {run['answered']}/{run['expected']} answered, "
+                        f"non-2xx {run['non_2xx']}, wrong length {run['wrong_length']}, "
+                        f"statuses {run['statuses']}, socket errors {run['errors']}"
+                    )
+            if stored != n:
+                res.problems.append(f"small run {i + 1}: {stored} files stored after {n} PUTs")
+            if not server.alive():
+                res.problems.append(f"small run {i + 1}: the server died")
+            res.problems += [f"small run {i + 1}: server log: {line}" for line in server.problems()[:20]]
+    res.small = {
+        "put": combine_runs(puts),
+        "get": combine_runs(gets),
+        "put_runs": puts,
+        "get_runs": gets,
+        "files_stored": sum(stored_all),
+        "peak_rss_mib": max(rss),
+    }
+
+
+def phase_large(res: Results, plan: Plan, workdir: Path, source: Path, sha256: str) -> None:
+    size = plan.large_bytes
+    log(f"large: {plan.repeats}× PUT and GET of {size // MIB} MiB, sha256 checked")
+    puts, gets, checks = [], [], []
+    with Server(workdir, "large") as server:
+        for i in range(plan.repeats):
+            path = f"large-{uuid.uuid4().hex}/big-{i}.bin"
+            wait_quiet()
+            status, seconds, moved = curl_put(f"http://{HOST}:{server.port}{signed_put_target(path, size)}", source)
+            puts.append({"status": status, "seconds": seconds, "mib_per_s": size / MIB / seconds if status == "201" else 0.0})
+            status, seconds, moved = curl([f"http://{HOST}:{server.port}/upload/{path}"])
+            gets.append({"status": status, "seconds": seconds, "bytes": moved, "mib_per_s": size / MIB / seconds if status == "200" and moved == size else 0.0})
+            got_status, got_len, got_sha = get_sha256(server.port, path)
+            checks.append(got_status == 200 and got_len == size and got_sha == sha256)
+            stored = server.store / "upload" / path
+            if stored.exists():
+                stored.unlink()  # keep /dev/shm small
+        res.large = {
+            "bytes": size,
+            "put": puts,
+            "get": gets,
+            "put_mib_per_s": median([p["mib_per_s"] for p in puts]),
+            "get_mib_per_s": median([g["mib_per_s"] for g in gets]),
+            "sha256_ok": all(checks),
+            "peak_rss_mib": server.hwm_mib(),
+            "server_cpu_s": server.cpu_seconds(),
+        }
+        if not all(p["status"] == "201" for p in puts) or not all(g["status"] == "200" for g in gets):
+            res.problems.append(f"large: unexpected answers: PUT {[p['status'] for p in puts]}, GET {[g['status'] for g in gets]}")
+        if not all(checks):
+            res.problems.append("large: sha256 of the downloaded file differs from the upload")
+        res.problems += [f"large: server log: {line}" for line in server.problems()[:20]]
+
+
+def phase_big(res: Results, plan: Plan, workdir: Path, source: Path) -> None:
+    times = max(1, plan.big_bytes // source.stat().st_size)
+    size = times * source.stat().st_size
+    log(f"rss-2g: one PUT of {size // MIB} MiB, peak server RSS")
+    with Server(workdir, "big") as server:
+        wait_quiet()
+        with Sampler(server.pid) as sampler:
+            status, seconds = put_from_file_repeated(server.port, f"big-{uuid.uuid4().hex}/huge.bin", source, times)
+        res.big = {
+            "bytes": size,
+            "status": status,
+            "seconds": seconds,
+            "mib_per_s": size / MIB / seconds,
+            "peak_rss_mib": server.hwm_mib(),
+            "max_threads": sampler.max_threads,
+        }
+        if status != 201:
+            res.problems.append(f"rss-2g: PUT answered {status}")
+        res.problems += [f"rss-2g: server log: {line}" for line in server.problems()[:20]]
+
+
+def phase_resumable(res: Results, plan: Plan, workdir: Path, source: Path, sha256: str) -> None:
+    with Server(workdir, "tus") as server:
+        version = tus_advertised(server.port)
+        if not version:
+            log("resumable: the server does not advertise tus (no Tus-Version on OPTIONS): not built yet")
+            res.resumable = {"built": False}
+            return
+        log(f"resumable: tus {version}, {plan.large_bytes // MIB} MiB in {plan.tus_chunk_bytes // MIB} MiB PATCHes")
+        path = f"tus-{uuid.uuid4().hex}/big.bin"
+        wait_quiet()
+        out = tus_upload(server.port, path, source, plan.tus_chunk_bytes)
+        if out["status"] == "ok":
+            status, length, got_sha = get_sha256(server.port, path)
+            out["sha256_ok"] = status == 200 and length == plan.large_bytes and got_sha == sha256
+        else:
+            res.problems.append(f"resumable: {out['status']}")
+        out.update({"built": True, "tus_version": version, "peak_rss_mib": server.hwm_mib()})
+        res.resumable = out
+
+
+def phase_many(res: Results, plan: Plan, workdir: Path) -> None:
+    n, size = plan.many_count, plan.many_bytes
+    log(f"many: {n} concurrent slow uploads of {size // MIB} MiB")
+    targets = workdir / "targets-many"
+    targets.write_text("".join(signed_put_target(p, size) + "\n" for p in new_paths("many", n)))
+    with Server(workdir, "many") as server:
+        wait_quiet()
+        cpu0 = server.cpu_seconds()
+        with Sampler(server.pid) as sampler:
+            r = subprocess.run(
+                [
+                    sys.executable, str(HERE / "slow_uploads.py"), "--port", str(server.port),
+                    "--targets", str(targets), "--size", str(size), "--tick-ms", str(plan.many_tick_ms),
+                    "--max-seconds", "120",
+                ],
+                capture_output=True, text=True, timeout=200, preexec_fn=raise_nofile_limit,
+            )
+        if r.returncode != 0 or not r.stdout.strip():
+            raise RuntimeError(f"slow_uploads.py failed:\n{r.stderr}")
+        out = json.loads(r.stdout.strip().splitlines()[-1])
+        out.update({
+            "peak_rss_mib": server.hwm_mib(),
+            "max_threads": sampler.max_threads,
+            "server_cpu_s": round(server.cpu_seconds() - cpu0, 3),
+        })
+        res.many = out
+        if out["created"] != n:
+            res.problems.append(f"many: only {out['created']} of {n} uploads got 201: {out['statuses']}")
+        res.problems += [f"many: server log: {line}" for line in server.problems()[:20]]
+
+
+def phase_sweep(res: Results, plan: Plan, workdir: Path) -> None:
+    log(f"sweep: {plan.sweep_count} PUTs and GETs of {plan.small_bytes // 1024} KiB at c = {', '.join(map(str, plan.sweep_concurrency))}")
+    size = plan.small_bytes
+    with Server(workdir, "sweep") as server:
+        for c in plan.sweep_concurrency:
+            paths = new_paths(f"sweep{c}", plan.sweep_count)
+            wait_quiet()
+            put = run_wrk(server, workdir, f"sweep-put-{c}", "put", [signed_put_target(p, size) for p in paths], c, size)
+            get = run_wrk(server, workdir, f"sweep-get-{c}", "get", [f"/upload/{p}" for p in paths], c, size)
+            res.sweep.append({"concurrency": c, "put": put, "get": get})
+            for name, run in (("PUT", put), ("GET", get)):
+                if not run["complete"] or run["non_2xx"] or run["wrong_length"] or any(run["errors"].values()):
+                    res.problems.append(
+                        f"sweep c={c} {name}: {run['answered']}/{run['expected']} answered, "
+                        f"non-2xx {run['non_2xx']}, wrong length {run['wrong_length']}, statuses {run['statuses']}"
+                    )
+            for f in (server.store / "upload").iterdir():
+                shutil.rmtree(f, ignore_errors=True)
+        res.problems += [f"sweep: server log: {line}" for line in server.problems()[:20]]
+
+
+def perf_works() -> bool:
+    if shutil.which("perf") is None:
+        return False
+    r = subprocess.run(["perf", "record", "-e", "cpu-clock", "-o", "/dev/null", "--", "true"], capture_output=True, timeout=30)
+    return r.returncode == 0
+
+
+# Inclusive-time entries that every sample shares (thread entry points): left out of the summary.
+PERF_ROOTS = re.compile(
+    r"clone3|start_thread|thread_start|__rust_begin_short_backtrace|call_once|entry_SYSCALL|"
+    r"do_syscall_64|Inner::run$|^main$|lang_start|block_on"
+)
+
+
+def parse_perf_report(report: str, with_children: bool) -> list[dict]:
+    """Rows of `perf report --stdio -g none`: percent (inclusive first when with_children),
+    object where shown, and symbol."""
+    rows = []
+    pattern = (
+        r"\s*([\d.]+)%\s+([\d.]+)%\s+\[[.k]\]\s+(.*)" if with_children
+        else r"\s*([\d.]+)%\s+(\S+)\s+\[[.k]\]\s+(.*)"
+    )
+    for line in report.splitlines():
+        m = re.match(pattern, line)
+        if not m:
+            continue
+        symbol = re.split(r"\s{2,}", m.group(3).strip())[0]  # later columns are padded apart
+        if with_children:
+            rows.append({"percent": float(m.group(1)), "self": float(m.group(2)), "symbol": symbol})
+        else:
+            rows.append({"percent": float(m.group(1)), "dso": m.group(2), "symbol": symbol})
+    return rows
+
+
+def phase_perf(res: Results, plan: Plan, workdir: Path, source: Path, out_prefix: Path) -> None:
+    """Profiles the server (perf record -e cpu-clock, DWARF call graphs: Rust release builds
+    have no frame pointers) during an extra small-PUT run and an extra large PUT; not counted in
+    the table. Writes the flat and the inclusive (children) reports beside the results."""
+    if not perf_works():
+        log("perf: not available (Debian: apt-get install linux-perf); skipped")
+        res.perf = {"available": False}
+        return
+    reports = {}
+    for name in ("small-put", "large-put"):
+        log(f"perf: profiling the server during an extra {name} run")
+        with Server(workdir, f"perf-{name}") as server:
+            data = workdir / f"perf-{name}.data"
+            rec = subprocess.Popen(
+                ["perf", "record", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384",
+                 "-p", str(server.pid), "-o", str(data)],
+                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            )
+            time.sleep(0.5)
+            wait_quiet()
+            if name == "small-put":
+                paths = new_paths("perf", plan.small_count)
+                run_wrk(server, workdir, "perf-put", "put", [signed_put_target(p, plan.small_bytes) for p in paths], plan.small_concurrency, plan.small_bytes)
+            else:
+                path = f"perf-{uuid.uuid4().hex}/big.bin"
+                curl_put(f"http://{HOST}:{server.port}{signed_put_target(path, plan.large_bytes)}", source)
+            rec.send_signal(signal.SIGINT)
+            rec.wait(timeout=120)
+        log(f"perf: reading the {name} profile")
+        flat = subprocess.run(
+            ["perf", "report", "-i", str(data), "--stdio", "--no-children", "-g", "none",
+             "--sort", "dso,symbol", "--percent-limit", "0.7"],
+            capture_output=True, text=True, timeout=600,
+        ).stdout
+        inclusive = subprocess.run(
+            ["perf", "report", "-i", str(data), "--stdio", "--children", "-g", "none",
+             "--sort", "symbol", "--percent-limit", "2"],
+            capture_output=True, text=True, timeout=600,
+        ).stdout
+        text_path = Path(f"{out_prefix}-perf-{name}.txt")
+        text_path.write_text(
+            "# flat profile (self time)\n" + flat + "\n\n# inclusive profile (children)\n" + inclusive
+        )
+        top_inclusive = [r for r in parse_perf_report(inclusive, True) if not PERF_ROOTS.search(r["symbol"])]
+        reports[name] = {
+            "report": text_path.name,
+            "top": parse_perf_report(flat, False)[:25],
+            "top_inclusive": top_inclusive[:40],
+        }
+    res.perf = {"available": True, **reports}
+
+
+# ---------------------------------------------------------------------------------------------
+# Output
+
+
+def fmt(x: float, digits: int = 0) -> str:
+    if x != x:  # NaN
+        return "—"
+    return f"{x:,.{digits}f}"
+
+
+def spread(values: list[float]) -> str:
+    """" (min-max)" for several runs, "" for one."""
+    if len(values) < 2:
+        return ""
+    return f" ({fmt(min(values))}-{fmt(max(values))})"
+
+
+def median_of(n: int) -> str:
+    return f" (median of {n})" if n > 1 else ""
+
+
+def verdict(ok: bool) -> str:
+    return "yes" if ok else "**no**"
+
+
+def table(res: Results) -> str:
+    pf, go = REFERENCE["prosody-filer"], REFERENCE["go-3.4"]
+    rows = ["| test | figure | this run | prosody-filer | Go 3.4 | target | met |", "|---|---|---|---|---|---|---|"]
+    c = res.ceilings
+    s = res.small
+    if s:
+        put, get = s["put"], s["get"]
+        n, kib, conc, runs = res.plan["small_count"], res.plan["small_bytes"] // 1024, put["concurrency"], put["runs"]
+        of = f", median of {runs} runs" if runs > 1 else ""
+        label = f"small PUT, {n:,} × {kib} KiB, c={conc}{of}"
+        rows += [
+            f"| {label} | req/s | {fmt(put['req_per_s'])}{spread(put['req_per_s_all'])} | {pf['small_put_rps']} | {go['small_put_rps']} | ≥ {fmt(TARGETS['small_put_rps'])} (1.5× prosody-filer) | {verdict(put['req_per_s'] >= TARGETS['small_put_rps'])} |",
+            f"| | MiB/s | {fmt(put['mib_per_s'])} | | | | |",
+            f"| | latency p50 / p99 | {put['latency_us']['p50'] / 1000:.2f} / {put['latency_us']['p99'] / 1000:.2f} ms | | | | |",
+            f"| | non-2xx / not stored (all runs) | {put['non_2xx'] + put['expected'] - put['answered']} / {put['expected'] - s['files_stored']} | | | 0 / 0 | {verdict(put['non_2xx'] == 0 and put['complete'] and s['files_stored'] == put['expected'])} |",
+            f"| | CPU s: server / wrk (wall {put['seconds']:.1f} s) | {put['server_cpu_s']:.1f} / {put['client_cpu_s']:.1f} | | | | |",
+            f"| | server CPU µs / context switches per request | {put['server_cpu_us_per_request']:.0f} / {put['server_switches_per_request']:.1f} | | | | |",
+        ]
+        label = f"small GET, the same files, c={conc}{of}"
+        rows += [
+            f"| {label} | req/s | {fmt(get['req_per_s'])}{spread(get['req_per_s_all'])} | {pf['small_get_rps']} | {go['small_get_rps']} | ≥ {fmt(TARGETS['small_get_rps'])} (1.2× prosody-filer) | {verdict(get['req_per_s'] >= TARGETS['small_get_rps'])} |",
+            f"| | MiB/s | {fmt(get['mib_per_s'])} | | | | |",
+            f"| | latency p50 / p99 | {get['latency_us']['p50'] / 1000:.2f} / {get['latency_us']['p99'] / 1000:.2f} ms | | | | |",
+            f"| | non-2xx / wrong length (all runs) | {get['non_2xx'] + get['expected'] - get['answered']} / {get['wrong_length']} | | | 0 / 0 | {verdict(get['non_2xx'] == 0 and get['wrong_length'] == 0 and get['complete'])} |",
+            f"| | CPU s: server / wrk (wall {get['seconds']:.1f} s) | {get['server_cpu_s']:.1f} / {get['client_cpu_s']:.1f} | | | | |",
+            f"| | server CPU µs / context switches per request | {get['server_cpu_us_per_request']:.0f} / {get['server_switches_per_request']:.1f} | | | | |",
+            f"| | peak server RSS (VmHWM) | {s['peak_rss_mib']:.1f} MiB | | | | |",
+        ]
+    lg = res.large
+    if lg:
+        mib = lg["bytes"] // MIB
+        ceiling = c.get("sink_put_mibs", float("nan"))
+        need = TARGETS["large_put_of_ceiling"] * ceiling
+        rows += [
+            f"| large PUT, {mib} MiB (curl -T) | MiB/s{median_of(len(lg['put']))} | {fmt(lg['put_mib_per_s'])}{spread([p['mib_per_s'] for p in lg['put']])}, {lg['put_mib_per_s'] / ceiling:.0%} of the ceiling | {pf['large_put_mibs']} | {go['large_put_mibs']} | ≥ {fmt(need)} (85% of the sink ceiling) | {verdict(lg['put_mib_per_s'] >= need)} |",
+            f"| large GET, {mib} MiB (curl) | MiB/s{median_of(len(lg['get']))} | {fmt(lg['get_mib_per_s'])}{spread([g['mib_per_s'] for g in lg['get']])} | {pf['large_get_mibs']} | {go['large_get_mibs']} | ≥ {fmt(TARGETS['large_get_mibs'])} (prosody-filer) | {verdict(lg['get_mib_per_s'] >= TARGETS['large_get_mibs'])} |",
+            f"| | sha256 of the download | {'matches' if lg['sha256_ok'] else 'DIFFERS'} | | | matches | {verdict(lg['sha256_ok'])} |",
+            f"| | peak server RSS (VmHWM) | {lg['peak_rss_mib']:.1f} MiB | | | | |",
+        ]
+    b = res.big
+    if b:
+        rows.append(
+            f"| one {b['bytes'] // MIB} MiB PUT (sendfile client) | peak server RSS (VmHWM) | {b['peak_rss_mib']:.1f} MiB ({fmt(b['mib_per_s'])} MiB/s, answer {b['status']}) | | | < {TARGETS['big_rss_mib']} MiB during a 2 GiB upload | {verdict(b['peak_rss_mib'] < TARGETS['big_rss_mib'] and b['status'] == 201)} |"
+        )
+    r = res.resumable
+    if r:
+        chunk = res.plan["tus_chunk_bytes"] // MIB
+        if not r.get("built"):
+            rows.append(f"| resumable, tus, {chunk} MiB PATCHes | MiB/s | not built yet | | | | — |")
+        else:
+            rows.append(
+                f"| resumable, tus {r['tus_version']}, {chunk} MiB PATCHes | MiB/s | {fmt(r.get('mib_per_s', 0.0))} ({r['status']}, sha256 {'matches' if r.get('sha256_ok') else 'not checked/differs'}) | | | | — |"
+            )
+    m = res.many
+    if m:
+        rows += [
+            f"| many: {m['uploads']} concurrent slow uploads × {m['bytes_each'] // MIB} MiB | peak server RSS (VmHWM) | {m['peak_rss_mib']:.1f} MiB | | | < {TARGETS['many_rss_mib']} MiB | {verdict(m['peak_rss_mib'] < TARGETS['many_rss_mib'])} |",
+            f"| | 201 answers / peak in flight / server threads | {m['created']} / {m['peak_in_flight']} / {m['max_threads']} | | | all {m['uploads']} | {verdict(m['created'] == m['uploads'])} |",
+        ]
+    if c:
+        mib = res.plan["large_bytes"] // MIB
+        rows += [
+            f"| ceiling: plain PUT of {mib} MiB into a discarding sink (curl → sink.py) | MiB/s{median_of(len(c['sink_put_mibs_all']))} | {fmt(c['sink_put_mibs'])}{spread(c['sink_put_mibs_all'])} | | | (issue: 1820-2100) | |",
+            f"| ceiling: {mib} MiB write into /dev/shm | MiB/s{median_of(len(c['shm_write_mibs_all']))} | {fmt(c['shm_write_mibs'])}{spread(c['shm_write_mibs_all'])} | | | | |",
+        ]
+    return "\n".join(rows)
+
+
+def sweep_table(res: Results) -> str:
+    rows = ["| concurrency | PUT req/s | PUT p99 ms | GET req/s | GET p99 ms |", "|---|---|---|---|---|"]
+    for s in res.sweep:
+        rows.append(
+            f"| {s['concurrency']} | {fmt(s['put']['req_per_s'])} | {s['put']['latency_us']['p99'] / 1000:.2f} | "
+            f"{fmt(s['get']['req_per_s'])} | {s['get']['latency_us']['p99'] / 1000:.2f} |"
+        )
+    return "\n".join(rows)
+
+
+def perf_section(res: Results) -> str:
+    if not res.perf or not res.perf.get("available"):
+        return ""
+    out = ["## Where the server spends its time (perf, cpu-clock)", ""]
+    for name in ("small-put", "large-put"):
+        p = res.perf.get(name)
+        if not p:
+            continue
+        out += [f"{name}, self time (full report: `{p['report']}`):", "", "| % | object | symbol |", "|---|---|---|"]
+        for t in p["top"][:12]:
+            out.append(f"| {t['percent']:.1f} | {t['dso']} | `{t['symbol'][:90]}` |")
+        out += ["", f"{name}, inclusive time (a function and what it calls):", "", "| % | symbol |", "|---|---|"]
+        for t in p.get("top_inclusive", [])[:25]:
+            out.append(f"| {t['percent']:.1f} | `{t['symbol'][:110]}` |")
+        out.append("")
+    return "\n".join(out)
+
+
+def markdown(res: Results, plot_name: str | None) -> str:
+    m = res.machine
+    lines = [
+        f"# hmac-file-server benchmark, {res.started}",
+        "",
+        f"- command: `{res.command}` ({'quick smoke run' if res.plan['small_count'] < 20_000 else 'full run'}, {res.seconds:.0f} s)",
+        f"- server: {m['server']}, commit {m['commit']}"
+        + (f"; extra config: {'; '.join(f'`{line}`' for line in EXTRA_CONFIG)}" if EXTRA_CONFIG else ""),
+        f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, Linux {m['kernel']}; "
+        f"server and load generator on the same machine, loopback (127.0.0.1), store on /dev/shm",
+        f"- tools: {m['tools'].get('wrk', '?')}, curl {m['tools'].get('curl', '?')}, Python {platform.python_version()}",
+        f"- quiet machine? load average at start {res.load_at_start}; CPU taken by other processes "
+        f"(and steal) while each phase ran: "
+        + (", ".join(f"{k} {v['others']:.0%} ({v['steal']:.0%})" for k, v in res.other_cpu.items()) or "—"),
+        "",
+        table(res),
+        "",
+        "Throughput against concurrency (64 KiB, "
+        f"{res.plan['sweep_count']:,} requests per point):",
+        "",
+        sweep_table(res),
+        "",
+    ]
+    if plot_name:
+        lines += [f"![throughput against concurrency]({plot_name})", ""]
+    perf = perf_section(res)
+    if perf:
+        lines += [perf, ""]
+    lines += ["## Problems seen", ""]
+    lines += [f"- {p}" for p in res.problems] or ["- none"]
+    if res.warnings:
+        lines += ["", "## Warnings", ""] + [f"- {w}" for w in res.warnings]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> int:
+    global BINARY, WAIT_QUIET_SECONDS
+    parser = argparse.ArgumentParser(description="hmac-file-server benchmark (loopback, store on /dev/shm)")
+    parser.add_argument("--quick", action="store_true", help="a small smoke run (2,000 small PUTs, 256 MiB large, …)")
+    parser.add_argument("--perf", action="store_true", help="also profile the server with perf during extra small and large PUT runs")
+    parser.add_argument("--no-build", action="store_true", help="do not run cargo build --release first")
+    parser.add_argument("--binary", help="measure this hmac-file-server binary instead (implies --no-build)")
+    parser.add_argument(
+        "--wait-quiet", type=float, default=WAIT_QUIET_SECONDS, metavar="SECONDS",
+        help="before each measurement, wait up to this long for the machine to be idle (0: never wait)",
+    )
+    parser.add_argument(
+        "--config-line", action="append", default=[], metavar="'Key = value'",
+        help="add a line to the server's TOML (repeatable), to try a setting, e.g. 'BufferSize = 1048576'",
+    )
+    parser.add_argument("--out", default=str(REPO / "bench-results"), help="folder for the results (default: bench-results/)")
+    parser.add_argument("--only", default="", help="comma-separated phases to run (ceilings,small,large,big,resumable,many,sweep)")
+    args = parser.parse_args()
+
+    if not sys.platform.startswith("linux") or not Path("/dev/shm").is_dir():
+        sys.exit("bench: needs Linux with /dev/shm")
+    plan = Plan.quick() if args.quick else Plan()
+    phases = set(args.only.split(",")) if args.only else {"ceilings", "small", "large", "big", "resumable", "many", "sweep"}
+    EXTRA_CONFIG.extend(args.config_line)
+    WAIT_QUIET_SECONDS = args.wait_quiet
+    tools = ensure_tools()
+    if args.binary:
+        BINARY = Path(args.binary).resolve()
+    elif not args.no_build:
+        build()
+    if not BINARY.exists():
+        sys.exit(f"bench: {BINARY} is missing; run cargo build --release")
+
+    need = plan.large_bytes + plan.many_count * plan.many_bytes + plan.small_count * plan.small_bytes + GIB // 2
+    free = shutil.disk_usage("/dev/shm").free
+    if free < need:
+        sys.exit(f"bench: /dev/shm has {free // MIB} MiB free, needs about {need // MIB} MiB")
+
+    started = dt.datetime.now()
+    stamp = started.strftime("%Y-%m-%d-%H%M%S")
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    out_prefix = out_dir / stamp
+    command = "scripts/bench.sh" + "".join(f" {a}" for a in sys.argv[1:])
+    res = Results(
+        plan={k: v for k, v in plan.__dict__.items()},
+        machine=machine_info(tools),
+        started=started.strftime("%Y-%m-%d %H:%M"),
+        command=command,
+    )
+    with open("/proc/loadavg") as f:
+        res.load_at_start = " ".join(f.read().split()[:3])
+    if float(res.load_at_start.split()[0]) > 0.5:
+        log(f"the machine is busy (load average {res.load_at_start}): figures will be low and noisy")
+    t0 = time.monotonic()
+    workdir = Path(tempfile.mkdtemp(prefix="hfs-bench-", dir="/dev/shm"))
+    try:
+        source = workdir / "source.bin"
+        log(f"writing a {plan.large_bytes // MIB} MiB random source file in {workdir}")
+        sha256 = make_source(source, plan.large_bytes)
+        steps = [
+            ("ceilings", lambda: phase_ceilings(res, plan, workdir, source)),
+            ("small", lambda: phase_small(res, plan, workdir)),
+            ("large", lambda: phase_large(res, plan, workdir, source, sha256)),
+            ("big", lambda: phase_big(res, plan, workdir, source)),
+            ("resumable", lambda: phase_resumable(res, plan, workdir, source, sha256)),
+            ("many", lambda: phase_many(res, plan, workdir)),
+            ("sweep", lambda: phase_sweep(res, plan, workdir)),
+        ]
+        for name, step in steps:
+            if name in phases:
+                before = cpu_checkpoint()
+                step()
+                res.other_cpu[name] = other_cpu_share(before, cpu_checkpoint())
+        if args.perf:
+            phase_perf(res, plan, workdir, source, out_prefix)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    res.seconds = time.monotonic() - t0
+    busy = {k: v for k, v in res.other_cpu.items() if v["others"] > 0.10 or v["steal"] > 0.05}
+    if busy:
+        res.warnings.append(
+            "other work ran during the bench (share of both cores not used by the bench: "
+            + ", ".join(f"{k} {v['others']:.0%} + steal {v['steal']:.0%}" for k, v in busy.items())
+            + "): rerun on a quiet machine"
+        )
+
+    plot_name = None
+    if res.sweep:
+        from svgplot import concurrency_plot
+
+        plot_path = Path(f"{out_prefix}-concurrency.svg")
+        plot_path.write_text(concurrency_plot(res.sweep, REFERENCE, TARGETS, res.plan["small_concurrency"], res.started))
+        plot_name = plot_path.name
+    md = markdown(res, plot_name)
+    Path(f"{out_prefix}.md").write_text(md)
+    Path(f"{out_prefix}.json").write_text(json.dumps(res.__dict__, indent=2, default=str) + "\n")
+    print(md)
+    log(f"written: {out_prefix}.md, {out_prefix}.json" + (f", {out_prefix}-concurrency.svg" if plot_name else ""))
+    return 1 if res.problems else 0
+
+
+if __name__ == "__main__":
+    sys.dont_write_bytecode = True  # no __pycache__ in scripts/bench
+    sys.path.insert(0, str(HERE))
+    sys.exit(main())
