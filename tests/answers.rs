@@ -70,10 +70,23 @@ async fn put_with_v_token_is_201_and_stores_exact_bytes() {
     let http = client();
     let body = payload(12_345, 7);
     let url = server.signed_v("v1/file%20one.bin", "v1/file one.bin", body.len() as u64);
-    let put = http.put(&url).body(body.clone()).send().await.unwrap();
+    let put = http
+        .put(&url)
+        .header("content-type", "image/png")
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(put.status(), StatusCode::CREATED);
     assert_eq!(std::fs::read(server.files_dir().join("v1/file one.bin")).unwrap(), body);
     assert_eq!(server.sidecars(), 1, "metadata kept beside the file");
+    // application/octet-stream (every OMEMO upload) needs no sidecar: GET's default.
+    let url = server.signed_v("v1/plain.bin", "v1/plain.bin", 3);
+    assert_eq!(
+        http.put(&url).body(vec![1, 2, 3]).send().await.unwrap().status(),
+        StatusCode::CREATED
+    );
+    assert_eq!(server.sidecars(), 1, "no sidecar for the default type");
     assert_eq!(server.temporaries(), 0);
 }
 
@@ -897,6 +910,7 @@ async fn metronome_delete_with_default_delete_secret() {
     let raw = "del/some%20file.jpg";
     let put = http
         .put(server.signed_v(raw, path, 5000))
+        .header("content-type", "image/jpeg")
         .body(body.clone())
         .send()
         .await
@@ -904,6 +918,7 @@ async fn metronome_delete_with_default_delete_secret() {
     assert_eq!(put.status(), StatusCode::CREATED);
     let keep = http
         .put(server.signed_v("del/keep.bin", "del/keep.bin", 3))
+        .header("content-type", "text/plain")
         .body(vec![1, 2, 3])
         .send()
         .await

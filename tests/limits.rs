@@ -209,7 +209,7 @@ fn stalled_body_is_dropped_after_read_timeout_and_leaves_nothing() {
     let mut s = server.connect(Duration::from_secs(10));
     s.write_all(format!("PUT {target} HTTP/1.1\r\nHost: test\r\nContent-Length: {size}\r\n\r\n").as_bytes())
         .unwrap();
-    s.write_all(&body[..3000]).unwrap();
+    s.write_all(&body[..6000]).unwrap();
     assert!(
         wait_until(Duration::from_secs(10), || server.temporaries() == 1),
         "upload under way"

@@ -15,11 +15,14 @@ use super::{ApiError, AppState, Response, Target, body};
 use crate::store::StoredFile;
 
 /// Read size when streaming a file out.
-const READ_CHUNK_BYTES: usize = 256 * 1024;
+const READ_CHUNK_BYTES: usize = 512 * 1024;
 
 /// Answers GET or HEAD for a stored file.
 pub async fn get<B>(state: &AppState, target: Target, request: &Request<B>) -> Result<Response, ApiError> {
-    let stored = state.store().open_file(&target.key).await?;
+    let stored = state
+        .store()
+        .open_file(&target.key, request.method() == Method::GET)
+        .await?;
     let size = stored.size;
     let modified = truncate_to_seconds(stored.modified);
     let etag = etag(&stored);
@@ -72,6 +75,13 @@ pub async fn get<B>(state: &AppState, target: Target, request: &Request<B>) -> R
 
     let mut response = if request.method() == Method::HEAD || length == 0 {
         body::empty(status)
+    } else if let Some(content) = &stored.content {
+        let part = content.slice(start as usize..(start + length) as usize);
+        let mut r = http::Response::new(BodyExt::boxed(
+            http_body_util::Full::new(part).map_err(|never| match never {}),
+        ));
+        *r.status_mut() = status;
+        r
     } else {
         let mut file = tokio::fs::File::from_std(stored.file);
         if start > 0 {

@@ -251,6 +251,7 @@ mod tests {
         fs::write(dir.path().join("upload/fresh.bin"), b"abc").unwrap();
         let mut staged = store.stage().await.unwrap();
         staged.write(bytes::Bytes::from_static(b"in progress")).await.unwrap();
+        staged.sync().await.unwrap();
         let report_file = dir.path().join("deletions.log");
         let c = config(&format!(
             "DeleteFiles = true\nDeleteFilesAfterPeriod = \"30d\"\nDeletionReportFile = \"{}\"",

@@ -19,16 +19,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use bytes::Bytes;
 use rustix::fs::{Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::Errno;
 
-use super::digest::{Digests, Hashers, Hashing};
+use super::digest::Hashing;
 use super::key::INTERNAL_DIR;
 use super::meta::{FileMeta, sidecar_name};
+use super::staged::{FILE_MODE, StagedFile};
 use super::{FileKey, StoreError};
 
-const FILE_MODE: u32 = 0o640;
 const DIR_MODE: u32 = 0o750;
 
 /// Files on the local file system, see the module documentation.
@@ -97,7 +96,13 @@ pub struct StoredFile {
     pub meta: Option<FileMeta>,
     /// Its inode number (with size and time, it tells apart two files stored in one clock tick).
     pub inode: u64,
+    /// The whole content, when it was asked for and is at most [`SMALL_FILE_BYTES`]: read in
+    /// the same trip to the blocking pool as the open.
+    pub content: Option<bytes::Bytes>,
 }
+
+/// Files up to this size are read whole when opened for a download.
+pub const SMALL_FILE_BYTES: u64 = 256 * 1024;
 
 impl Inner {
     /// The upload folder, opened now (not once at start: an operator may replace or remount
@@ -190,15 +195,7 @@ impl LocalStore {
             }
             use std::io::Seek;
             file.seek(io::SeekFrom::Start(offset))?;
-            Ok(StagedFile {
-                path,
-                file: Some(file),
-                buffer: Vec::with_capacity(buffer_bytes),
-                buffer_bytes,
-                received: 0,
-                finished: true,
-                hashers: Hashers::new(hashing),
-            })
+            Ok(StagedFile::existing(path, file, buffer_bytes, hashing))
         })
         .await
     }
@@ -208,9 +205,11 @@ impl LocalStore {
     pub async fn adopt_partial(&self, mut staged: StagedFile, id: &str) -> Result<u64, StoreError> {
         staged.sync().await?;
         let dest = self.partial_path(id);
+        let mut staged = staged.into_staged()?;
         run_blocking_store(move || {
-            let len = fs::metadata(&staged.path)?.len();
-            fs::rename(&staged.path, &dest)?;
+            let path = staged.path.clone().ok_or_else(|| io::Error::other("nothing written"))?;
+            let len = fs::metadata(&path)?.len();
+            fs::rename(&path, &dest)?;
             staged.disarm();
             if let Some(parent) = dest.parent() {
                 sync_dir(parent)?;
@@ -278,74 +277,73 @@ impl LocalStore {
     /// Starts a new upload whose bytes are hashed as they are written (on the I/O thread, so
     /// the file is never read twice).
     pub async fn stage_hashing(&self, hashing: Hashing) -> Result<StagedFile, StoreError> {
-        let inner = Arc::clone(&self.inner);
-        run_blocking(move || {
-            let name = format!("{}.part", random_hex(16));
-            let path = inner.tmp_dir.join(name);
-            let file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(FILE_MODE)
-                .open(&path)?;
-            Ok(StagedFile {
-                path,
-                file: Some(file),
-                buffer: Vec::with_capacity(inner.buffer_bytes),
-                buffer_bytes: inner.buffer_bytes,
-                received: 0,
-                finished: false,
-                hashers: Hashers::new(hashing),
-            })
-        })
-        .await
-        .map_err(StoreError::from_write)
+        Ok(StagedFile::lazy(&self.inner.tmp_dir, self.inner.buffer_bytes, hashing))
     }
 
     /// Makes a staged upload the file at `key`, atomically and durably, unless a file is
     /// already there ([`StoreError::Exists`]; the staged file is then removed).
-    pub async fn commit(&self, mut staged: StagedFile, key: &FileKey, meta: &FileMeta) -> Result<(), StoreError> {
-        staged.flush().await?;
+    pub async fn commit(&self, staged: StagedFile, key: &FileKey, meta: &FileMeta) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
         let key = key.clone();
-        let meta_json = serde_json::to_vec(meta).map_err(io::Error::other)?;
+        // A sidecar that would only repeat the defaults (octet-stream, no digest) is not
+        // written: GET answers the same without it (OMEMO uploads are all octet-stream).
+        let meta_json = (meta.content_type != crate::auth::DEFAULT_CONTENT_TYPE || meta.sha256.is_some())
+            .then(|| serde_json::to_vec(meta))
+            .transpose()
+            .map_err(io::Error::other)?;
+        let mut staged = staged.into_staged()?;
+        // One trip to the blocking pool: write what is pending, fsync, rename, fsync the folder.
         run_blocking_store(move || {
+            staged.write_pending()?;
             let file = staged
                 .file
                 .take()
                 .ok_or_else(|| io::Error::other("staged file already closed"))?;
             retrying(inner.retry, "fsync", || file.sync_all().map_err(StoreError::from_write))?;
             drop(file);
+            let path = staged
+                .path
+                .clone()
+                .ok_or_else(|| io::Error::other("staged file has no path"))?;
 
-            let meta_tmp = inner.tmp_dir.join(format!("{}.meta", random_hex(16)));
-            let mut meta_guard = RemoveOnDrop(Some(meta_tmp.clone()));
-            {
+            // The sidecar goes first into the temp folder; it is not fsynced: after a crash
+            // a torn one is ignored (it must parse and match the size), never trusted.
+            let (shard, name) = sidecar_name(&key);
+            let shard_dir = inner.meta_dir.join(shard);
+            let sidecar = shard_dir.join(name);
+            let mut meta_guard = RemoveOnDrop(None);
+            if let Some(json) = &meta_json {
+                let meta_tmp = inner.tmp_dir.join(format!("{}.meta", random_hex(16)));
+                meta_guard = RemoveOnDrop(Some(meta_tmp.clone()));
                 let mut f = OpenOptions::new()
                     .write(true)
                     .create_new(true)
                     .mode(FILE_MODE)
                     .open(&meta_tmp)?;
-                f.write_all(&meta_json).map_err(StoreError::from_write)?;
-                f.sync_all().map_err(StoreError::from_write)?;
+                f.write_all(json).map_err(StoreError::from_write)?;
             }
 
-            retrying(inner.retry, "rename", || {
-                rename_into_store(&inner.root()?, &staged.path, &key)
-            })?;
+            retrying(inner.retry, "rename", || rename_into_store(&inner.root()?, &path, &key))?;
             staged.disarm();
 
-            let (shard, name) = sidecar_name(&key);
-            let shard_dir = inner.meta_dir.join(shard);
-            DirBuilder::new().recursive(true).mode(DIR_MODE).create(&shard_dir)?;
-            fs::rename(&meta_tmp, shard_dir.join(name))?;
-            meta_guard.disarm();
-            sync_dir(&shard_dir)?;
+            match meta_guard.0.take() {
+                Some(meta_tmp) => {
+                    if let Err(e) = fs::rename(&meta_tmp, &sidecar) {
+                        DirBuilder::new().recursive(true).mode(DIR_MODE).create(&shard_dir)?;
+                        fs::rename(&meta_tmp, &sidecar).map_err(|_| e)?;
+                    }
+                }
+                None => {
+                    let _ = fs::remove_file(&sidecar);
+                }
+            }
             Ok(())
         })
         .await
     }
 
     /// Opens the finished file at `key` for reading, never outside the store.
-    pub async fn open_file(&self, key: &FileKey) -> Result<StoredFile, StoreError> {
+    pub async fn open_file(&self, key: &FileKey, read_small: bool) -> Result<StoredFile, StoreError> {
         let inner = Arc::clone(&self.inner);
         let key = key.clone();
         run_blocking_store(move || {
@@ -362,6 +360,14 @@ impl LocalStore {
                 }
                 let size = stat.len();
                 let meta = read_sidecar(&inner.meta_dir, &key).filter(|m| m.size == size);
+                let content = if read_small && size <= SMALL_FILE_BYTES {
+                    use std::io::Read;
+                    let mut buf = vec![0u8; size as usize];
+                    (&file).read_exact(&mut buf)?;
+                    Some(bytes::Bytes::from(buf))
+                } else {
+                    None
+                };
                 use std::os::unix::fs::MetadataExt;
                 Ok(StoredFile {
                     file,
@@ -369,6 +375,7 @@ impl LocalStore {
                     modified: stat.modified()?,
                     meta,
                     inode: stat.ino(),
+                    content,
                 })
             })
         })
@@ -442,154 +449,7 @@ impl LocalStore {
     }
 }
 
-/// An upload in progress: bytes go to a temporary file in the store, through a buffer of
-/// BufferSize. Dropped without a commit, the file is removed.
-#[derive(Debug)]
-pub struct StagedFile {
-    path: PathBuf,
-    file: Option<File>,
-    buffer: Vec<u8>,
-    buffer_bytes: usize,
-    received: u64,
-    finished: bool,
-    hashers: Option<Box<Hashers>>,
-}
-
-impl StagedFile {
-    /// The digests of everything written, once the buffer is flushed; `None` when the file
-    /// was staged without hashing.
-    pub async fn digests(&mut self) -> Result<Option<Digests>, StoreError> {
-        self.flush().await?;
-        Ok(self.hashers.as_ref().map(|h| h.digests()))
-    }
-
-    /// Flushes and fsyncs: everything written so far is durable.
-    pub async fn sync(&mut self) -> Result<(), StoreError> {
-        self.flush().await?;
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| io::Error::other("staged file already closed"))?;
-        let (file, result) = tokio::task::spawn_blocking(move || {
-            let r = file.sync_data();
-            (file, r)
-        })
-        .await
-        .map_err(io::Error::other)?;
-        self.file = Some(file);
-        result.map_err(StoreError::from_write)
-    }
-
-    /// Cuts the file back to `len` bytes (a rejected chunk) and fsyncs.
-    pub async fn truncate(&mut self, len: u64) -> Result<(), StoreError> {
-        self.buffer.clear();
-        let file = self
-            .file
-            .take()
-            .ok_or_else(|| io::Error::other("staged file already closed"))?;
-        let (file, result) = tokio::task::spawn_blocking(move || {
-            use std::io::Seek;
-            let mut f = file;
-            let r = f
-                .set_len(len)
-                .and_then(|()| f.seek(io::SeekFrom::Start(len)))
-                .and_then(|_| f.sync_data());
-            (f, r)
-        })
-        .await
-        .map_err(io::Error::other)?;
-        self.file = Some(file);
-        result.map_err(StoreError::from_write)
-    }
-
-    /// Appends bytes. Large chunks go straight to the file; small ones are gathered first.
-    pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
-        self.received += chunk.len() as u64;
-        if self.buffer.is_empty() && chunk.len() >= self.buffer_bytes / 2 {
-            return self.write_out(WriteData::Shared(chunk)).await;
-        }
-        self.buffer.extend_from_slice(&chunk);
-        if self.buffer.len() >= self.buffer_bytes {
-            self.flush().await?;
-        }
-        Ok(())
-    }
-
-    /// Bytes received so far.
-    pub fn len(&self) -> u64 {
-        self.received
-    }
-
-    /// Whether nothing was received.
-    pub fn is_empty(&self) -> bool {
-        self.received == 0
-    }
-
-    /// The file now lives elsewhere: do not remove it on drop.
-    fn disarm(&mut self) {
-        self.finished = true;
-    }
-
-    /// Writes out the buffer.
-    pub async fn flush(&mut self) -> Result<(), StoreError> {
-        if self.buffer.is_empty() {
-            return Ok(());
-        }
-        let next = Vec::with_capacity(self.buffer_bytes);
-        let full = std::mem::replace(&mut self.buffer, next);
-        self.write_out(WriteData::Owned(full)).await
-    }
-
-    async fn write_out(&mut self, data: WriteData) -> Result<(), StoreError> {
-        let mut file = self
-            .file
-            .take()
-            .ok_or_else(|| io::Error::other("staged file already closed"))?;
-        let mut hashers = self.hashers.take();
-        let (file, hashers, result) = tokio::task::spawn_blocking(move || {
-            let result = file.write_all(data.as_slice());
-            if let Some(h) = &mut hashers {
-                h.update(data.as_slice());
-            }
-            (file, hashers, result)
-        })
-        .await
-        .map_err(io::Error::other)?;
-        self.file = Some(file);
-        self.hashers = hashers;
-        result.map_err(StoreError::from_write)
-    }
-}
-
-impl Drop for StagedFile {
-    fn drop(&mut self) {
-        if !self.finished {
-            let _ = fs::remove_file(&self.path);
-        }
-    }
-}
-
-enum WriteData {
-    Owned(Vec<u8>),
-    Shared(Bytes),
-}
-
-impl WriteData {
-    fn as_slice(&self) -> &[u8] {
-        match self {
-            WriteData::Owned(v) => v,
-            WriteData::Shared(b) => b,
-        }
-    }
-}
-
 struct RemoveOnDrop(Option<PathBuf>);
-
-impl RemoveOnDrop {
-    fn disarm(&mut self) {
-        self.0 = None;
-    }
-}
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
@@ -710,10 +570,6 @@ fn random_hex(bytes: usize) -> String {
     hex::encode(buf)
 }
 
-async fn run_blocking<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
-    tokio::task::spawn_blocking(f).await.map_err(io::Error::other)?
-}
-
 async fn run_blocking_store<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
@@ -725,6 +581,7 @@ async fn run_blocking_store<T: Send + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use bytes::Bytes;
 
     fn key(s: &str) -> FileKey {
         FileKey::parse_decoded(s).unwrap()
@@ -751,7 +608,7 @@ mod tests {
         let on_disk = fs::read(dir.path().join("upload/a/b c.txt")).unwrap();
         assert_eq!(on_disk.len(), 10_006);
         assert!(on_disk.starts_with(b"hello x"));
-        let opened = store.open_file(&key("a/b c.txt")).await.unwrap();
+        let opened = store.open_file(&key("a/b c.txt"), true).await.unwrap();
         assert_eq!(opened.size, 10_006);
         assert_eq!(opened.meta.unwrap().content_type, "text/plain");
         assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "no temporaries left");
@@ -809,17 +666,17 @@ mod tests {
         let mut staged = store.stage().await.unwrap();
         staged.write(Bytes::from_static(b"abc")).await.unwrap();
         store.commit(staged, &key("s/f"), &meta(99)).await.unwrap();
-        assert!(store.open_file(&key("s/f")).await.unwrap().meta.is_none());
+        assert!(store.open_file(&key("s/f"), false).await.unwrap().meta.is_none());
 
         let outside = tempfile::tempdir().unwrap();
         fs::write(outside.path().join("secret"), b"x").unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join("upload/link")).unwrap();
         assert!(matches!(
-            store.open_file(&key("link/secret")).await,
+            store.open_file(&key("link/secret"), false).await,
             Err(StoreError::NotFound)
         ));
         assert!(
-            matches!(store.open_file(&key("s")).await, Err(StoreError::NotFound)),
+            matches!(store.open_file(&key("s"), false).await, Err(StoreError::NotFound)),
             "a folder is not a file"
         );
     }
@@ -870,7 +727,9 @@ mod tests {
             .unwrap()
             .set_modified(past)
             .unwrap();
-        let _fresh = store.stage().await.unwrap();
+        let mut fresh = store.stage().await.unwrap();
+        fresh.write(Bytes::from_static(b"x")).await.unwrap();
+        fresh.sync().await.unwrap();
         assert_eq!(store.sweep_temporaries(Duration::from_secs(3600)).await.unwrap(), 1);
         assert!(!old.exists());
         assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 1);

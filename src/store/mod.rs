@@ -8,11 +8,13 @@ pub mod digest;
 pub mod key;
 pub mod local;
 pub mod meta;
+pub mod staged;
 
 pub use digest::{Digests, Hashing};
 pub use key::FileKey;
-pub use local::{LocalStore, RetryPolicy, StagedFile, StoredFile};
+pub use local::{LocalStore, RetryPolicy, StoredFile};
 pub use meta::FileMeta;
+pub use staged::StagedFile;
 
 use std::io;
 

@@ -28,13 +28,14 @@ impl TestServer {
     /// Starts the server with the default test settings, overridden key by key by
     /// `extra_toml`. The defaults listen on free loopback ports and turn bans off (tests that
     /// send bad tokens on purpose would otherwise ban themselves); ban tests set
-    /// `BlockAfterFails`.
+    /// `BlockAfterFails`. BufferSize is the minimum, 4 KiB: bytes below it stay in memory, so
+    /// tests that watch for the temporary file of an upload under way see it after 4 KiB.
     pub fn start(extra_toml: &str) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
         let store = dir.path().join("store");
         let config = dir.path().join("config.toml");
         let mut table: toml::Table = format!(
-            "ListenPort = \"127.0.0.1:0\"\nMetricsPort = \"127.0.0.1:0\"\nBlockAfterFails = 0\n\
+            "ListenPort = \"127.0.0.1:0\"\nMetricsPort = \"127.0.0.1:0\"\nBlockAfterFails = 0\nBufferSize = 4096\n\
              Secret = \"{SECRET}\"\nStoreDir = \"{}\"\n",
             store.display()
         )
