@@ -162,25 +162,37 @@ pub struct Target {
 /// Serves one request from `peer` (`None` for a Unix socket).
 pub async fn handle<B>(state: AppState, peer: Option<IpAddr>, request: Request<B>) -> Response
 where
-    B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + 'static,
-    B::Error: std::fmt::Display,
+    B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + Sync + 'static,
+    B::Error: std::fmt::Display + Send,
 {
-    let (parts, mut body) = request.into_parts();
-    let response = handle_parts(&state, peer, Request::from_parts(parts, &mut body)).await;
-    // A request answered before its body was read (403, 413, 409 …): read the rest in the
-    // background, bounded, so the client (or a reverse proxy still sending) gets the answer
-    // instead of a connection reset (RFC 9112 §9.3).
-    // Not after a stalled or broken body: that connection is closed on purpose.
-    let closing = response.headers().get(header::CONNECTION).is_some_and(|v| v == "close");
-    if !closing && !http_body::Body::is_end_stream(&body) {
-        let limit = state
-            .config()
-            .max_upload_bytes
-            .saturating_mul(2)
-            .saturating_add(1 << 20);
-        tokio::spawn(drain(body, limit, DRAIN_TIME));
+    // The request runs in its own task: when the client goes away after its body, hyper drops
+    // this future, but the work (fsync, saving a resumable offset, releasing a lock) must
+    // finish all the same.
+    let task = tokio::spawn(async move {
+        let (parts, mut body) = request.into_parts();
+        let response = handle_parts(&state, peer, Request::from_parts(parts, &mut body)).await;
+        // A request answered before its body was read (403, 413, 409 …): read the rest in
+        // the background, bounded, so the client (or a reverse proxy still sending) gets the
+        // answer instead of a connection reset (RFC 9112 §9.3). Not after a stalled or broken
+        // body: that connection is closed on purpose.
+        let closing = response.headers().get(header::CONNECTION).is_some_and(|v| v == "close");
+        if !closing && !http_body::Body::is_end_stream(&body) {
+            let limit = state
+                .config()
+                .max_upload_bytes
+                .saturating_mul(2)
+                .saturating_add(1 << 20);
+            tokio::spawn(drain(body, limit, DRAIN_TIME));
+        }
+        response
+    });
+    match task.await {
+        Ok(response) => response,
+        Err(e) => {
+            tracing::error!(error = %e, "request task failed");
+            body::text(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+        }
     }
-    response
 }
 
 /// Longest time spent reading the unread rest of an answered request's body.

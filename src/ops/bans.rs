@@ -44,6 +44,7 @@ struct Entry {
 pub struct Bans {
     entries: Mutex<HashMap<IpAddr, Entry>>,
     file: Option<PathBuf>,
+    last_saved: Mutex<HashSet<IpAddr>>,
 }
 
 /// The ban file: client address → end of the ban in unix seconds (`null` = until restart or
@@ -90,15 +91,29 @@ impl Bans {
             tracing::info!(bans = entries.len(), "bans restored from {}", path.display());
             metrics::bans_in_force(entries.len());
         }
+        let last_saved = Mutex::new(entries.keys().copied().collect());
         Self {
             entries: Mutex::new(entries),
             file: Some(path),
+            last_saved,
         }
     }
 
-    /// Writes the bans in force to the ban file, if there is one.
-    fn save(&self, entries: &HashMap<IpAddr, Entry>) {
+    /// Writes the bans in force to the ban file, if there is one. A ban that was in the file
+    /// before and is gone from it now was lifted by `unban`: it is not written back.
+    fn save(&self, entries: &mut HashMap<IpAddr, Entry>) {
         let Some(path) = &self.file else { return };
+        let on_disk = read_ban_file(path);
+        let written = self.last_saved.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        for ip in written.iter().filter(|ip| !on_disk.contains_key(&ip.to_string())) {
+            if let Some(entry) = entries.get_mut(ip)
+                && entry.banned_until.is_some()
+            {
+                entry.banned_until = None;
+                entry.failures.clear();
+                tracing::info!(client = %ip, "ban lifted by hand");
+            }
+        }
         let now = Instant::now();
         let now_unix = unix_now();
         let file: BanFile = entries
@@ -111,8 +126,12 @@ impl Bans {
                 ))
             })
             .collect();
-        if let Err(e) = write_ban_file(path, &file) {
-            tracing::warn!(path = %path.display(), error = %e, "cannot save the ban list");
+        match write_ban_file(path, &file) {
+            Ok(()) => {
+                *self.last_saved.lock().unwrap_or_else(|e| e.into_inner()) =
+                    file.keys().filter_map(|ip| ip.parse().ok()).collect();
+            }
+            Err(e) => tracing::warn!(path = %path.display(), error = %e, "cannot save the ban list"),
         }
     }
 
@@ -186,7 +205,7 @@ impl Bans {
         entry.failures.clear();
         entry.banned_until = Some(policy.auto_unban.then(|| now + policy.ban_time));
         let in_force = entries.values().filter(|e| e.banned_until.is_some()).count();
-        self.save(&entries);
+        self.save(&mut entries);
         drop(entries);
         metrics::banned(in_force);
         tracing::warn!(
@@ -209,7 +228,7 @@ impl Bans {
         entry.failures.clear();
         entry.banned_until = Some(left.map(|d| now + d));
         let in_force = entries.values().filter(|e| e.banned_until.is_some()).count();
-        self.save(&entries);
+        self.save(&mut entries);
         drop(entries);
         metrics::bans_in_force(in_force);
         tracing::warn!(client = %ip, ban_seconds = left.map(|d| d.as_secs()), "client banned (shared ban)");
@@ -231,7 +250,7 @@ impl Bans {
         prune(&mut entries, now, window);
         let in_force = entries.values().filter(|e| e.banned_until.is_some()).count();
         if !lifted.is_empty() {
-            self.save(&entries);
+            self.save(&mut entries);
         }
         drop(entries);
         for ip in &lifted {
@@ -354,6 +373,19 @@ mod tests {
         let mut file = read_ban_file(&path);
         assert!(file.remove(&ip.to_string()).is_some());
         write_ban_file(&path, &file).unwrap();
+        // Another ban is saved before any reload: the unbanned address is not written back.
+        let other: IpAddr = "192.0.2.11".parse().unwrap();
+        for i in 0..3 {
+            restarted.record_failure(other, &policy(true), Instant::now() + Duration::from_millis(i));
+        }
+        assert!(
+            !read_ban_file(&path).contains_key(&ip.to_string()),
+            "unban not undone by a save"
+        );
+        assert!(
+            restarted.banned_for(ip, Instant::now()).is_none(),
+            "and lifted here at that save"
+        );
         restarted.reload_file();
         assert!(
             restarted.banned_for(ip, Instant::now()).is_none(),

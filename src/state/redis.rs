@@ -234,7 +234,10 @@ impl RedisState {
         let mut out = Vec::with_capacity(keys.len());
         for k in keys {
             let ttl: i64 = conn.pttl(&k).await.map_err(unavailable)?;
-            let client = k.rsplit(':').next().unwrap_or_default().to_string();
+            // IPv6 addresses have colons of their own: cut the prefix, not at the last colon.
+            let Some(client) = k.strip_prefix(&format!("{PREFIX}:ban:")).map(str::to_string) else {
+                continue;
+            };
             match ttl {
                 -2 => {}
                 -1 => out.push((client, None)),

@@ -1,15 +1,18 @@
 //! The local file-system store.
 //!
 //! Layout under StoreDir:
-//! - `<UploadSubDir>/<key>`: finished files, exactly the bytes uploaded (prosody-filer's layout,
-//!   so an existing store can be taken over as it is);
+//! - `<UploadSubDir>/<key>`: finished files, exactly the bytes uploaded (prosody-filer keeps
+//!   the same bytes at `storeDir/<key>`: point StoreDir at the parent of its folder);
 //! - `.hmac-file-server/tmp/`: uploads in progress, one randomly named file each;
-//! - `.hmac-file-server/meta/`: one JSON sidecar per finished file ([`super::meta`]).
+//! - `.hmac-file-server/partial/`: the bytes of unfinished resumable uploads;
+//! - `.hmac-file-server/meta/`: a JSON sidecar per finished file whose content type is not
+//!   the default or whose SHA-256 is known ([`super::meta`]).
 //!
-//! A commit is: flush, `fsync` the staged file, write and `fsync` the sidecar, then
-//! `renameat2(RENAME_NOREPLACE)` into place (link + unlink where the file system lacks it),
-//! then `fsync` the folder. A crash at any point leaves either no file or the whole file at
-//! the final path, plus at worst a temporary that the sweeper removes.
+//! A commit is: write what is pending, `fsync` the staged file, write the sidecar (not
+//! fsynced: a torn one is ignored), `renameat2(RENAME_NOREPLACE)` into place (link + unlink
+//! where the file system lacks it), then `fsync` the folder. A crash at any point leaves
+//! either no file or the whole file at the final path, plus at worst a temporary that the
+//! sweeper removes.
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};

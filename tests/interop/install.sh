@@ -1,7 +1,10 @@
 #!/bin/sh
 # Installs what tests/interop needs on Debian 12; idempotent; run as root.
 #   Debian: prosody, prosody-modules (mod_http_upload_external), ejabberd
-#   PyPI:   tests/interop/requirements.txt (slixmpp, aiohttp, pytest)
+#   PyPI:   tests/interop/requirements.txt (slixmpp, aiohttp, pytest, tuspy)
+#   npm:    tests/interop/package.json + package-lock.json (tus-js-client), `npm ci` into
+#           tests/interop/node_modules with the machine's Node.js (>= 18; Node 20 expected);
+#           Debian's nodejs/npm (18) are installed only when node or npm is missing
 # The tests start private instances on free loopback ports, so the system-wide
 # prosody/ejabberd services are kept stopped and disabled.
 set -eu
@@ -9,6 +12,14 @@ set -eu
 HERE=$(CDPATH= cd -- "$(dirname -- "$0")" && pwd)
 PYTHON=${PYTHON:-python3}
 PKGS="prosody prosody-modules ejabberd"
+# Node.js for tus-js-client: the machine's own if it has one (Node 20 from another source is
+# not replaced); otherwise Debian's.
+if ! command -v node >/dev/null 2>&1; then
+    PKGS="$PKGS nodejs"
+fi
+if ! command -v npm >/dev/null 2>&1; then
+    PKGS="$PKGS npm"
+fi
 
 if [ "$(id -u)" -ne 0 ]; then
     echo "install.sh: run as root (sudo $0)" >&2
@@ -47,3 +58,6 @@ for svc in prosody ejabberd; do
 done
 
 "$PYTHON" -m pip install --disable-pip-version-check -q -r "$HERE/requirements.txt"
+
+# tus-js-client, exactly as package-lock.json pins it (npm ci replaces node_modules: idempotent).
+(cd "$HERE" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error)
