@@ -148,7 +148,7 @@ where
         tracing::info!(path = %target.key, received = staged.len(), expected = size, "upload broken off");
         return Err(ApiError::BadRequest("body shorter than Content-Length"));
     }
-    let digests = staged.digests()?;
+    let digests = staged.digests().await?;
     if let Some(d) = &digests {
         let sha256_ok = expected.sha256.is_none() || expected.sha256 == d.sha256;
         let sha512_ok = expected.sha512.is_none() || expected.sha512 == d.sha512;

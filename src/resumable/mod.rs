@@ -170,7 +170,7 @@ impl Resumable {
         if ended == Ended::Complete
             && let Some(c) = checksum
         {
-            let digests = file.digests()?.unwrap_or_default();
+            let digests = file.digests().await?.unwrap_or_default();
             let got = match c.algorithm {
                 ChecksumAlgorithm::Sha1 => digests.sha1,
                 ChecksumAlgorithm::Sha256 => digests.sha256,

@@ -343,7 +343,7 @@ async fn concatenate(
         }
     }
     let sha256 = match config.checksum_verification {
-        true => staged.digests()?.and_then(|d| d.sha256).map(hex::encode),
+        true => staged.digests().await?.and_then(|d| d.sha256).map(hex::encode),
         false => None,
     };
     let meta = FileMeta {

@@ -28,7 +28,7 @@ use rustix::io::Errno;
 use super::digest::Hashing;
 use super::key::INTERNAL_DIR;
 use super::meta::{FileMeta, sidecar_name};
-use super::staged::{FILE_MODE, StagedFile};
+use super::staged::{FILE_MODE, Settled, StagedFile};
 use super::{FileKey, StoreError};
 
 const DIR_MODE: u32 = 0o750;
@@ -208,7 +208,7 @@ impl LocalStore {
     pub async fn adopt_partial(&self, mut staged: StagedFile, id: &str) -> Result<u64, StoreError> {
         staged.sync().await?;
         let dest = self.partial_path(id);
-        let mut staged = staged.into_staged()?;
+        let mut staged = staged.into_settled().await?.staged;
         run_blocking_store(move || {
             let path = staged.path.clone().ok_or_else(|| io::Error::other("nothing written"))?;
             let len = fs::metadata(&path)?.len();
@@ -294,10 +294,16 @@ impl LocalStore {
             .then(|| serde_json::to_vec(meta))
             .transpose()
             .map_err(io::Error::other)?;
-        let mut staged = staged.into_staged()?;
+        let Settled {
+            mut staged,
+            pending,
+            hashed,
+        } = staged.into_settled().await?;
         // One trip to the blocking pool: write what is pending, fsync, rename, fsync the folder.
         run_blocking_store(move || {
-            staged.write_pending()?;
+            if !pending.is_empty() || staged.file.is_none() {
+                staged.write_chunks(&pending, hashed)?;
+            }
             let file = staged
                 .file
                 .take()

@@ -1,10 +1,12 @@
 //! [`StagedFile`]: the bytes of an upload on their way into the store.
 //!
 //! Chunks are kept as they arrive (hyper's `Bytes`, no copy) until BufferSize of them are
-//! pending, then written with one `writev` on the blocking pool, hashed on the same thread.
-//! The temporary file is created lazily by the first write, so a small upload that fits in
-//! the buffer touches the disk only once, in the commit. Dropped without a commit, the
-//! temporary file is removed (partial uploads of resumable sessions are kept).
+//! pending, then handed to the blocking pool to be written with one `writev` (and hashed on
+//! that thread) while the next ones arrive: the write of one batch overlaps the receiving of
+//! the next, and at most two batches are in memory. The temporary file is created lazily by
+//! the first write, so a small upload that fits in the buffer touches the disk only once, in
+//! the commit. Dropped without a commit, the temporary file is removed (partial uploads of
+//! resumable sessions are kept).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Write};
@@ -12,6 +14,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
+use tokio::task::JoinHandle;
 
 use super::StoreError;
 use super::digest::{Digests, Hashers, Hashing};
@@ -19,10 +22,19 @@ use super::digest::{Digests, Hashers, Hashing};
 /// Mode of the files the store creates.
 pub(super) const FILE_MODE: u32 = 0o640;
 
+type InFlight = JoinHandle<(Box<Staged>, Result<(), StoreError>)>;
+
 /// See the module documentation.
 #[derive(Debug)]
 pub struct StagedFile {
+    /// `None` while a write is in flight.
     inner: Option<Box<Staged>>,
+    in_flight: Option<InFlight>,
+    /// Taken, not handed to a write yet.
+    pending: Vec<Bytes>,
+    pending_bytes: usize,
+    /// `pending[..hashed]` were hashed already (by [`StagedFile::digests`]).
+    hashed: usize,
     received: u64,
     buffer_bytes: usize,
 }
@@ -33,8 +45,6 @@ pub(super) struct Staged {
     tmp_dir: PathBuf,
     pub(super) path: Option<PathBuf>,
     pub(super) file: Option<File>,
-    pending: Vec<Bytes>,
-    hashed: usize,
     hashers: Option<Box<Hashers>>,
     keep: bool,
 }
@@ -51,7 +61,7 @@ impl Drop for Staged {
 
 impl Staged {
     /// Creates the temporary file if it does not exist yet.
-    fn ensure_file(&mut self) -> Result<&mut File, StoreError> {
+    pub(super) fn ensure_file(&mut self) -> Result<&mut File, StoreError> {
         if self.file.is_none() {
             let mut random = [0u8; 16];
             rand::fill(&mut random);
@@ -68,20 +78,15 @@ impl Staged {
         Ok(self.file.as_mut().expect("just created"))
     }
 
-    /// Hashes what is not hashed yet and writes every pending chunk (blocking).
-    pub(super) fn write_pending(&mut self) -> Result<(), StoreError> {
+    /// Hashes `chunks[skip_hash..]` and writes all of them (blocking).
+    pub(super) fn write_chunks(&mut self, chunks: &[Bytes], skip_hash: usize) -> Result<(), StoreError> {
         if let Some(h) = &mut self.hashers {
-            for chunk in &self.pending[self.hashed..] {
+            for chunk in &chunks[skip_hash.min(chunks.len())..] {
                 h.update(chunk);
             }
         }
-        self.hashed = 0;
-        let pending = std::mem::take(&mut self.pending);
-        if pending.is_empty() && self.file.is_some() {
-            return Ok(());
-        }
         let file = self.ensure_file()?;
-        for group in pending.chunks(512) {
+        for group in chunks.chunks(512) {
             let mut slices: Vec<IoSlice<'_>> = group.iter().map(|b| IoSlice::new(b)).collect();
             let mut slices = &mut slices[..];
             while !slices.is_empty() {
@@ -99,6 +104,14 @@ impl Staged {
     pub(super) fn disarm(&mut self) {
         self.keep = true;
     }
+}
+
+/// What a commit needs: the file's parts and what is still to be written.
+#[derive(Debug)]
+pub(super) struct Settled {
+    pub(super) staged: Box<Staged>,
+    pub(super) pending: Vec<Bytes>,
+    pub(super) hashed: usize,
 }
 
 impl StagedFile {
@@ -127,27 +140,36 @@ impl StagedFile {
                 tmp_dir,
                 path,
                 file,
-                pending: Vec::new(),
-                hashed: 0,
                 hashers: Hashers::new(hashing),
                 keep,
             })),
+            in_flight: None,
+            pending: Vec::new(),
+            pending_bytes: 0,
+            hashed: 0,
             received: 0,
             buffer_bytes,
         }
     }
 
-    fn staged(&mut self) -> Result<&mut Staged, StoreError> {
+    /// Waits for the write in flight, if any, and returns the file's parts.
+    async fn settle(&mut self) -> Result<&mut Staged, StoreError> {
+        if let Some(task) = self.in_flight.take() {
+            let (staged, result) = task.await.map_err(|e| StoreError::Io(io::Error::other(e)))?;
+            self.inner = Some(staged);
+            result?;
+        }
         self.inner
             .as_deref_mut()
-            .ok_or_else(|| StoreError::Io(io::Error::other("staged file lost in a failed write")))
+            .ok_or_else(|| StoreError::Io(io::Error::other("staged file lost")))
     }
 
-    /// Runs `f` on the blocking pool with the staged parts, and takes them back.
+    /// Runs `f` on the blocking pool with the file's parts (after the write in flight).
     async fn blocking<R: Send + 'static>(
         &mut self,
         f: impl FnOnce(&mut Staged) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
+        self.settle().await?;
         let mut staged = self
             .inner
             .take()
@@ -162,46 +184,61 @@ impl StagedFile {
         result
     }
 
+    fn take_pending(&mut self) -> (Vec<Bytes>, usize) {
+        self.pending_bytes = 0;
+        (std::mem::take(&mut self.pending), std::mem::take(&mut self.hashed))
+    }
+
     /// Takes a chunk (no I/O). Call [`Self::flush`] when [`Self::wants_flush`] says so.
     pub fn push(&mut self, chunk: Bytes) {
         self.received += chunk.len() as u64;
-        if let Some(s) = self.inner.as_deref_mut()
-            && !chunk.is_empty()
-        {
-            s.pending.push(chunk);
+        if !chunk.is_empty() {
+            self.pending_bytes += chunk.len();
+            self.pending.push(chunk);
         }
     }
 
-    /// Bytes taken but not written yet.
+    /// Bytes taken but not handed to a write yet.
     pub fn pending_bytes(&self) -> usize {
-        self.inner
-            .as_ref()
-            .map_or(0, |s| s.pending.iter().map(Bytes::len).sum())
+        self.pending_bytes
     }
 
     /// Whether BufferSize bytes are pending.
     pub fn wants_flush(&self) -> bool {
-        self.pending_bytes() >= self.buffer_bytes
+        self.pending_bytes >= self.buffer_bytes
     }
 
-    /// Takes a chunk and writes when BufferSize is pending.
+    /// Takes a chunk and starts a write when BufferSize is pending.
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
         self.push(chunk);
         if self.wants_flush() { self.flush().await } else { Ok(()) }
     }
 
-    /// Writes every pending chunk (one `writev`, one trip to the blocking pool).
+    /// Starts writing every pending chunk (one `writev` on the blocking pool) after the
+    /// previous write is done; returns without waiting for this one.
     pub async fn flush(&mut self) -> Result<(), StoreError> {
-        if self.staged()?.pending.is_empty() {
+        self.settle().await?;
+        if self.pending.is_empty() {
             return Ok(());
         }
-        self.blocking(Staged::write_pending).await
+        let (chunks, hashed) = self.take_pending();
+        let mut staged = self
+            .inner
+            .take()
+            .ok_or_else(|| StoreError::Io(io::Error::other("staged file lost")))?;
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            let r = staged.write_chunks(&chunks, hashed);
+            (staged, r)
+        }));
+        Ok(())
     }
 
     /// Writes and fsyncs: everything taken so far is durable.
     pub async fn sync(&mut self) -> Result<(), StoreError> {
-        self.blocking(|s| {
-            s.write_pending()?;
+        self.settle().await?;
+        let (chunks, hashed) = self.take_pending();
+        self.blocking(move |s| {
+            s.write_chunks(&chunks, hashed)?;
             s.ensure_file()?.sync_data().map_err(StoreError::from_write)
         })
         .await
@@ -210,9 +247,8 @@ impl StagedFile {
     /// Cuts the file back to `len` bytes (a rejected chunk), dropping what is pending, and
     /// fsyncs.
     pub async fn truncate(&mut self, len: u64) -> Result<(), StoreError> {
-        let staged = self.staged()?;
-        staged.pending.clear();
-        staged.hashed = 0;
+        self.settle().await?;
+        self.take_pending();
         self.blocking(move |s| {
             use std::io::Seek;
             let f = s.ensure_file()?;
@@ -225,13 +261,17 @@ impl StagedFile {
 
     /// The digests of everything taken (pending chunks are hashed here, without writing
     /// them); `None` when staged without hashing.
-    pub fn digests(&mut self) -> Result<Option<Digests>, StoreError> {
-        let s = self.staged()?;
-        let Some(h) = &mut s.hashers else { return Ok(None) };
-        for chunk in &s.pending[s.hashed..] {
+    pub async fn digests(&mut self) -> Result<Option<Digests>, StoreError> {
+        self.settle().await?;
+        let staged = self
+            .inner
+            .as_deref_mut()
+            .ok_or_else(|| StoreError::Io(io::Error::other("staged file lost")))?;
+        let Some(h) = &mut staged.hashers else { return Ok(None) };
+        for chunk in &self.pending[self.hashed..] {
             h.update(chunk);
         }
-        s.hashed = s.pending.len();
+        self.hashed = self.pending.len();
         Ok(Some(h.digests()))
     }
 
@@ -246,10 +286,18 @@ impl StagedFile {
     }
 
     /// The parts, for a commit or a move that happens on the blocking pool.
-    pub(super) fn into_staged(mut self) -> Result<Box<Staged>, StoreError> {
-        self.inner
+    pub(super) async fn into_settled(mut self) -> Result<Settled, StoreError> {
+        self.settle().await?;
+        let (pending, hashed) = self.take_pending();
+        let staged = self
+            .inner
             .take()
-            .ok_or_else(|| StoreError::Io(io::Error::other("staged file lost")))
+            .ok_or_else(|| StoreError::Io(io::Error::other("staged file lost")))?;
+        Ok(Settled {
+            staged,
+            pending,
+            hashed,
+        })
     }
 }
 
@@ -258,7 +306,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn lazy_file_vectored_writes_and_cleanup() {
+    async fn lazy_file_overlapped_vectored_writes_and_cleanup() {
         let dir = tempfile::tempdir().unwrap();
         let mut staged = StagedFile::lazy(
             dir.path(),
@@ -275,7 +323,7 @@ mod tests {
             0,
             "no file before the first write"
         );
-        let digest_early = staged.digests().unwrap().unwrap();
+        let digest_early = staged.digests().await.unwrap().unwrap();
         staged.push(Bytes::from_static(b"world, "));
         staged.push(Bytes::from_static(b"in pieces"));
         assert!(staged.wants_flush());
@@ -284,7 +332,7 @@ mod tests {
         staged.sync().await.unwrap();
         let path = staged.inner.as_ref().unwrap().path.clone().unwrap();
         assert_eq!(fs::read(&path).unwrap(), b"hello world, in pieces!");
-        let digests = staged.digests().unwrap().unwrap();
+        let digests = staged.digests().await.unwrap().unwrap();
         use sha2::Digest;
         assert_eq!(
             digests.sha256.clone().unwrap(),
@@ -295,5 +343,20 @@ mod tests {
         assert_eq!(fs::read(&path).unwrap(), b"hello");
         drop(staged);
         assert!(!path.exists(), "removed on drop");
+    }
+
+    #[tokio::test]
+    async fn many_overlapped_flushes_keep_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut staged = StagedFile::lazy(dir.path(), 4096, Hashing::NONE);
+        let mut expected = Vec::new();
+        for i in 0..2000u32 {
+            let chunk: Vec<u8> = (0..(i % 97 + 1) * 37).map(|j| (i + j) as u8).collect();
+            expected.extend_from_slice(&chunk);
+            staged.write(Bytes::from(chunk)).await.unwrap();
+        }
+        staged.sync().await.unwrap();
+        let path = staged.inner.as_ref().unwrap().path.clone().unwrap();
+        assert_eq!(fs::read(&path).unwrap(), expected);
     }
 }
