@@ -145,7 +145,10 @@ where
         return Err(error);
     }
     if staged.len() != size {
+        // The connection ended early without an error from hyper (the peer closed): the same
+        // as a broken-off body, so the session may resume it.
         tracing::info!(path = %target.key, received = staged.len(), expected = size, "upload broken off");
+        session::keep_partial(state, config, session, &target, staged, size, content_type).await;
         return Err(ApiError::BadRequest("body shorter than Content-Length"));
     }
     let digests = staged.digests().await?;
