@@ -1,21 +1,19 @@
 //! GET and HEAD: stored files with their kept content type (for media and plain text) or as
 //! attachments, validators (ETag, Last-Modified, 304) and single byte ranges.
 
-use std::io::SeekFrom;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::TryStreamExt;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
-use tokio_util::io::ReaderStream;
 
 use super::range::{self, RangeRequest};
 use super::{ApiError, AppState, Response, Target, body};
 use crate::store::StoredFile;
 
 /// Read size when streaming a file out.
-const READ_CHUNK_BYTES: usize = 512 * 1024;
+const READ_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Answers GET or HEAD for a stored file.
 pub async fn get<B>(state: &AppState, target: Target, request: &Request<B>) -> Result<Response, ApiError> {
@@ -83,19 +81,52 @@ pub async fn get<B>(state: &AppState, target: Target, request: &Request<B>) -> R
         *r.status_mut() = status;
         r
     } else {
-        let mut file = tokio::fs::File::from_std(stored.file);
-        if start > 0 {
-            file.seek(SeekFrom::Start(start))
-                .await
-                .map_err(|e| ApiError::Internal(e.into()))?;
-        }
-        let stream = ReaderStream::with_capacity(file.take(length), READ_CHUNK_BYTES).map_ok(http_body::Frame::data);
+        let stream = read_ahead(Arc::new(stored.file), start, start + length).map_ok(http_body::Frame::data);
         let mut r = http::Response::new(BodyExt::boxed(StreamBody::new(stream)));
         *r.status_mut() = status;
         r
     };
     response.headers_mut().extend(headers);
     Ok(response)
+}
+
+/// The bytes `start..end` of a file in READ_CHUNK_BYTES pieces, the next piece always being
+/// read (with `pread`, on the blocking pool) while the current one is sent: disk and socket
+/// work at the same time, and at most two pieces are in memory per download.
+fn read_ahead(
+    file: Arc<std::fs::File>,
+    start: u64,
+    end: u64,
+) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
+    type Read = tokio::task::JoinHandle<std::io::Result<bytes::Bytes>>;
+    fn read(file: &Arc<std::fs::File>, offset: u64, end: u64) -> Option<Read> {
+        if offset >= end {
+            return None;
+        }
+        let file = Arc::clone(file);
+        let len = (end - offset).min(READ_CHUNK_BYTES as u64) as usize;
+        Some(tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; len];
+            file.read_exact_at(&mut buf, offset)?;
+            Ok(bytes::Bytes::from(buf))
+        }))
+    }
+    let first = read(&file, start, end);
+    futures_util::stream::unfold((file, start, end, first), |(file, offset, end, pending)| async move {
+        let result = match pending?.await {
+            Ok(r) => r,
+            Err(e) => Err(std::io::Error::other(e)),
+        };
+        match result {
+            Ok(chunk) => {
+                let next = offset + chunk.len() as u64;
+                let following = read(&file, next, end);
+                Some((Ok(chunk), (file, next, end, following)))
+            }
+            Err(e) => Some((Err(e), (file, end, end, None))),
+        }
+    })
 }
 
 /// Content-Type and, unless the type is shown inline, Content-Disposition: attachment plus

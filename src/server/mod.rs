@@ -33,6 +33,10 @@ use tokio_util::sync::CancellationToken;
 
 /// Largest request head (request line and headers) accepted, in bytes; larger → 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
+/// hyper's read buffer: also how much body one read takes. Heads are checked against
+/// [`MAX_HEAD_BYTES`] by the handler (hyper's own limit only bites on heads that arrive in
+/// pieces), so this can be large enough for fast uploads.
+pub const READ_BUF_BYTES: usize = 512 * 1024;
 /// Most headers in one request; more → 431.
 pub const MAX_HEADERS: usize = 100;
 /// How long running requests may take to finish after SIGTERM.
@@ -194,7 +198,7 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.read_timeout)
-        .max_buf_size(MAX_HEAD_BYTES)
+        .max_buf_size(READ_BUF_BYTES)
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
     let write_timeout = config.write_timeout;
