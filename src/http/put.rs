@@ -5,7 +5,6 @@
 use std::time::SystemTime;
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use http_body_util::BodyExt;
 
@@ -15,10 +14,8 @@ use crate::auth::{Claims, DEFAULT_CONTENT_TYPE, Token};
 use crate::config::Config;
 use crate::ops::metrics;
 use crate::resumable::session::{self, SessionToken};
+use crate::store::staged::TakeError;
 use crate::store::{FileMeta, Hashing};
-
-/// Most bytes gathered for one write when a fast sender has them ready.
-const WRITE_BATCH_BYTES: usize = 1 << 20;
 
 /// Stores one upload: 201, or the error that says why not.
 pub async fn put<B>(
@@ -53,12 +50,7 @@ where
         None if http_body::Body::is_end_stream(&body) => 0,
         None => return Err(ApiError::LengthRequired),
     };
-    let content_type = match headers.get(header::CONTENT_TYPE) {
-        None => DEFAULT_CONTENT_TYPE,
-        Some(v) => v
-            .to_str()
-            .map_err(|_| ApiError::BadRequest("Content-Type is not visible ASCII"))?,
-    };
+    let content_type = signed_content_type(headers)?;
     let keys = state.keys();
     token.verify(
         &keys.valid_at(SystemTime::now()),
@@ -112,32 +104,13 @@ where
             }
             Ok(Some(Ok(frame))) => frame,
         };
-        if let Ok(data) = frame.into_data() {
-            if staged.len() + data.len() as u64 > size {
-                return Err(ApiError::BadRequest("body longer than Content-Length"));
-            }
-            metrics::upload_bytes(data.len() as u64);
-            staged.push(data);
-        }
-        if staged.wants_flush() {
-            // A fast sender has more frames ready: take them too (up to WRITE_BATCH) and write
-            // them with one writev. A slow one is written at BufferSize, so memory per upload
-            // stays bounded by what arrives in one burst.
-            while staged.pending_bytes() < WRITE_BATCH_BYTES {
-                match body.frame().now_or_never() {
-                    Some(Some(Ok(frame))) => {
-                        if let Ok(data) = frame.into_data() {
-                            if staged.len() + data.len() as u64 > size {
-                                return Err(ApiError::BadRequest("body longer than Content-Length"));
-                            }
-                            metrics::upload_bytes(data.len() as u64);
-                            staged.push(data);
-                        }
-                    }
-                    _ => break,
-                }
-            }
-            staged.flush().await?;
+        let before = staged.len();
+        let taken = staged.take_frame(frame, &mut body, size).await;
+        metrics::upload_bytes(staged.len() - before);
+        match taken {
+            Ok(()) => {}
+            Err(TakeError::TooLong) => return Err(ApiError::BadRequest("body longer than Content-Length")),
+            Err(TakeError::Store(e)) => return Err(e.into()),
         }
     };
     if let Some(error) = broken_off {
@@ -177,6 +150,17 @@ where
         response.headers_mut().insert("repr-digest", v);
     }
     Ok(response)
+}
+
+/// The content type a v2/Metronome token signs: the header as sent (empty stays empty), or
+/// `application/octet-stream` when there is none; never guessed.
+pub fn signed_content_type(headers: &HeaderMap) -> Result<&str, ApiError> {
+    match headers.get(header::CONTENT_TYPE) {
+        None => Ok(DEFAULT_CONTENT_TYPE),
+        Some(v) => v
+            .to_str()
+            .map_err(|_| ApiError::BadRequest("Content-Type is not visible ASCII")),
+    }
 }
 
 /// The Content-Length header, if any; malformed → 400.

@@ -13,18 +13,16 @@ pub mod tus;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::FutureExt;
 use http_body_util::BodyExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::ops::metrics;
 use crate::state::{LockToken, StateError, UploadRecord, UploadState};
+use crate::store::staged::TakeError;
 use crate::store::{FileKey, FileMeta, Hashing, LocalStore, StagedFile, StoreError, digest};
 
 /// How long a writer waits for the current holder of an upload's lock to stop.
 const LOCK_WAIT: Duration = Duration::from_secs(5);
-/// Most bytes gathered for one write when a fast sender has them ready.
-const WRITE_BATCH_BYTES: usize = 1 << 20;
 /// How often a writer checks whether someone asked it to stop (and refreshes a Redis lock).
 const STOP_POLL: Duration = Duration::from_millis(200);
 
@@ -234,28 +232,13 @@ impl Resumable {
                 }
                 Some(Ok(frame)) => frame,
             };
-            if let Ok(data) = frame.into_data() {
-                if file.len() + data.len() as u64 > max_bytes {
-                    return Ok(Ended::TooLong);
-                }
-                metrics::upload_bytes(data.len() as u64);
-                file.push(data);
-            }
-            if file.wants_flush() {
-                // Take what a fast sender has ready too, and write it with one writev.
-                while file.pending_bytes() < WRITE_BATCH_BYTES {
-                    let Some(Some(Ok(frame))) = body.frame().now_or_never() else {
-                        break;
-                    };
-                    if let Ok(data) = frame.into_data() {
-                        if file.len() + data.len() as u64 > max_bytes {
-                            return Ok(Ended::TooLong);
-                        }
-                        metrics::upload_bytes(data.len() as u64);
-                        file.push(data);
-                    }
-                }
-                file.flush().await?;
+            let before = file.len();
+            let taken = file.take_frame(frame, body, max_bytes).await;
+            metrics::upload_bytes(file.len() - before);
+            match taken {
+                Ok(()) => {}
+                Err(TakeError::TooLong) => return Ok(Ended::TooLong),
+                Err(TakeError::Store(e)) => return Err(e.into()),
             }
             if tokio::time::Instant::now() >= next_poll {
                 next_poll = tokio::time::Instant::now() + STOP_POLL;

@@ -16,7 +16,7 @@ use http::{HeaderMap, HeaderValue, StatusCode, header};
 use sha2::{Digest, Sha256};
 
 use super::Ended;
-use crate::auth::{Claims, DEFAULT_CONTENT_TYPE, Token};
+use crate::auth::{Claims, Token};
 use crate::config::Config;
 use crate::http::{ApiError, AppState, Response, Target, body, now_unix};
 use crate::state::{Concat, UploadKind, UploadRecord};
@@ -223,12 +223,7 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let content_type = match headers.get(header::CONTENT_TYPE) {
-        None => DEFAULT_CONTENT_TYPE,
-        Some(v) => v
-            .to_str()
-            .map_err(|_| ApiError::BadRequest("Content-Type is not visible ASCII"))?,
-    };
+    let content_type = crate::http::put::signed_content_type(headers)?;
     verify(state, target, total, content_type)?;
     if total > config.max_upload_bytes {
         return Err(ApiError::TooLarge {

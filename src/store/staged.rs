@@ -24,6 +24,20 @@ pub(super) const FILE_MODE: u32 = 0o640;
 
 type InFlight = JoinHandle<(Box<Staged>, Result<(), StoreError>)>;
 
+/// Most bytes gathered for one write when a fast sender has them ready.
+pub const WRITE_BATCH_BYTES: usize = 1 << 20;
+
+/// Why [`StagedFile::take_frame`] stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeError {
+    /// The body went past its limit (Content-Length, Upload-Length).
+    #[error("body longer than allowed")]
+    TooLong,
+    /// Writing failed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
 /// See the module documentation.
 #[derive(Debug)]
 pub struct StagedFile {
@@ -206,6 +220,44 @@ impl StagedFile {
     /// Whether BufferSize bytes are pending.
     pub fn wants_flush(&self) -> bool {
         self.pending_bytes >= self.buffer_bytes
+    }
+
+    /// Takes a frame of a request body, refusing to go past `limit` bytes in all; when
+    /// BufferSize is pending, also takes what `body` has ready (up to [`WRITE_BATCH_BYTES`]:
+    /// a fast sender's frames go out in one `writev`, a slow one's at BufferSize, so memory
+    /// per upload stays bounded by one burst) and starts the write.
+    pub async fn take_frame<B>(
+        &mut self,
+        frame: http_body::Frame<Bytes>,
+        body: &mut B,
+        limit: u64,
+    ) -> Result<(), TakeError>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+    {
+        use futures_util::FutureExt;
+        use http_body_util::BodyExt;
+        self.take_data(frame, limit)?;
+        if !self.wants_flush() {
+            return Ok(());
+        }
+        while self.pending_bytes < WRITE_BATCH_BYTES {
+            let Some(Some(Ok(frame))) = body.frame().now_or_never() else {
+                break;
+            };
+            self.take_data(frame, limit)?;
+        }
+        self.flush().await.map_err(TakeError::Store)
+    }
+
+    fn take_data(&mut self, frame: http_body::Frame<Bytes>, limit: u64) -> Result<(), TakeError> {
+        if let Ok(data) = frame.into_data() {
+            if self.received + data.len() as u64 > limit {
+                return Err(TakeError::TooLong);
+            }
+            self.push(data);
+        }
+        Ok(())
     }
 
     /// Takes a chunk and starts a write when BufferSize is pending.
