@@ -368,3 +368,42 @@ fn sigterm_right_after_start_exits_0() {
         .unwrap_or_else(|| panic!("no exit; log:\n{}", server.log()));
     assert_eq!(status.code(), Some(0), "{status}; log:\n{}", server.log());
 }
+
+/// WriteTimeout: a client that stops reading a download is dropped after the timeout, so it
+/// cannot hold a connection (and a file) open forever; one that reads gets everything.
+#[test]
+fn download_that_stops_being_read_is_dropped_after_write_timeout() {
+    let server = TestServer::start("WriteTimeout = 2\nMaxUploadSize = \"64MiB\"");
+    let size = 48usize << 20;
+    let body = payload(size, 77);
+    let mut s = server.connect(Duration::from_secs(30));
+    let target = server.target(&server.signed_v("wt/big.bin", "wt/big.bin", size as u64));
+    s.write_all(format!("PUT {target} HTTP/1.1\r\nHost: test\r\nContent-Length: {size}\r\n\r\n").as_bytes())
+        .unwrap();
+    s.write_all(&body).unwrap();
+    let r = read_response(&mut s, Duration::from_secs(30)).expect("an answer to the PUT");
+    assert_eq!(r.status, 201);
+
+    // A reader that takes everything at once gets every byte.
+    let mut full = server.connect(Duration::from_secs(30));
+    full.write_all(b"GET /upload/wt/big.bin HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut got = Vec::new();
+    full.read_to_end(&mut got).unwrap();
+    assert!(got.len() > size, "whole answer read ({} bytes)", got.len());
+
+    // A reader that stops: the socket buffers fill, the server's writes stall, and after
+    // WriteTimeout the server gives up on the connection.
+    let mut stalled = server.connect(Duration::from_secs(30));
+    stalled
+        .write_all(b"GET /upload/wt/big.bin HTTP/1.1\r\nHost: test\r\n\r\n")
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(5));
+    let mut got = Vec::new();
+    let _ = stalled.read_to_end(&mut got);
+    assert!(
+        got.len() < size,
+        "the server kept writing to a client that stopped reading ({} of {size} bytes)",
+        got.len()
+    );
+}
