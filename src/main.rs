@@ -43,6 +43,9 @@ fn main() -> ExitCode {
 }
 
 fn report(e: &ConfigError) -> ExitCode {
+    for w in &e.warnings {
+        eprintln!("warning: {w}");
+    }
     for p in &e.problems {
         eprintln!("config error: {p}");
     }

@@ -931,3 +931,23 @@ async fn completion_never_replaces_a_file(extra: &str) {
     assert!(backend.record(&server, &id_of(&loc)).is_none());
     assert_eq!(server.temporaries(), 0);
 }
+
+/// tus clients read Tus-Resumable on every answer, errors included.
+#[tokio::test]
+async fn error_answers_carry_tus_resumable() {
+    let server = TestServer::start("");
+    let http = common::client();
+    let url = format!("{}/upload/.hmac-file-server/tus/{}", server.base, "0".repeat(32));
+    let r = http.head(&url).header("tus-resumable", "1.0.0").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        r.headers().get("tus-resumable").and_then(|v| v.to_str().ok()),
+        Some("1.0.0")
+    );
+    let r = http.patch(&url).header("tus-resumable", "0.2.2").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(
+        r.headers().get("tus-version").and_then(|v| v.to_str().ok()),
+        Some("1.0.0")
+    );
+}

@@ -41,6 +41,8 @@ impl fmt::Display for Problem {
 pub struct ConfigError {
     /// Every problem, in key order.
     pub problems: Vec<Problem>,
+    /// Warnings found on the way (ignored keys of other versions …), shown with the errors.
+    pub warnings: Vec<String>,
 }
 
 /// The HMAC key. Its `Debug` never prints it.
@@ -311,7 +313,7 @@ impl Config {
                 config.warnings = warnings;
                 Ok(config)
             }
-            _ => Err(ConfigError { problems }),
+            _ => Err(ConfigError { problems, warnings }),
         }
     }
 
@@ -808,6 +810,13 @@ BufferSize = 65536
             err.problems[0].message
         );
         load_str("Secret = \"0123456789abcdef\"", &[("OTHER_VAR", "1")], &[]).unwrap();
+    }
+
+    #[test]
+    fn warnings_come_with_errors() {
+        let err = load_str("EnableVersioning = true\n[server]\nlisten_address = \"8080\"", &[], &[]).unwrap_err();
+        assert_eq!(err.problems[0].key, "Secret");
+        assert_eq!(err.warnings.len(), 2, "{:?}", err.warnings);
     }
 
     #[test]

@@ -230,6 +230,7 @@ where
     let started = Instant::now();
     let method = request.method().clone();
     let raw_path = request.uri().path().to_string();
+    let is_tus = request.headers().contains_key("tus-resumable") || raw_path.contains(tus::TUS_SEGMENT);
     let bytes_in: u64 = request
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -250,17 +251,28 @@ where
     }
     let mut response = result.unwrap_or_else(|e| e.into_response(&method, &raw_path));
     cors::apply(response.headers_mut());
+    if is_tus {
+        // tus clients read the protocol version on every answer, errors included.
+        response
+            .headers_mut()
+            .insert("tus-resumable", HeaderValue::from_static(tus::TUS_VERSION));
+    }
     if let Some(v) = session_header {
         response.headers_mut().insert(session::HEADER, v);
     }
 
     let status = response.status();
-    let bytes = response
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok()?.parse().ok())
-        .or_else(|| http_body::Body::size_hint(response.body()).exact())
-        .unwrap_or(0);
+    // Body bytes sent: none for HEAD, whatever its Content-Length says.
+    let bytes = if method == Method::HEAD {
+        0
+    } else {
+        response
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok()?.parse().ok())
+            .or_else(|| http_body::Body::size_hint(response.body()).exact())
+            .unwrap_or(0)
+    };
     let elapsed = started.elapsed();
     metrics::request_done(method.as_str(), status.as_u16(), elapsed);
     if is_upload {
