@@ -9,7 +9,6 @@ pub mod cli;
 pub mod keys;
 pub mod units;
 
-use std::collections::BTreeSet;
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -195,8 +194,6 @@ pub struct Config {
     pub buffer_bytes: usize,
     /// How long unfinished uploads and temporaries are kept.
     pub upload_expiry: Duration,
-    /// Keys that the file, the environment or `--set` gave a value (for "not active yet").
-    pub explicit_keys: BTreeSet<String>,
     /// Warnings found while loading (foreign keys, short secret).
     pub warnings: Vec<String>,
 }
@@ -309,7 +306,6 @@ impl Config {
         problems.sort_by(|a, b| a.key.cmp(&b.key));
         match config {
             Some(mut config) if problems.is_empty() => {
-                config.explicit_keys = known.keys().cloned().collect();
                 config.warnings = warnings;
                 Ok(config)
             }
@@ -670,7 +666,6 @@ fn build(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Option<Config> {
         write_timeout,
         buffer_bytes,
         upload_expiry,
-        explicit_keys: BTreeSet::new(),
         warnings: Vec::new(),
     })
 }

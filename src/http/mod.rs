@@ -169,6 +169,12 @@ where
     // this future, but the work (fsync, saving a resumable offset, releasing a lock) must
     // finish all the same.
     let task = tokio::spawn(async move {
+        // A client that asked `Expect: 100-continue` has not sent its body: reading it now
+        // would make hyper send the 100 after (or before) our final answer. It gets none.
+        let expects_continue = request
+            .headers()
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
         let (parts, mut body) = request.into_parts();
         let response = handle_parts(&state, peer, Request::from_parts(parts, &mut body)).await;
         // A request answered before its body was read (403, 413, 409 …): read the rest in
@@ -176,7 +182,7 @@ where
         // answer instead of a connection reset (RFC 9112 §9.3). Not after a stalled or broken
         // body: that connection is closed on purpose.
         let closing = response.headers().get(header::CONNECTION).is_some_and(|v| v == "close");
-        if !closing && !http_body::Body::is_end_stream(&body) {
+        if !closing && !expects_continue && !http_body::Body::is_end_stream(&body) {
             let limit = state
                 .config()
                 .max_upload_bytes

@@ -116,7 +116,6 @@ pub async fn keep_partial(
         created_unix: now,
         expires_unix: now + config.upload_expiry.as_secs(),
         concat: Concat::None,
-        deferred_query: None,
     };
     match engine.state.put(&record, config.upload_expiry).await {
         Ok(()) => tracing::info!(path = %target.key, offset, size, "broken-off upload kept for resumption"),

@@ -24,7 +24,7 @@ use crate::auth::{AuthError, Claims, DEFAULT_CONTENT_TYPE, Token};
 use crate::config::Config;
 use crate::http::{ApiError, AppState, Response, Target, body, now_unix};
 use crate::state::{Concat, UploadKind, UploadRecord, random_id, valid_id};
-use crate::store::{FileKey, FileMeta, StoreError};
+use crate::store::{FileMeta, StoreError};
 
 /// The protocol version spoken.
 pub const TUS_VERSION: &str = "1.0.0";
@@ -241,7 +241,6 @@ where
         created_unix: now,
         expires_unix: now + config.upload_expiry.as_secs(),
         concat,
-        deferred_query: None,
     };
     // An empty partial file first: a record never points at bytes that do not exist.
     drop(
@@ -491,21 +490,11 @@ where
                         max: config.max_upload_bytes,
                     });
                 }
-                if let Some(query) = &record.deferred_query {
-                    let token = Token::from_query(query)?;
-                    let key = FileKey::parse_decoded(&record.key)?;
-                    let target = Target {
-                        full_path: format!("{}{}", config.url_prefix(), key),
-                        key,
-                        query: query.clone(),
-                    };
-                    verify_slot(state, &target, &token, n, &record.content_type)?;
-                }
+                // Only a v3 slot (which signs no size) may defer the length: nothing to check.
                 if n < record.offset {
                     return Err(ApiError::BadRequest("Upload-Length is below the offset"));
                 }
                 record.length = Some(n);
-                record.deferred_query = None;
                 engine.state.put(record, config.upload_expiry).await?;
             }
         }

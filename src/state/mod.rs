@@ -77,9 +77,6 @@ pub struct UploadRecord {
     /// Concatenation role.
     #[serde(default)]
     pub concat: Concat,
-    /// The slot's query, kept only to check a deferred length against its token.
-    #[serde(default)]
-    pub deferred_query: Option<String>,
 }
 
 impl UploadRecord {
