@@ -51,18 +51,7 @@ where
         None => return Err(ApiError::LengthRequired),
     };
     let content_type = signed_content_type(headers)?;
-    let keys = state.keys();
-    token.verify(
-        &keys.valid_at(SystemTime::now()),
-        &Claims {
-            path: target.key.as_str(),
-            full_path: &target.full_path,
-            method: "PUT",
-            size,
-            content_type,
-            now_unix: now_unix(),
-        },
-    )?;
+    verify_put(state, &token, &target, size, content_type)?;
     if size > config.max_upload_bytes {
         return Err(ApiError::TooLarge {
             size,
@@ -150,6 +139,30 @@ where
         response.headers_mut().insert("repr-digest", v);
     }
     Ok(response)
+}
+
+/// Checks a slot token as for the PUT of a whole file of `size` bytes, against every secret
+/// valid now.
+pub fn verify_put(
+    state: &AppState,
+    token: &Token,
+    target: &Target,
+    size: u64,
+    content_type: &str,
+) -> Result<(), ApiError> {
+    let keys = state.keys();
+    token.verify(
+        &keys.valid_at(SystemTime::now()),
+        &Claims {
+            path: target.key.as_str(),
+            full_path: &target.full_path,
+            method: "PUT",
+            size,
+            content_type,
+            now_unix: now_unix(),
+        },
+    )?;
+    Ok(())
 }
 
 /// The content type a v2/Metronome token signs: the header as sent (empty stays empty), or

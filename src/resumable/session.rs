@@ -9,14 +9,12 @@
 //!
 //! The record's id is SHA-256 of token and path, so the token itself is never stored.
 
-use std::time::SystemTime;
-
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use sha2::{Digest, Sha256};
 
 use super::Ended;
-use crate::auth::{Claims, Token};
+use crate::auth::Token;
 use crate::config::Config;
 use crate::http::{ApiError, AppState, Response, Target, body, now_unix};
 use crate::state::{Concat, UploadKind, UploadRecord};
@@ -165,19 +163,7 @@ pub fn parse_content_range(value: &str) -> Result<(u64, u64), ApiError> {
 
 fn verify(state: &AppState, target: &Target, size: u64, content_type: &str) -> Result<(), ApiError> {
     let token = Token::from_query(&target.query)?;
-    let keys = state.keys();
-    token.verify(
-        &keys.valid_at(SystemTime::now()),
-        &Claims {
-            path: target.key.as_str(),
-            full_path: &target.full_path,
-            method: "PUT",
-            size,
-            content_type,
-            now_unix: now_unix(),
-        },
-    )?;
-    Ok(())
+    crate::http::put::verify_put(state, &token, target, size, content_type)
 }
 
 /// `HEAD <slot url + query>` with X-Session-Token: the partial upload's offset and length.

@@ -236,21 +236,10 @@ impl LocalStore {
     pub async fn sweep_partials(&self, max_age: Duration) -> Result<Vec<String>, StoreError> {
         let dir = self.inner.partial_dir.clone();
         run_blocking_store(move || {
-            let now = SystemTime::now();
-            let mut removed = Vec::new();
-            for entry in fs::read_dir(&dir)?.flatten() {
-                let Ok(meta) = entry.metadata() else { continue };
-                let age = meta
-                    .modified()
-                    .ok()
-                    .and_then(|m| now.duration_since(m).ok())
-                    .unwrap_or_default();
-                if meta.is_file() && age > max_age && fs::remove_file(entry.path()).is_ok() {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    removed.push(name.trim_end_matches(".part").to_string());
-                }
-            }
-            Ok(removed)
+            Ok(remove_older_than(&dir, max_age)?
+                .into_iter()
+                .map(|name| name.trim_end_matches(".part").to_string())
+                .collect())
         })
         .await
     }
@@ -437,24 +426,7 @@ impl LocalStore {
     /// Removes temporaries older than `max_age`; returns how many went.
     pub async fn sweep_temporaries(&self, max_age: Duration) -> Result<usize, StoreError> {
         let tmp = self.inner.tmp_dir.clone();
-        run_blocking_store(move || {
-            let now = SystemTime::now();
-            let mut removed = 0;
-            for entry in fs::read_dir(&tmp)? {
-                let entry = entry?;
-                let Ok(meta) = entry.metadata() else { continue };
-                let age = meta
-                    .modified()
-                    .ok()
-                    .and_then(|m| now.duration_since(m).ok())
-                    .unwrap_or_default();
-                if meta.is_file() && age > max_age && fs::remove_file(entry.path()).is_ok() {
-                    removed += 1;
-                }
-            }
-            Ok(removed)
-        })
-        .await
+        run_blocking_store(move || Ok(remove_older_than(&tmp, max_age)?.len())).await
     }
 }
 
@@ -466,6 +438,24 @@ impl Drop for RemoveOnDrop {
             let _ = fs::remove_file(p);
         }
     }
+}
+
+/// Removes the files in `dir` not modified for longer than `max_age`; returns their names.
+fn remove_older_than(dir: &Path, max_age: Duration) -> Result<Vec<String>, StoreError> {
+    let now = SystemTime::now();
+    let mut removed = Vec::new();
+    for entry in fs::read_dir(dir)?.flatten() {
+        let Ok(meta) = entry.metadata() else { continue };
+        let age = meta
+            .modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .unwrap_or_default();
+        if meta.is_file() && age > max_age && fs::remove_file(entry.path()).is_ok() {
+            removed.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    Ok(removed)
 }
 
 /// Splits a key into its folder (relative, maybe empty) and file name.
