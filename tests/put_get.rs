@@ -158,3 +158,38 @@ async fn two_hundred_concurrent_distinct_uploads() {
     }
     assert_eq!(server.temporaries(), 0);
 }
+
+#[tokio::test]
+async fn uploads_stay_whole_while_hundreds_of_connections_share_the_read_budget() {
+    let server = TestServer::start("");
+    // 300 idle connections make every connection's reads capped (server::read_share): the
+    // uploads below reach hyper in small reads and must still arrive byte-exact.
+    let idle: Vec<_> = (0..300)
+        .map(|_| server.connect(std::time::Duration::from_secs(5)))
+        .collect();
+    let http = client();
+    let mut tasks = Vec::new();
+    for i in 0..8u64 {
+        let http = http.clone();
+        let path = format!("shared/{i}.bin");
+        let size = 3 * 1024 * 1024 + i as usize * 4099;
+        let url = server.signed_v(&path, &path, size as u64);
+        let get_url = server.url(&path);
+        tasks.push(tokio::spawn(async move {
+            let body = payload(size, 100 + i);
+            let put = http.put(&url).body(body.clone()).send();
+            let put = tokio::time::timeout(std::time::Duration::from_secs(30), put).await;
+            assert_eq!(
+                put.expect("answered within 30 s").unwrap().status(),
+                StatusCode::CREATED
+            );
+            let got = http.get(&get_url).send().await.unwrap().bytes().await.unwrap();
+            assert!(got == body, "file {i} reads back byte-exact");
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    drop(idle);
+    assert_eq!(server.temporaries(), 0);
+}

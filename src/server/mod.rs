@@ -5,6 +5,7 @@
 
 pub mod listener;
 pub mod metrics_listener;
+pub mod read_share;
 pub mod reload;
 
 use std::convert::Infallible;
@@ -29,13 +30,15 @@ use crate::state::redis::RedisState;
 use crate::state::{StateError, UploadState};
 use crate::store::key::INTERNAL_DIR;
 use crate::store::{LocalStore, RetryPolicy, StoreError};
+use read_share::ReadShare;
 use tokio_util::sync::CancellationToken;
 
 /// Largest request head (request line and headers) accepted, in bytes; larger → 431.
 pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// hyper's read buffer: also how much body one read takes. Heads are checked against
 /// [`MAX_HEAD_BYTES`] by the handler (hyper's own limit only bites on heads that arrive in
-/// pieces), so this can be large enough for fast uploads.
+/// pieces), so this can be large enough for fast uploads; with many connections open, each
+/// read is capped lower ([`read_share`]).
 pub const READ_BUF_BYTES: usize = 512 * 1024;
 /// Most headers in one request; more → 431.
 pub const MAX_HEADERS: usize = 100;
@@ -202,6 +205,7 @@ pub async fn serve(
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
     let write_timeout = config.write_timeout;
+    let reads = Arc::new(ReadShare::default());
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -211,9 +215,11 @@ pub async fn serve(
         match accepted {
             Ok(Accepted::Tcp(stream, peer)) => {
                 let _ = stream.set_nodelay(true);
+                let stream = reads.wrap(stream);
                 spawn_connection(&builder, &graceful, stream, Some(peer), state.clone(), write_timeout);
             }
             Ok(Accepted::Unix(stream)) => {
+                let stream = reads.wrap(stream);
                 spawn_connection(&builder, &graceful, stream, None, state.clone(), write_timeout)
             }
             Err(e) => {
