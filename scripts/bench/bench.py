@@ -54,6 +54,7 @@ HOST = "127.0.0.1"
 SECRET = "bench-secret-" + "0123456789abcdef"
 EXTRA_CONFIG: list[str] = []  # --config-line, for experiments (e.g. 'BufferSize = 1048576')
 WAIT_QUIET_SECONDS = 30.0  # --wait-quiet
+STORE_ROOT = Path("/dev/shm")  # --store-root: where the work folder (stores, source, sinks' files) goes
 WAITED = {"busy": 0.0, "steal": 0.0, "own": 0.0, "time": 0.0}  # spent in wait_quiet(), not measured
 MIB = 1024 * 1024
 GIB = 1024 * MIB
@@ -407,6 +408,21 @@ def machine_info(tools: dict[str, str]) -> dict:
         "commit": commit_of_binary(git),
         "tools": tools,
     }
+
+
+def mount_of(path: Path) -> str:
+    """`path (fstype, options)` of the mount that holds `path`, from /proc/mounts."""
+    best = ("/", "?", "?")
+    try:
+        with open("/proc/mounts") as f:
+            for line in f:
+                _, point, fstype, options = line.split()[:4]
+                inside = str(path) == point or str(path).startswith(point.rstrip("/") + "/")
+                if inside and len(point) >= len(best[0]):
+                    best = (point, fstype, options)
+    except OSError:
+        pass
+    return f"{path} ({best[1]}, {best[2]})"
 
 
 def commit_of_binary(git) -> str:
@@ -1207,11 +1223,11 @@ def table(res: Results) -> str:
         mib = res.plan["large_bytes"] // MIB
         rows += [
             f"| ceiling: plain PUT of {mib} MiB into a discarding sink (curl → sink.py) | MiB/s{median_of(len(c['sink_put_mibs_all']))} | {fmt(c['sink_put_mibs'])}{spread(c['sink_put_mibs_all'])} | | | (issue: 1820-2100) | |",
-            f"| ceiling: the same PUT into a minimal writer (sink.py --write-into /dev/shm) | MiB/s{median_of(len(c['writer_put_mibs_all']))} | {fmt(c['writer_put_mibs'])}{spread(c['writer_put_mibs_all'])} | | | | |",
+            f"| ceiling: the same PUT into a minimal writer (sink.py --write-into {STORE_ROOT}) | MiB/s{median_of(len(c['writer_put_mibs_all']))} | {fmt(c['writer_put_mibs'])}{spread(c['writer_put_mibs_all'])} | | | | |",
         ] if "sink_put_mibs" in c else []
         if "shm_write_mibs" in c:
             rows.append(
-                f"| ceiling: {mib} MiB write into /dev/shm | MiB/s{median_of(len(c['shm_write_mibs_all']))} | {fmt(c['shm_write_mibs'])}{spread(c['shm_write_mibs_all'])} | | | | |"
+                f"| ceiling: {mib} MiB write into {STORE_ROOT} | MiB/s{median_of(len(c['shm_write_mibs_all']))} | {fmt(c['shm_write_mibs'])}{spread(c['shm_write_mibs_all'])} | | | | |"
             )
     return "\n".join(rows)
 
@@ -1253,7 +1269,7 @@ def markdown(res: Results, plot_name: str | None) -> str:
         f"- server: {m['server']}, commit {m['commit']}"
         + (f"; extra config: {'; '.join(f'`{line}`' for line in EXTRA_CONFIG)}" if EXTRA_CONFIG else ""),
         f"- machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, {m['os']}, Linux {m['kernel']}; "
-        f"server and load generator on the same machine, loopback (127.0.0.1), store on /dev/shm",
+        f"server and load generator on the same machine, loopback (127.0.0.1), store on {m.get('store', '/dev/shm')}",
         f"- tools: {m['tools'].get('wrk', '?')}, curl {m['tools'].get('curl', '?')}, Python {platform.python_version()}",
         f"- quiet machine? load average at start {res.load_at_start}; CPU taken by other processes "
         f"(and steal) while each phase ran: "
@@ -1280,7 +1296,7 @@ def markdown(res: Results, plot_name: str | None) -> str:
 
 
 def main() -> int:
-    global BINARY, WAIT_QUIET_SECONDS
+    global BINARY, WAIT_QUIET_SECONDS, STORE_ROOT
     parser = argparse.ArgumentParser(description="hmac-file-server benchmark (loopback, store on /dev/shm)")
     parser.add_argument("--quick", action="store_true", help="a small smoke run (2,000 small PUTs, 256 MiB large, …)")
     parser.add_argument("--perf", action="store_true", help="also profile the server with perf during extra small and large PUT runs")
@@ -1294,12 +1310,17 @@ def main() -> int:
         "--config-line", action="append", default=[], metavar="'Key = value'",
         help="add a line to the server's TOML (repeatable), to try a setting, e.g. 'BufferSize = 1048576'",
     )
+    parser.add_argument(
+        "--store-root", default="/dev/shm", metavar="DIR",
+        help="put the stores, the source file and the writer's files under DIR instead of /dev/shm (e.g. a tmpfs mounted with huge=within_size)",
+    )
     parser.add_argument("--out", default=str(REPO / "bench-results"), help="folder for the results (default: bench-results/)")
     parser.add_argument("--only", default="", help="comma-separated phases to run (ceilings,small,large,big,checksum,resumable,many,sweep)")
     args = parser.parse_args()
 
-    if not sys.platform.startswith("linux") or not Path("/dev/shm").is_dir():
-        sys.exit("bench: needs Linux with /dev/shm")
+    STORE_ROOT = Path(args.store_root).resolve()
+    if not sys.platform.startswith("linux") or not STORE_ROOT.is_dir():
+        sys.exit(f"bench: needs Linux and the folder {STORE_ROOT}")
     plan = Plan.quick() if args.quick else Plan()
     phases = set(args.only.split(",")) if args.only else {"ceilings", "small", "large", "big", "checksum", "resumable", "many", "sweep"}
     EXTRA_CONFIG.extend(args.config_line)
@@ -1313,9 +1334,9 @@ def main() -> int:
         sys.exit(f"bench: {BINARY} is missing; run cargo build --release")
 
     need = plan.large_bytes + plan.many_count * plan.many_bytes + plan.small_count * plan.small_bytes + GIB // 2
-    free = shutil.disk_usage("/dev/shm").free
+    free = shutil.disk_usage(STORE_ROOT).free
     if free < need:
-        sys.exit(f"bench: /dev/shm has {free // MIB} MiB free, needs about {need // MIB} MiB")
+        sys.exit(f"bench: {STORE_ROOT} has {free // MIB} MiB free, needs about {need // MIB} MiB")
 
     started = dt.datetime.now()
     stamp = started.strftime("%Y-%m-%d-%H%M%S")
@@ -1334,7 +1355,8 @@ def main() -> int:
     if float(res.load_at_start.split()[0]) > 0.5:
         log(f"the machine is busy (load average {res.load_at_start}): figures will be low and noisy")
     t0 = time.monotonic()
-    workdir = Path(tempfile.mkdtemp(prefix="hfs-bench-", dir="/dev/shm"))
+    res.machine["store"] = mount_of(STORE_ROOT)
+    workdir = Path(tempfile.mkdtemp(prefix="hfs-bench-", dir=STORE_ROOT))
     try:
         source = workdir / "source.bin"
         log(f"writing a {plan.large_bytes // MIB} MiB random source file in {workdir}")
