@@ -949,19 +949,21 @@ def phase_resumable(res: Results, plan: Plan, workdir: Path, source: Path, sha25
             return
         log(f"resumable: tus {version}, {plan.large_bytes // MIB} MiB in {plan.tus_chunk_bytes // MIB} MiB PATCHes")
         # Issue 4 compares tus with one plain PUT of the same bytes "on the same run": both go
-        # to this server with the same client (raw socket, sendfile), interleaved three times,
-        # so the machine's state (page cache, tmpfs pages) is the same for both; medians are
-        # compared.
+        # to this server with the same client (raw socket, sendfile), in rounds (one of each),
+        # so the machine's state (page cache, tmpfs pages) is the same for both, each after
+        # the large phase's warm-up; the ratio is taken within each round, its median reported.
         tus_runs, plain_runs = [], []
         out = {"status": "ok"}
-        for _ in range(3):
+        for _ in range(plan.large_rounds):
             wait_quiet()
             plain_path = f"plain-{uuid.uuid4().hex}/big.bin"
+            shm_write_mibs(workdir, plan.large_bytes)
             plain = raw_put(server.port, signed_put_target(plain_path, plan.large_bytes), source)
             if plain is not None:
                 plain_runs.append(plan.large_bytes / MIB / plain)
             path = f"tus-{uuid.uuid4().hex}/big.bin"
             wait_quiet()
+            shm_write_mibs(workdir, plan.large_bytes)
             out = tus_upload(server.port, path, source, plan.tus_chunk_bytes)
             if out["status"] != "ok":
                 res.problems.append(f"resumable: {out['status']}")
@@ -969,11 +971,17 @@ def phase_resumable(res: Results, plan: Plan, workdir: Path, source: Path, sha25
             status, length, got_sha = get_sha256(server.port, path)
             out["sha256_ok"] = status == 200 and length == plan.large_bytes and got_sha == sha256
             tus_runs.append(out["mib_per_s"])
+            for stored in (server.store / "upload" / plain_path, server.store / "upload" / path):
+                if stored.exists():
+                    stored.unlink()  # keep /dev/shm small
         if tus_runs:
             out["mib_per_s"] = statistics.median(tus_runs)
             out["tus_runs"] = tus_runs
         if plain_runs:
             out["plain_mib_per_s"] = statistics.median(plain_runs)
+        if tus_runs and len(tus_runs) == len(plain_runs):
+            out["ratios"] = [t / p for t, p in zip(tus_runs, plain_runs)]
+            out["ratio"] = statistics.median(out["ratios"])
             out["plain_runs"] = plain_runs
         out.update({"built": True, "tus_version": version, "peak_rss_mib": server.hwm_mib()})
         res.resumable = out
@@ -1206,11 +1214,11 @@ def table(res: Results) -> str:
         else:
             rows.append(
                 (
-                    f"| resumable, tus {r['tus_version']}, {chunk} MiB PATCHes (median of 3, interleaved with plain PUTs) | MiB/s | "
-                    f"{fmt(r.get('mib_per_s', 0.0))} = {r.get('mib_per_s', 0.0) / r['plain_mib_per_s']:.0%} of one plain 1 GiB PUT by the same client in the same server ({fmt(r['plain_mib_per_s'])} MiB/s); {r['status']}, sha256 {'matches' if r.get('sha256_ok') else 'not checked/differs'} "
-                    f"| | | ≥ 80% of the plain PUT | {verdict(r.get('mib_per_s', 0.0) >= 0.8 * r['plain_mib_per_s'])} |"
+                    f"| resumable, tus {r['tus_version']}, {chunk} MiB PATCHes ({len(r['ratios'])} rounds, each with a plain PUT) | MiB/s | "
+                    f"{fmt(r.get('mib_per_s', 0.0))}; per round {r['ratio']:.0%} ({', '.join(f'{x:.0%}' for x in r['ratios'])}) of one plain 1 GiB PUT by the same client in the same server ({fmt(r['plain_mib_per_s'])} MiB/s); {r['status']}, sha256 {'matches' if r.get('sha256_ok') else 'not checked/differs'} "
+                    f"| | | ≥ 80% of the plain PUT | {verdict(r['ratio'] >= 0.8)} |"
                 )
-                if r.get("plain_mib_per_s")
+                if r.get("ratios")
                 else f"| resumable, tus {r['tus_version']}, {chunk} MiB PATCHes | MiB/s | {fmt(r.get('mib_per_s', 0.0))} ({r['status']}, sha256 {'matches' if r.get('sha256_ok') else 'not checked/differs'}) | | | | — |"
             )
     m = res.many
