@@ -13,17 +13,18 @@ import os
 import re
 import secrets
 import shutil
-import signal
-import socket
 import ssl
 import subprocess
+import sys
 import tempfile
 import threading
-import time
 import urllib.parse
 from pathlib import Path
 
 import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pykit"))
+from processes import ManagedProcess, free_port, free_ports, poll, port_open  # noqa: E402,F401 (re-exported)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = REPO_ROOT / "deploy"
@@ -32,9 +33,6 @@ HOSTNAME = "files.example.com"  # server_name / ServerName in the shipped proxy 
 STARTUP_TIMEOUT = 60.0
 HTTP_TIMEOUT = float(os.environ.get("HFS_DEPLOY_HTTP_TIMEOUT", "120"))
 MiB = 1024 * 1024
-
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
 
 def make_workdir(prefix: str) -> Path:
     path = Path(tempfile.mkdtemp(prefix=f"hfs-deploy-{prefix}-"))
@@ -90,132 +88,6 @@ def hfs_binary() -> Path:
     if not (p.is_file() and os.access(p, os.X_OK)):
         missing(f"hmac-file-server binary not found at {p}", "build it with cargo build, or set HFS_BIN")
     return p
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1 (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def free_ports(n: int) -> list[int]:
-    ports: list[int] = []
-    for _ in range(50):
-        p = free_port()
-        if p not in ports:
-            ports.append(p)
-        if len(ports) == n:
-            return ports
-    raise AssertionError("could not find free ports")
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-class ManagedProcess:
-    """A child in its own session whose combined stdout/stderr is drained by a thread into memory
-    and a log file, so it never blocks on a full pipe."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict | None = None,
-                 cwd: str | None = None):
-        self.name = name
-        self.argv = argv
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._log = open(log_path, "a", encoding="utf-8", errors="replace")
-        self.popen = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=env, cwd=cwd, start_new_session=True,
-        )
-        self._thread = threading.Thread(target=self._drain, name=f"drain-{name}", daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        assert self.popen.stdout is not None
-        for raw in iter(self.popen.stdout.readline, b""):
-            line = _ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\r\n")
-            self._log.write(line + "\n")
-            self._log.flush()
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def exited(self) -> bool:
-        return self.popen.poll() is not None
-
-    def output_tail(self, n: int = 60) -> str:
-        with self._cond:
-            return "\n".join(self.lines[-n:])
-
-    def wait_for_line(self, pattern: str, timeout: float) -> re.Match:
-        """Wait until a line of output matches the regex; return the match."""
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self._cond:
-            while True:
-                for line in self.lines[seen:]:
-                    m = rx.search(line)
-                    if m:
-                        return m
-                seen = len(self.lines)
-                if self.popen.poll() is not None and not self._thread.is_alive():
-                    raise AssertionError(f"{self.name} exited (rc={self.popen.returncode}) before printing "
-                                         f"/{pattern}/\n--- {self.name} output ---\n{self.output_tail()}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"{self.name}: no line matching /{pattern}/ within {timeout:.0f}s\n"
-                                         f"--- {self.name} output ---\n{self.output_tail()}")
-                self._cond.wait(min(left, 0.5))
-
-    def send_signal(self, sig: int) -> None:
-        if self.popen.poll() is None:
-            self.popen.send_signal(sig)
-
-    def wait(self, timeout: float) -> int | None:
-        try:
-            return self.popen.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            return None
-
-    def stop(self, timeout: float = 15.0, sig: int = signal.SIGTERM) -> None:
-        """sig to the child, then SIGKILL to its whole session if it does not go."""
-        if self.popen.poll() is None:
-            try:
-                self.popen.send_signal(sig)
-                self.popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                try:
-                    os.killpg(self.popen.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.popen.wait(timeout=10)
-        self._thread.join(timeout=5)
-        self._log.close()
-
-
-def poll(what: str, check, timeout: float, interval: float = 0.05, proc: ManagedProcess | None = None):
-    """Call check() until it returns a truthy value or the deadline passes."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if proc is not None and proc.exited():
-            raise AssertionError(f"{proc.name} exited (rc={proc.popen.returncode}) while waiting for {what}\n"
-                                 f"--- {proc.name} output ---\n{proc.output_tail()}")
-        if time.monotonic() > deadline:
-            extra = f"\n--- {proc.name} output ---\n{proc.output_tail()}" if proc is not None else ""
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
-        time.sleep(interval)
 
 
 def start_hfs(binary: Path, work: Path, secret: str, extra: str = "", wrapper: list[str] | None = None,

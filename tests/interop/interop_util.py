@@ -1,7 +1,8 @@
 """Helpers shared by the XMPP interop tests (processes, ports, XMPP client, HTTP).
 
 Imported by conftest.py and the test modules; pytest puts this folder on
-sys.path because it has no __init__.py.
+sys.path because it has no __init__.py. Processes and ports come from tests/pykit/processes.py,
+shared with the deploy tests.
 """
 
 from __future__ import annotations
@@ -11,25 +12,20 @@ import hashlib
 import hmac
 import http.client
 import os
-import re
-import signal
-import socket
-import subprocess
-import threading
-import time
+import sys
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "pykit"))
+from processes import ManagedProcess, free_port, kill_pid, poll, port_open  # noqa: E402,F401 (re-exported)
+
 # Slot/registration/startup deadlines (seconds). Generous for a loaded 2-core CI box.
 STARTUP_TIMEOUT = 60.0
 XMPP_TIMEOUT = 30.0
 HTTP_TIMEOUT = 30.0
-
-_ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
-
 
 def strict() -> bool:
     """In CI (or when asked) a missing prerequisite is a failure, not a skip."""
@@ -42,136 +38,6 @@ def missing(reason: str) -> None:
         pytest.fail(f"interop prerequisite missing (CI=true or HFS_REQUIRE_INTEROP=1, so not skipping): {reason}",
                     pytrace=False)
     pytest.skip(reason)
-
-
-def free_port() -> int:
-    """A currently free TCP port on 127.0.0.1 (the kernel's pick)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def port_open(port: int, host: str = "127.0.0.1") -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
-    except OSError:
-        return False
-
-
-def poll(what: str, check, timeout: float, interval: float = 0.05, proc: "ManagedProcess | None" = None):
-    """Call check() until it returns a truthy value or the deadline passes.
-
-    If proc is given and it exits meanwhile, fail at once with its output."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if proc is not None and proc.exited():
-            raise AssertionError(f"{proc.name} exited (rc={proc.popen.returncode}) while waiting for {what}\n"
-                                 f"--- {proc.name} output ---\n{proc.output_tail()}")
-        if time.monotonic() > deadline:
-            extra = f"\n--- {proc.name} output ---\n{proc.output_tail()}" if proc is not None else ""
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}{extra}")
-        time.sleep(interval)
-
-
-class ManagedProcess:
-    """A child in its own session whose combined output is drained by a thread
-    into memory and a log file, so it never blocks on a full pipe."""
-
-    def __init__(self, name: str, argv: list[str], log_path: Path, env: dict | None = None,
-                 cwd: str | None = None):
-        self.name = name
-        self.argv = argv
-        self.log_path = log_path
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._log = open(log_path, "a", encoding="utf-8", errors="replace")
-        self.popen = subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-            env=env, cwd=cwd, start_new_session=True,
-        )
-        self._thread = threading.Thread(target=self._drain, name=f"drain-{name}", daemon=True)
-        self._thread.start()
-
-    def _drain(self) -> None:
-        assert self.popen.stdout is not None
-        for raw in iter(self.popen.stdout.readline, b""):
-            line = _ANSI.sub("", raw.decode("utf-8", "replace")).rstrip("\r\n")
-            self._log.write(line + "\n")
-            self._log.flush()
-            with self._cond:
-                self.lines.append(line)
-                self._cond.notify_all()
-        with self._cond:
-            self._cond.notify_all()
-
-    def exited(self) -> bool:
-        return self.popen.poll() is not None
-
-    def output_tail(self, n: int = 80) -> str:
-        with self._cond:
-            return "\n".join(self.lines[-n:])
-
-    def wait_for_line(self, pattern: str, timeout: float) -> re.Match:
-        """Wait until a line of output matches the regex; return the match."""
-        rx = re.compile(pattern)
-        deadline = time.monotonic() + timeout
-        seen = 0
-        with self._cond:
-            while True:
-                for line in self.lines[seen:]:
-                    m = rx.search(line)
-                    if m:
-                        return m
-                seen = len(self.lines)
-                if self.exited() and not self._thread.is_alive():
-                    raise AssertionError(
-                        f"{self.name} exited (rc={self.popen.returncode}) before printing /{pattern}/\n"
-                        f"--- {self.name} output ---\n{self.output_tail()}")
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {self.name} to print "
-                                         f"/{pattern}/\n--- {self.name} output ---\n{self.output_tail()}")
-                self._cond.wait(min(left, 0.2))
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 10.0) -> None:
-        """Signal the whole process group, then SIGKILL it after the timeout."""
-        try:
-            if self.popen.poll() is None:
-                try:
-                    os.killpg(self.popen.pid, sig)
-                except ProcessLookupError:
-                    pass
-                try:
-                    self.popen.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    try:
-                        os.killpg(self.popen.pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
-                    self.popen.wait(5)
-        finally:
-            self._thread.join(5)
-            self._log.close()
-
-
-def kill_pid(pid: int, timeout: float = 10.0) -> None:
-    """SIGTERM one process we started (known by pid), SIGKILL if it lingers."""
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
-            time.sleep(0.05)
 
 
 # ---------------------------------------------------------------- tokens
