@@ -7,6 +7,7 @@ mod common;
 #[path = "common/redis.rs"]
 mod redis_fixture;
 #[path = "common/resumable.rs"]
+#[macro_use]
 mod resumable;
 
 use std::time::Duration;
@@ -14,23 +15,6 @@ use std::time::Duration;
 use common::{TestServer, client, payload};
 use reqwest::StatusCode;
 use resumable::{Backend, Streaming, eventually, header, partial_count, partial_len, partial_starts_with, session_id};
-
-/// Runs each behaviour twice: embedded state, and Redis state with a redis-server of its own.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn embedded() {
-                super::$name("").await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                let redis = crate::redis_fixture::RedisServer::start();
-                super::$name(&redis.toml()).await;
-            }
-        }
-    )*};
-}
 
 on_both_backends!(
     token_on_every_put_answer,

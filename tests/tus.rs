@@ -7,6 +7,7 @@ mod common;
 #[path = "common/redis.rs"]
 mod redis_fixture;
 #[path = "common/resumable.rs"]
+#[macro_use]
 mod resumable;
 
 use std::time::{Duration, SystemTime};
@@ -19,23 +20,6 @@ use resumable::{
     Backend, TUS, TUS_PREFIX, Tus, assert_served, eventually, header, id_of, location_of, offset_of, partial_count,
     partial_len, partial_starts_with,
 };
-
-/// Runs each behaviour twice: embedded state, and Redis state with a redis-server of its own.
-macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn embedded() {
-                super::$name("").await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                let redis = crate::redis_fixture::RedisServer::start();
-                super::$name(&redis.toml()).await;
-            }
-        }
-    )*};
-}
 
 on_both_backends!(
     options_advertise_tus,

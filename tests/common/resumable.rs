@@ -15,6 +15,25 @@ use sha2::Digest;
 use super::common::{RawResponse, TestServer, now_unix, read_response};
 use super::redis_fixture::{RedisClient, Reply};
 
+/// Runs each behaviour twice (in the including test crate, which names `common/redis.rs`
+/// `redis_fixture`): embedded state, and Redis state with a redis-server of its own.
+#[allow(unused_macros)] // redis_state.rs includes this file but runs one backend at a time
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn embedded() {
+                super::$name("").await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn redis() {
+                let redis = crate::redis_fixture::RedisServer::start();
+                super::$name(&redis.toml()).await;
+            }
+        }
+    )*};
+}
+
 /// The tus version header value.
 pub const TUS: &str = "1.0.0";
 /// Where tus upload resources live.
