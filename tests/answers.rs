@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::{
     RawResponse, SECRET, TestServer, assert_cors_raw, assert_cors_reqwest, client, files_under, now_unix, payload,
-    read_response, secret, wait_until,
+    put_typed, read_response, secret, wait_until,
 };
 use hmac_file_server::auth;
 use hmac_file_server::config::Secret;
@@ -70,13 +70,7 @@ async fn put_with_v_token_is_201_and_stores_exact_bytes() {
     let http = client();
     let body = payload(12_345, 7);
     let url = server.signed_v("v1/file%20one.bin", "v1/file one.bin", body.len() as u64);
-    let put = http
-        .put(&url)
-        .header("content-type", "image/png")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let put = put_typed(&http, &url, "image/png", body.clone()).await;
     assert_eq!(put.status(), StatusCode::CREATED);
     assert_eq!(std::fs::read(server.files_dir().join("v1/file one.bin")).unwrap(), body);
     assert_eq!(server.sidecars(), 1, "metadata kept beside the file");
@@ -99,24 +93,12 @@ async fn put_with_v2_signs_the_content_type() {
 
     // With a Content-Type: signed as sent.
     let url = server.signed_v2("v2/a.jpg", "v2/a.jpg", n, "image/jpeg");
-    let put = http
-        .put(&url)
-        .header("content-type", "image/jpeg")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let put = put_typed(&http, &url, "image/jpeg", body.clone()).await;
     assert_eq!(put.status(), StatusCode::CREATED, "v2 with image/jpeg");
 
     // Signed for another type than sent → 403.
     let url = server.signed_v2("v2/b.jpg", "v2/b.jpg", n, "image/jpeg");
-    let put = http
-        .put(&url)
-        .header("content-type", "image/png")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let put = put_typed(&http, &url, "image/png", body.clone()).await;
     assert_eq!(put.status(), StatusCode::FORBIDDEN, "v2 signs the content type");
     assert!(!server.files_dir().join("v2/b.jpg").exists());
 
@@ -167,25 +149,13 @@ async fn put_with_metronome_token_is_like_v2() {
     let body = payload(777, 2);
     let n = body.len() as u64;
     let url = server.signed_token("mt/a.png", "mt/a.png", n, "image/png");
-    let put = http
-        .put(&url)
-        .header("content-type", "image/png")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let put = put_typed(&http, &url, "image/png", body.clone()).await;
     assert_eq!(put.status(), StatusCode::CREATED);
     let url = server.signed_token("mt/b.bin", "mt/b.bin", n, "application/octet-stream");
     let put = http.put(&url).body(body.clone()).send().await.unwrap();
     assert_eq!(put.status(), StatusCode::CREATED, "token without Content-Type");
     let url = server.signed_token("mt/c.png", "mt/c.png", n, "image/png");
-    let put = http
-        .put(&url)
-        .header("content-type", "image/gif")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let put = put_typed(&http, &url, "image/gif", body.clone()).await;
     assert_eq!(put.status(), StatusCode::FORBIDDEN, "token signs the content type");
     // A `v`-style message under the `token` name is refused.
     let url = format!("{}?token={}", server.url("mt/d.bin"), v("mt/d.bin", n));
@@ -260,13 +230,7 @@ async fn put_with_v3_valid_is_201_and_expired_is_403() {
 
     // Valid: full decoded path `/upload/<decoded>`; the size is not signed.
     let url = server.signed_v3(raw, decoded, future);
-    let put = http
-        .put(&url)
-        .header("content-type", "image/jpeg")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let put = put_typed(&http, &url, "image/jpeg", body.clone()).await;
     assert_eq!(put.status(), StatusCode::CREATED, "valid v3");
     assert_eq!(std::fs::read(server.files_dir().join(decoded)).unwrap(), body);
 }
@@ -444,13 +408,7 @@ async fn existing_file_is_409_and_untouched() {
     let http = client();
     let first = payload(4000, 10);
     let url = server.signed_v2("ex/f.png", "ex/f.png", 4000, "image/png");
-    let put = http
-        .put(&url)
-        .header("content-type", "image/png")
-        .body(first.clone())
-        .send()
-        .await
-        .unwrap();
+    let put = put_typed(&http, &url, "image/png", first.clone()).await;
     assert_eq!(put.status(), StatusCode::CREATED);
     let path = server.files_dir().join("ex/f.png");
     let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
@@ -458,13 +416,7 @@ async fn existing_file_is_409_and_untouched() {
     // Same size, other bytes and type; then another size; then another token kind.
     let second = payload(4000, 11);
     let url = server.signed_v2("ex/f.png", "ex/f.png", 4000, "text/html");
-    let put = http
-        .put(&url)
-        .header("content-type", "text/html")
-        .body(second)
-        .send()
-        .await
-        .unwrap();
+    let put = put_typed(&http, &url, "text/html", second).await;
     assert_eq!(put.status(), StatusCode::CONFLICT);
     assert_cors_reqwest(&put, "409");
     let put = http
@@ -908,21 +860,15 @@ async fn metronome_delete_with_default_delete_secret() {
     let body = payload(5000, 40);
     let path = "del/some file.jpg";
     let raw = "del/some%20file.jpg";
-    let put = http
-        .put(server.signed_v(raw, path, 5000))
-        .header("content-type", "image/jpeg")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let put = put_typed(&http, server.signed_v(raw, path, 5000), "image/jpeg", body.clone()).await;
     assert_eq!(put.status(), StatusCode::CREATED);
-    let keep = http
-        .put(server.signed_v("del/keep.bin", "del/keep.bin", 3))
-        .header("content-type", "text/plain")
-        .body(vec![1, 2, 3])
-        .send()
-        .await
-        .unwrap();
+    let keep = put_typed(
+        &http,
+        server.signed_v("del/keep.bin", "del/keep.bin", 3),
+        "text/plain",
+        vec![1, 2, 3],
+    )
+    .await;
     assert_eq!(keep.status(), StatusCode::CREATED);
 
     let good = auth::sign_delete(&secret(), path, &secret());

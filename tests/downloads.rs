@@ -6,7 +6,7 @@ mod common;
 use std::io::Write;
 use std::time::Duration;
 
-use common::{TestServer, assert_cors_reqwest, client, encode_path, payload, wait_until};
+use common::{TestServer, assert_cors_reqwest, client, encode_path, payload, put_typed, wait_until};
 use reqwest::StatusCode;
 
 /// Uploads `body` at the decoded `path` with a `v2` token and the given Content-Type (None =
@@ -453,13 +453,7 @@ async fn empty_content_type_is_an_attachment() {
     let server = TestServer::start("");
     let http = client();
     let url = server.signed_v2("att/empty-type.png", "att/empty-type.png", 5, "");
-    let put = http
-        .put(&url)
-        .header("content-type", "")
-        .body(b"12345".to_vec())
-        .send()
-        .await
-        .unwrap();
+    let put = put_typed(&http, &url, "", b"12345".to_vec()).await;
     assert_eq!(put.status(), StatusCode::CREATED);
     let r = http.get(server.url("att/empty-type.png")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);

@@ -14,7 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use common::{RawResponse, SECRET, TestServer, client, now_unix, parse_response, payload, secret, wait_until};
+use common::{
+    RawResponse, SECRET, TestServer, client, now_unix, parse_response, payload, put_typed, secret, wait_until,
+};
 use hmac_file_server::auth;
 use hmac_file_server::config::Secret;
 use reqwest::StatusCode;
@@ -1438,13 +1440,13 @@ async fn retention_deletes_old_files_and_reports() {
     let http = client();
     let maddr = metrics_addr(&server.log());
     for (path, len, seed) in [("old/file.bin", 123usize, 81u64), ("fresh/file.bin", 45, 82)] {
-        let r = http
-            .put(server.signed_v(path, path, len as u64))
-            .header("content-type", "text/plain")
-            .body(payload(len, seed))
-            .send()
-            .await
-            .unwrap();
+        let r = put_typed(
+            &http,
+            server.signed_v(path, path, len as u64),
+            "text/plain",
+            payload(len, seed),
+        )
+        .await;
         assert_eq!(r.status(), StatusCode::CREATED, "{path}");
     }
     let old = server.files_dir().join("old/file.bin");

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{TestServer, client, encode_path, payload};
+use common::{TestServer, client, encode_path, payload, put_typed};
 use reqwest::StatusCode;
 
 #[tokio::test]
@@ -11,13 +11,7 @@ async fn put_then_get_and_head() {
     let http = client();
     let body = payload(100_000, 1);
     let url = server.signed_v("abc123/photo.jpg", "abc123/photo.jpg", body.len() as u64);
-    let put = http
-        .put(&url)
-        .header("content-type", "image/jpeg")
-        .body(body.clone())
-        .send()
-        .await
-        .unwrap();
+    let put = put_typed(&http, &url, "image/jpeg", body.clone()).await;
     assert_eq!(put.status(), StatusCode::CREATED);
 
     let get = http.get(server.url("abc123/photo.jpg")).send().await.unwrap();
@@ -45,13 +39,7 @@ async fn zero_byte_file() {
     let server = TestServer::start("");
     let http = client();
     let url = server.signed_v("z/empty.txt", "z/empty.txt", 0);
-    let put = http
-        .put(&url)
-        .header("content-type", "text/plain")
-        .body(Vec::new())
-        .send()
-        .await
-        .unwrap();
+    let put = put_typed(&http, &url, "text/plain", Vec::new()).await;
     assert_eq!(put.status(), StatusCode::CREATED);
     let get = http.get(server.url("z/empty.txt")).send().await.unwrap();
     assert_eq!(get.status(), StatusCode::OK);

@@ -195,6 +195,21 @@ pub fn client() -> reqwest::Client {
     reqwest::Client::builder().pool_max_idle_per_host(64).build().unwrap()
 }
 
+/// A PUT of `body` to `url` with that Content-Type; panics if no answer comes.
+pub async fn put_typed(
+    http: &reqwest::Client,
+    url: impl reqwest::IntoUrl,
+    content_type: &str,
+    body: impl Into<reqwest::Body>,
+) -> reqwest::Response {
+    http.put(url)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+}
+
 // ---------------------------------------------------------------------------------------
 // Helpers for the answers/downloads/limits tests: more token kinds, raw HTTP/1.1 exchanges,
 // polling with a deadline, and looking at what is on disk.
