@@ -9,7 +9,7 @@ use clap::Parser;
 use hmac_file_server::auth::{self, DEFAULT_CONTENT_TYPE};
 use hmac_file_server::config::cli::{Cli, Command, SignProtocol, normalize_args};
 use hmac_file_server::config::{Config, ConfigError, Sources};
-use hmac_file_server::{ops, server};
+use hmac_file_server::{metrics, ops, server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(normalize_args(std::env::args()));
@@ -94,7 +94,7 @@ fn unban(config: &Config, address: std::net::IpAddr) -> ExitCode {
             }
         };
     }
-    let path = hmac_file_server::http::ban_file(config);
+    let path = hmac_file_server::app::ban_file(config);
     let mut bans = read_ban_file(&path);
     if bans.remove(&address.to_string()).is_none() {
         println!("{address} is not in {}", path.display());
@@ -125,7 +125,7 @@ fn sign(
 ) -> ExitCode {
     let secret = &config.secret;
     let ct = content_type.unwrap_or(DEFAULT_CONTENT_TYPE);
-    let expires = hmac_file_server::http::now_unix() + expires_in;
+    let expires = hmac_file_server::clock::now_unix() + expires_in;
     let full_path = format!("{}{path}", config.url_prefix());
     let line = |p: SignProtocol| match p {
         SignProtocol::V => format!("v={}", auth::sign_v(secret, path, size)),
@@ -171,7 +171,7 @@ fn run(config: Config, sources: Sources) -> ExitCode {
         }
     };
     let metrics = if config.metrics_enabled {
-        match ops::metrics::install() {
+        match metrics::install() {
             Ok(handle) => Some(handle),
             Err(e) => {
                 tracing::error!("{e}");

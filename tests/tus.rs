@@ -226,7 +226,7 @@ async fn creation_with_upload(extra: &str) {
 
 /// A v3 slot (signs path and expiry, not size), as the Go server 3.x mints them.
 fn signed_v3(server: &TestServer, path: &str) -> String {
-    let expires = hmac_file_server::http::now_unix() + 3600;
+    let expires = hmac_file_server::clock::now_unix() + 3600;
     let mac = hmac_file_server::auth::sign_v3(&common::secret(), "PUT", expires, &format!("/upload/{path}"));
     format!("{}?v3={mac}&expires={expires}", server.url(path))
 }

@@ -511,7 +511,7 @@ fn build(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Option<Config> {
     }
     let upload_sub_dir = r.text("UploadSubDir", "upload").trim_matches('/').to_string();
     if !upload_sub_dir.is_empty()
-        && let Err(e) = crate::store::key::FileKey::parse_decoded(&upload_sub_dir)
+        && let Err(e) = crate::key::FileKey::parse_decoded(&upload_sub_dir)
     {
         r.fail(
             "UploadSubDir",

@@ -6,8 +6,10 @@ use http::{HeaderValue, StatusCode, header};
 
 use super::body::{Response, empty, text};
 use crate::auth::AuthError;
+use crate::key::KeyError;
+use crate::resumable::EngineError;
+use crate::state::StateError;
 use crate::store::StoreError;
-use crate::store::key::KeyError;
 
 /// A failed request.
 #[derive(Debug, thiserror::Error)]
@@ -29,7 +31,7 @@ pub enum ApiError {
         /// The limit.
         max: u64,
     },
-    /// The path leads out of the store (through a symlink placed in it).
+    /// The store refuses the path (the local store: a symlink placed in it leads out).
     #[error("path leaves the store")]
     PathEscape,
     /// A file is already at the path.
@@ -92,27 +94,31 @@ pub enum ApiError {
     /// The store is full.
     #[error("insufficient storage: {0}")]
     Full(#[source] StoreError),
-    /// Anything else on the server's side.
+    /// The store failed.
     #[error("storage failure: {0}")]
     Internal(#[source] StoreError),
+    /// The upload state failed (other than being unreachable).
+    #[error("upload state failure: {0}")]
+    State(#[source] StateError),
 }
 
-impl From<crate::resumable::ResumableError> for ApiError {
-    fn from(e: crate::resumable::ResumableError) -> Self {
-        use crate::resumable::ResumableError;
+impl From<EngineError> for ApiError {
+    fn from(e: EngineError) -> Self {
         match e {
-            ResumableError::State(s) => s.into(),
-            ResumableError::Store(s) => s.into(),
-            ResumableError::Locked => ApiError::Locked,
+            EngineError::Locked => ApiError::Locked,
+            EngineError::Expired => ApiError::Gone,
+            EngineError::BadParts(reason) => ApiError::BadRequest(reason),
+            EngineError::State(s) => s.into(),
+            EngineError::Store(s) => s.into(),
         }
     }
 }
 
-impl From<crate::state::StateError> for ApiError {
-    fn from(e: crate::state::StateError) -> Self {
+impl From<StateError> for ApiError {
+    fn from(e: StateError) -> Self {
         match e {
-            crate::state::StateError::Unavailable(reason) => ApiError::Unavailable(reason),
-            other => ApiError::Internal(StoreError::Io(std::io::Error::other(other.to_string()))),
+            StateError::Unavailable(reason) => ApiError::Unavailable(reason),
+            other => ApiError::State(other),
         }
     }
 }
@@ -122,7 +128,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::Exists => ApiError::Exists,
             StoreError::NotFound => ApiError::NotFound,
-            StoreError::Escape => ApiError::PathEscape,
+            StoreError::Refused => ApiError::PathEscape,
             StoreError::Full(_) => ApiError::Full(e),
             StoreError::Io(_) => ApiError::Internal(e),
         }
@@ -158,7 +164,7 @@ impl ApiError {
             ApiError::ChecksumMismatch => StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
-            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Internal(_) | ApiError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 

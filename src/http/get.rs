@@ -1,50 +1,46 @@
 //! GET and HEAD: stored files with their kept content type (for media and plain text) or as
 //! attachments, validators (ETag, Last-Modified, 304) and single byte ranges.
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::TryStreamExt;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 
-use super::range::{self, RangeRequest};
-use super::{ApiError, AppState, Response, Target, body};
-use crate::store::StoredFile;
-
-/// Read size when streaming a file out.
-const READ_CHUNK_BYTES: usize = 1024 * 1024;
+use super::headers::range::{self, RangeRequest};
+use super::slot::Slot;
+use super::{ApiError, Response, body};
+use crate::app::AppState;
+use crate::store::ObjectInfo;
 
 /// Answers GET or HEAD for a stored file.
-pub async fn get<B>(state: &AppState, target: Target, request: &Request<B>) -> Result<Response, ApiError> {
-    let stored = state
-        .store()
-        .open_file(&target.key, request.method() == Method::GET)
-        .await?;
-    let size = stored.size;
-    let modified = truncate_to_seconds(stored.modified);
-    let etag = etag(&stored);
+pub async fn get<B>(state: &AppState, slot: Slot, request: &Request<B>) -> Result<Response, ApiError> {
+    let opened = state.store().open(&slot.key, request.method() == Method::GET).await?;
+    let info = &opened.info;
+    let size = info.size;
+    let modified = truncate_to_seconds(info.modified);
+    let etag = info.etag.as_str();
     let req = request.headers();
 
     let mut headers = HeaderMap::new();
-    content_headers(&mut headers, &stored, target.key.file_name());
-    headers.insert(header::ETAG, header_value(&etag));
+    content_headers(&mut headers, info, slot.key.file_name());
+    headers.insert(header::ETAG, header_value(etag));
     headers.insert(header::LAST_MODIFIED, header_value(&httpdate::fmt_http_date(modified)));
     headers.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_static("public, max-age=31536000, immutable"),
     );
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Some(v) = stored
+    if let Some(v) = info
         .meta
         .as_ref()
         .and_then(|m| m.sha256.as_deref())
-        .and_then(super::digest::repr_digest_from_hex)
+        .and_then(super::headers::digest::repr_digest_from_hex)
     {
         headers.insert("repr-digest", header_value(&v));
     }
 
-    if not_modified(req, &etag, modified) {
+    if not_modified(req, etag, modified) {
         let mut r = body::empty(StatusCode::NOT_MODIFIED);
         for name in [header::ETAG, header::LAST_MODIFIED, header::CACHE_CONTROL] {
             if let Some(v) = headers.remove(&name) {
@@ -55,7 +51,7 @@ pub async fn get<B>(state: &AppState, target: Target, request: &Request<B>) -> R
     }
 
     let wanted = match req.get(header::RANGE).and_then(|v| v.to_str().ok()) {
-        Some(value) if if_range_holds(req, &etag, modified) => range::parse(value, size),
+        Some(value) if if_range_holds(req, etag, modified) => range::parse(value, size),
         _ => RangeRequest::Full,
     };
     let (status, start, length) = match wanted {
@@ -73,7 +69,7 @@ pub async fn get<B>(state: &AppState, target: Target, request: &Request<B>) -> R
 
     let mut response = if request.method() == Method::HEAD || length == 0 {
         body::empty(status)
-    } else if let Some(content) = &stored.content {
+    } else if let Some(content) = &opened.content {
         let part = content.slice(start as usize..(start + length) as usize);
         let mut r = http::Response::new(BodyExt::boxed(
             http_body_util::Full::new(part).map_err(|never| match never {}),
@@ -81,7 +77,7 @@ pub async fn get<B>(state: &AppState, target: Target, request: &Request<B>) -> R
         *r.status_mut() = status;
         r
     } else {
-        let stream = read_ahead(Arc::new(stored.file), start, start + length).map_ok(http_body::Frame::data);
+        let stream = opened.stream(start, start + length).map_ok(http_body::Frame::data);
         let mut r = http::Response::new(BodyExt::boxed(StreamBody::new(stream)));
         *r.status_mut() = status;
         r
@@ -90,49 +86,10 @@ pub async fn get<B>(state: &AppState, target: Target, request: &Request<B>) -> R
     Ok(response)
 }
 
-/// The bytes `start..end` of a file in READ_CHUNK_BYTES pieces, the next piece always being
-/// read (with `pread`, on the blocking pool) while the current one is sent: disk and socket
-/// work at the same time, and at most two pieces are in memory per download.
-fn read_ahead(
-    file: Arc<std::fs::File>,
-    start: u64,
-    end: u64,
-) -> impl futures_util::Stream<Item = std::io::Result<bytes::Bytes>> + Send + 'static {
-    type Read = tokio::task::JoinHandle<std::io::Result<bytes::Bytes>>;
-    fn read(file: &Arc<std::fs::File>, offset: u64, end: u64) -> Option<Read> {
-        if offset >= end {
-            return None;
-        }
-        let file = Arc::clone(file);
-        let len = (end - offset).min(READ_CHUNK_BYTES as u64) as usize;
-        Some(tokio::task::spawn_blocking(move || {
-            use std::os::unix::fs::FileExt;
-            let mut buf = vec![0u8; len];
-            file.read_exact_at(&mut buf, offset)?;
-            Ok(bytes::Bytes::from(buf))
-        }))
-    }
-    let first = read(&file, start, end);
-    futures_util::stream::unfold((file, start, end, first), |(file, offset, end, pending)| async move {
-        let result = match pending?.await {
-            Ok(r) => r,
-            Err(e) => Err(std::io::Error::other(e)),
-        };
-        match result {
-            Ok(chunk) => {
-                let next = offset + chunk.len() as u64;
-                let following = read(&file, next, end);
-                Some((Ok(chunk), (file, next, end, following)))
-            }
-            Err(e) => Some((Err(e), (file, end, end, None))),
-        }
-    })
-}
-
 /// Content-Type and, unless the type is shown inline, Content-Disposition: attachment plus
 /// a CSP that keeps an uploaded page from running in the server's origin.
-fn content_headers(headers: &mut HeaderMap, stored: &StoredFile, file_name: &str) {
-    let stored_type = stored
+fn content_headers(headers: &mut HeaderMap, info: &ObjectInfo, file_name: &str) {
+    let stored_type = info
         .meta
         .as_ref()
         .map(|m| m.content_type.as_str())
@@ -196,15 +153,6 @@ fn is_valid_media_type(value: &str) -> bool {
     value.len() <= 255
         && HeaderValue::from_str(value).is_ok()
         && essence.split_once('/').is_some_and(|(t, s)| token(t) && token(s))
-}
-
-fn etag(stored: &StoredFile) -> String {
-    let nanos = stored
-        .modified
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_nanos();
-    format!("\"{:x}-{:x}-{:x}\"", stored.size, nanos, stored.inode)
 }
 
 fn truncate_to_seconds(t: SystemTime) -> SystemTime {

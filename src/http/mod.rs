@@ -1,163 +1,35 @@
-//! The HTTP face of the server: one entry point, [`handle`], that checks bans, routes by
-//! prefix and method to one module per verb, adds CORS to every answer, counts the request in
-//! the metrics and writes one access-log line (never with the query, where the tokens are).
+//! The HTTP face of the server: one entry point, [`handle`], and one pipeline for every
+//! request: check bans, parse the request into an [`Endpoint`] (size limits, prefix, path
+//! decoded once, method), run that endpoint's handler (one module per verb or protocol:
+//! [`put`], [`get`], [`delete`], [`tus`], [`session`]), turn any error into its answer in one
+//! place ([`error`]), add CORS, count the request in the metrics and write one access-log
+//! line (never with the query, where the tokens are).
 
 pub mod body;
 pub mod cors;
 pub mod delete;
-pub mod digest;
+pub mod endpoint;
 pub mod error;
 pub mod get;
+pub mod headers;
 pub mod put;
-pub mod range;
+pub mod session;
+pub mod slot;
+pub mod tus;
 
 use std::net::IpAddr;
-use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 
-use arc_swap::ArcSwap;
 use http::{HeaderValue, Method, Request, StatusCode, header};
 
-use crate::auth::KeyRing;
-use crate::config::{Config, Secret};
-use crate::ops::bans::{BanPolicy, Bans, client_ip};
-use crate::ops::metrics;
-use crate::resumable::session::{self, SessionToken};
-use crate::resumable::{Resumable, tus};
-use crate::store::{FileKey, LocalStore};
+use crate::app::AppState;
+use crate::config::Config;
+use crate::metrics;
+use crate::ops::bans::client_ip;
 pub use body::{Body, Response};
+pub use endpoint::{Endpoint, MAX_HEAD_BYTES, MAX_URI_BYTES, TusAction};
 pub use error::ApiError;
-
-/// Longest request target (path and query) accepted.
-pub const MAX_URI_BYTES: usize = 8 * 1024;
-
-/// What every request handler shares: the live settings (swapped on reload), the secrets,
-/// the store and the ban list.
-#[derive(Debug, Clone)]
-pub struct AppState(Arc<Shared>);
-
-#[derive(Debug)]
-struct Shared {
-    config: ArcSwap<Config>,
-    keys: ArcSwap<KeyRing>,
-    store: LocalStore,
-    bans: Bans,
-    resumable: Resumable,
-}
-
-impl AppState {
-    /// State for a freshly started server.
-    pub fn new(config: Arc<Config>, store: LocalStore, resumable: Resumable) -> Self {
-        let keys = KeyRing::new(config.secret.clone());
-        // Embedded state keeps its bans beside the store; with Redis they live there.
-        let bans = match resumable.state {
-            crate::state::UploadState::Embedded(_) => Bans::persistent(ban_file(&config)),
-            crate::state::UploadState::Redis(_) => Bans::default(),
-        };
-        Self(Arc::new(Shared {
-            config: ArcSwap::new(config),
-            keys: ArcSwap::from_pointee(keys),
-            store,
-            bans,
-            resumable,
-        }))
-    }
-
-    /// The resumable-upload engine.
-    pub fn resumable(&self) -> &Resumable {
-        &self.0.resumable
-    }
-
-    /// The settings in force now.
-    pub fn config(&self) -> Arc<Config> {
-        self.0.config.load_full()
-    }
-
-    /// Replaces the live settings (reload).
-    pub fn set_config(&self, config: Arc<Config>) {
-        self.0.config.store(config);
-    }
-
-    /// The secrets tokens may be signed with now.
-    pub fn keys(&self) -> Arc<KeyRing> {
-        self.0.keys.load_full()
-    }
-
-    /// Makes `next` the current secret; the previous one stays valid for `grace`. Returns
-    /// whether the secret changed.
-    pub fn rotate_secret(&self, next: Secret, grace: Duration) -> bool {
-        let keys = self.keys();
-        if keys.current() == &next {
-            return false;
-        }
-        self.0
-            .keys
-            .store(Arc::new(keys.rotated(next, SystemTime::now() + grace)));
-        true
-    }
-
-    /// The store.
-    pub fn store(&self) -> &LocalStore {
-        &self.0.store
-    }
-
-    /// The ban list.
-    pub fn bans(&self) -> &Bans {
-        &self.0.bans
-    }
-
-    /// Counts a failed authentication: across all instances through Redis when it is set
-    /// (falling back to this instance's count when Redis does not answer), else here.
-    pub async fn record_auth_failure(&self, ip: IpAddr) {
-        let policy = self.ban_policy();
-        if policy.after_fails == 0 {
-            return;
-        }
-        if let Some(redis) = self.resumable().state.as_redis() {
-            let ban_time = policy.auto_unban.then_some(policy.ban_time);
-            match redis
-                .record_auth_failure(&ip.to_string(), policy.window, policy.after_fails, ban_time)
-                .await
-            {
-                Ok(true) => {
-                    metrics::ban_counted();
-                    self.bans().adopt(ip, ban_time, Instant::now());
-                    return;
-                }
-                Ok(false) => return,
-                Err(e) => tracing::warn!(error = %e, "cannot share a failed authentication; counting it here"),
-            }
-        }
-        self.bans().record_failure(ip, &policy, Instant::now());
-    }
-
-    /// The ban policy of the live settings.
-    pub fn ban_policy(&self) -> BanPolicy {
-        let c = self.config();
-        BanPolicy {
-            after_fails: c.block_after_fails,
-            window: c.block_duration,
-            auto_unban: c.auto_unban,
-            ban_time: c.auto_ban_time,
-        }
-    }
-}
-
-/// Where the embedded state keeps the ban list.
-pub fn ban_file(config: &Config) -> std::path::PathBuf {
-    config.store_dir.join(crate::store::key::INTERNAL_DIR).join("bans.json")
-}
-
-/// One request, as the handlers see it.
-#[derive(Debug)]
-pub struct Target {
-    /// The key of the file the request is about.
-    pub key: FileKey,
-    /// The decoded full path, for v3 tokens.
-    pub full_path: String,
-    /// The raw query string (tokens: never logged).
-    pub query: String,
-}
+use session::SessionToken;
 
 /// Serves one request from `peer` (`None` for a Unix socket).
 pub async fn handle<B>(state: AppState, peer: Option<IpAddr>, request: Request<B>) -> Response
@@ -232,7 +104,6 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let state = state.clone();
     let started = Instant::now();
     let method = request.method().clone();
     let raw_path = request.uri().path().to_string();
@@ -247,9 +118,16 @@ where
     let is_upload = matches!(method, Method::PUT | Method::POST | Method::PATCH);
     let _active = is_upload.then(metrics::ActiveUpload::start);
 
-    let (result, session_header) = match client.and_then(|ip| state.bans().banned_for(ip, Instant::now())) {
+    let banned = client.and_then(|ip| state.bans().banned_for(ip, Instant::now()));
+    let (result, session_header) = match banned {
         Some(left) => (Err(ApiError::Banned { retry_after: left }), None),
-        None => route(&state, &config, request).await,
+        None => {
+            let prefix = config.url_prefix();
+            match Endpoint::parse(request.method(), request.uri(), request.headers(), &prefix) {
+                Ok(endpoint) => dispatch(state, &config, endpoint, request).await,
+                Err(e) => (Err(e), None),
+            }
+        }
     };
     if let (Err(ApiError::Auth(_)), Some(ip)) = (&result, client) {
         metrics::auth_failure();
@@ -261,10 +139,10 @@ where
         // tus clients read the protocol version on every answer, errors included.
         response
             .headers_mut()
-            .insert("tus-resumable", HeaderValue::from_static(tus::TUS_VERSION));
+            .insert("tus-resumable", HeaderValue::from_static(headers::TUS_VERSION));
     }
     if let Some(v) = session_header {
-        response.headers_mut().insert(session::HEADER, v);
+        response.headers_mut().insert(headers::SESSION_TOKEN, v);
     }
 
     let status = response.status();
@@ -300,80 +178,47 @@ where
     response
 }
 
-/// Routes a request; the second value is the X-Session-Token every PUT answer carries.
-async fn route<B>(
+/// Runs the endpoint's handler; the second value is the X-Session-Token every PUT answer
+/// carries.
+async fn dispatch<B>(
     state: &AppState,
     config: &Config,
+    endpoint: Endpoint,
     request: Request<B>,
 ) -> (Result<Response, ApiError>, Option<HeaderValue>)
 where
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
-    let uri_bytes = request.uri().path_and_query().map_or(0, |pq| pq.as_str().len());
-    if uri_bytes > MAX_URI_BYTES {
-        return (Err(ApiError::UriTooLong), None);
-    }
-    // hyper's buffer limit only bites when a head arrives in pieces: count it here too.
-    let head_bytes: usize = uri_bytes
-        + request
-            .headers()
-            .iter()
-            .map(|(n, v)| n.as_str().len() + v.len() + 4)
-            .sum::<usize>();
-    if head_bytes > crate::server::MAX_HEAD_BYTES {
-        return (Err(ApiError::HeadTooLarge), None);
-    }
-    if request.method() == Method::OPTIONS {
-        let mut r = body::empty(StatusCode::NO_CONTENT);
-        r.headers_mut()
-            .insert(header::ALLOW, HeaderValue::from_static(error::ALLOW));
-        tus::options_headers(r.headers_mut(), config.max_upload_bytes);
-        return (Ok(r), None);
-    }
-    let prefix = config.url_prefix();
-    let raw_path = request.uri().path();
-    let Some(rest) = raw_path.strip_prefix(prefix.as_str()) else {
-        return (Err(ApiError::NotFound), None);
-    };
-    if let Some(id) = rest.strip_prefix(tus::TUS_SEGMENT) {
-        let id = id.to_string();
-        let result = match *request.method() {
-            Method::HEAD => tus::head(state, &id, request.headers()).await,
-            Method::PATCH => tus::patch(state, config, &id, request).await,
-            Method::DELETE => tus::terminate(state, &id, request.headers()).await,
-            _ => Err(ApiError::MethodNotAllowed(error::ALLOW_TUS)),
-        };
-        return (result, None);
-    }
-    let key = match FileKey::from_url_path(rest) {
-        Ok(k) => k,
-        Err(e) => return (Err(e.into()), None),
-    };
-    let full_path = format!("{prefix}{}", key.as_str());
-    let query = request.uri().query().unwrap_or("").to_string();
-    let target = Target { key, full_path, query };
-    match *request.method() {
-        Method::PUT => match SessionToken::from_headers(request.headers()) {
-            Ok(session) => {
-                let header = session.header();
-                (put::put(state, config, target, request, &session).await, Some(header))
-            }
-            Err(e) => (Err(e), None),
+    let result = match endpoint {
+        Endpoint::Options => Ok(options(config)),
+        Endpoint::TusUpload { id, action } => match action {
+            TusAction::Head => tus::head(state, &id, request.headers()).await,
+            TusAction::Patch => tus::patch(state, config, &id, request).await,
+            TusAction::Delete => tus::terminate(state, &id, request.headers()).await,
         },
-        Method::POST => (tus::create(state, config, target, request).await, None),
-        Method::HEAD if request.headers().contains_key(session::HEADER) && !target.query.is_empty() => {
-            (session::head(state, &target, request.headers()).await, None)
+        Endpoint::Put(slot) => {
+            return match SessionToken::from_headers(request.headers()) {
+                Ok(session) => {
+                    let header = session.header();
+                    (put::put(state, config, slot, request, &session).await, Some(header))
+                }
+                Err(e) => (Err(e), None),
+            };
         }
-        Method::GET | Method::HEAD => (get::get(state, target, &request).await, None),
-        Method::DELETE => (delete::delete(state, config, target).await, None),
-        _ => (Err(ApiError::MethodNotAllowed(error::ALLOW)), None),
-    }
+        Endpoint::TusCreate(slot) => tus::create(state, config, slot, request).await,
+        Endpoint::SessionHead(slot) => session::head(state, &slot, request.headers()).await,
+        Endpoint::Download(slot) => get::get(state, slot, &request).await,
+        Endpoint::Delete(slot) => delete::delete(state, config, slot).await,
+    };
+    (result, None)
 }
 
-/// Seconds since the epoch.
-pub fn now_unix() -> u64 {
-    SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
+/// OPTIONS: the methods, and tus discovery (CORS is added to every answer).
+fn options(config: &Config) -> Response {
+    let mut r = body::empty(StatusCode::NO_CONTENT);
+    r.headers_mut()
+        .insert(header::ALLOW, HeaderValue::from_static(error::ALLOW));
+    tus::options_headers(r.headers_mut(), config.max_upload_bytes);
+    r
 }

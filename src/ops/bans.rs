@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 use ipnet::IpNet;
 
-use super::metrics;
+use crate::metrics;
 
 /// Most client addresses tracked at once; beyond it the oldest entries are dropped.
 const MAX_TRACKED: usize = 100_000;

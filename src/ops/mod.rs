@@ -1,6 +1,5 @@
-//! Operations: logging, metrics and health, bans, retention.
+//! Operations: logging, bans, retention.
 
 pub mod bans;
 pub mod logging;
-pub mod metrics;
 pub mod retention;

@@ -1,27 +1,20 @@
 //! Retention: DeleteFiles (files older than DeleteFilesAfterPeriod) and
 //! RetentionPolicyEnabled (files older than MaxRetentionTime, then the oldest until the store
-//! is under MaxRetentionSize). One pass walks the finished files only — uploads in progress
-//! live in the store's temporary folder and are never touched — and also counts the store
-//! for the `store_files` / `store_bytes` gauges. Every deletion is logged, counted and, with
+//! is under MaxRetentionSize). One pass lists the finished files only ([`Store::list`]:
+//! uploads in progress are never touched) and also counts the store for the `store_files` /
+//! `store_bytes` gauges. With several instances, one runs it (the leader of periodic work). Every deletion is logged, counted and, with
 //! DeletionReportFile, appended there as `time path size age_seconds reason`, tab-separated.
 
 use std::fs;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use crate::config::Config;
-use crate::ops::metrics;
-use crate::store::key::INTERNAL_DIR;
-use crate::store::{FileKey, LocalStore};
+use futures_util::StreamExt;
 
-/// One finished file seen by a pass.
-#[derive(Debug, Clone)]
-struct Seen {
-    key: FileKey,
-    size: u64,
-    modified: SystemTime,
-}
+use crate::config::Config;
+use crate::metrics;
+use crate::store::{Listed as Seen, Store};
 
 /// What a pass did.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
@@ -59,16 +52,18 @@ impl Reason {
 }
 
 /// Runs one pass: counts the store and deletes what the settings say must go.
-pub async fn pass(store: &LocalStore, config: &Config) -> PassReport {
-    let root = store.files_dir().to_path_buf();
-    let skip_internal = config.upload_sub_dir.is_empty();
-    let seen = match tokio::task::spawn_blocking(move || walk(&root, skip_internal)).await {
-        Ok(seen) => seen,
-        Err(e) => {
-            tracing::error!(error = %e, "retention walk failed");
-            return PassReport::default();
+pub async fn pass(store: &Store, config: &Config) -> PassReport {
+    let mut seen = Vec::new();
+    let mut listing = store.list();
+    while let Some(item) = listing.next().await {
+        match item {
+            Ok(file) => seen.push(file),
+            Err(e) => {
+                tracing::error!(error = %e, "retention cannot list the store");
+                return PassReport::default();
+            }
         }
-    };
+    }
     let mut report = PassReport {
         files: seen.len() as u64,
         bytes: seen.iter().map(|s| s.size).sum(),
@@ -126,39 +121,6 @@ fn plan(mut seen: Vec<Seen>, config: &Config, now: SystemTime) -> Vec<(Seen, Rea
     doomed
 }
 
-/// Every regular file under `root`, as keys (names that are not valid keys are left alone).
-fn walk(root: &Path, skip_internal: bool) -> Vec<Seen> {
-    let mut out = Vec::new();
-    let mut stack: Vec<PathBuf> = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&dir) else { continue };
-        for entry in entries.flatten() {
-            let Ok(kind) = entry.file_type() else { continue };
-            let path = entry.path();
-            if kind.is_dir() {
-                if !(skip_internal && dir == root && entry.file_name() == INTERNAL_DIR) {
-                    stack.push(path);
-                }
-                continue;
-            }
-            if !kind.is_file() {
-                continue;
-            }
-            let Ok(meta) = entry.metadata() else { continue };
-            let Some(rel) = path.strip_prefix(root).ok().and_then(|p| p.to_str()) else {
-                continue;
-            };
-            let Ok(key) = FileKey::parse_decoded(rel) else { continue };
-            out.push(Seen {
-                key,
-                size: meta.len(),
-                modified: meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            });
-        }
-    }
-    out
-}
-
 fn append_report(path: &Path, file: &Seen, age: Duration, reason: Reason, now: SystemTime) {
     let line = format!(
         "{}\t{}\t{}\t{}\t{}\n",
@@ -182,6 +144,7 @@ fn append_report(path: &Path, file: &Seen, age: Duration, reason: Reason, now: S
 mod tests {
     use super::*;
     use crate::config::Sources;
+    use crate::key::FileKey;
 
     fn config(extra: &str) -> Config {
         let dir = tempfile::tempdir().unwrap();
@@ -235,9 +198,10 @@ mod tests {
 
     #[tokio::test]
     async fn pass_deletes_reports_and_spares_temporaries() {
-        use crate::store::RetryPolicy;
+        use crate::store::{Hashing, LocalStore, RetryPolicy};
         let dir = tempfile::tempdir().unwrap();
-        let store = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
+        let local = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
+        let store = Store::Local(local.clone());
         let old = dir.path().join("upload/x/old.bin");
         fs::create_dir_all(old.parent().unwrap()).unwrap();
         fs::write(&old, b"0123456789").unwrap();
@@ -249,7 +213,7 @@ mod tests {
             .set_modified(long_ago)
             .unwrap();
         fs::write(dir.path().join("upload/fresh.bin"), b"abc").unwrap();
-        let mut staged = store.stage().await.unwrap();
+        let mut staged = local.stage(Hashing::NONE);
         staged.write(bytes::Bytes::from_static(b"in progress")).await.unwrap();
         staged.sync().await.unwrap();
         let report_file = dir.path().join("deletions.log");
@@ -274,16 +238,16 @@ mod tests {
         assert_eq!(fields[1..], ["x/old.bin", "10", fields[3], "delete_files_after_period"]);
         assert!(fields[3].parse::<u64>().unwrap() >= 40 * 86_400);
         assert_eq!(staged.len(), 11, "the upload in progress is untouched");
-        assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 1);
+        assert_eq!(fs::read_dir(local.tmp_dir()).unwrap().count(), 1);
     }
 
     /// `cargo test --release retention_pass_over_100k -- --ignored --nocapture`
     #[tokio::test]
     #[ignore = "a measurement, not a check: run it by hand"]
     async fn retention_pass_over_100k_files() {
-        use crate::store::RetryPolicy;
+        use crate::store::{LocalStore, RetryPolicy};
         let dir = tempfile::tempdir_in("/dev/shm").unwrap_or_else(|_| tempfile::tempdir().unwrap());
-        let store = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
+        let store = Store::Local(LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap());
         for i in 0..100_000u32 {
             let d = dir.path().join(format!("upload/{:03}", i % 1000));
             if i < 1000 {

@@ -1,43 +1,51 @@
-//! Resumable uploads, built only on the store and the upload state: tus 1.0 ([`tus`]) and the
-//! seed's X-Session-Token scheme ([`session`]) share this engine.
+//! The upload engine, built only on the store and the upload state. The HTTP faces of
+//! resumable uploads (tus 1.0 and the seed's X-Session-Token scheme, in [`crate::http`]) and
+//! the whole-file PUT share it; it knows nothing of HTTP but the request body it reads.
 //!
-//! Bytes of an unfinished upload live in the store's `partial/` folder; its record (length,
-//! durable offset, target path, expiry) in the [`UploadState`]. A write takes the upload's lock
-//! (asking a current holder to save and stop, as tusd does), appends, fsyncs, and only then
-//! moves the recorded offset, so the offset is always the durable byte count. A finished
-//! upload becomes the file at the slot's path through the store's atomic no-replace commit.
+//! An unfinished upload is a record in the [`UploadState`] (target path, length, durable
+//! offset, expiry, the store's handle to its bytes) plus its bytes in the store's
+//! partial-upload seam ([`Partials`]). A write takes the upload's lock ([`lock`]: asking a
+//! current holder to save and stop, as tusd does, and renewing the lock while it works),
+//! appends ([`receive`]), makes the bytes durable, and only then moves the recorded offset,
+//! so the offset is always the durable byte count. A finished upload becomes the file at its
+//! path through the store's atomic no-overwrite commit.
 
-pub mod session;
-pub mod tus;
+pub mod lock;
+pub mod receive;
 
-use std::time::{Duration, Instant};
+pub use lock::Held;
+pub use receive::{Watch, receive};
+
+use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::BodyExt;
+use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
-use crate::ops::metrics;
-use crate::state::{LockToken, StateError, UploadRecord, UploadState};
-use crate::store::staged::TakeError;
-use crate::store::{FileKey, FileMeta, Hashing, LocalStore, StagedFile, StoreError, digest};
+use crate::clock::now_unix;
+use crate::key::FileKey;
+use crate::metrics;
+use crate::state::{Concat, StateError, UploadKind, UploadRecord, UploadState, valid_id};
+use crate::store::{FileMeta, Hashing, Partials, Staged, Store, StoreError};
 
-/// How long a writer waits for the current holder of an upload's lock to stop.
-const LOCK_WAIT: Duration = Duration::from_secs(5);
-/// How often a writer checks whether someone asked it to stop (and refreshes a Redis lock).
-const STOP_POLL: Duration = Duration::from_millis(200);
-
-/// Why a resumable operation failed.
+/// Why an operation of the engine failed, in the terms of the upload protocols.
 #[derive(Debug, thiserror::Error)]
-pub enum ResumableError {
-    /// The state backend is unreachable.
-    #[error(transparent)]
-    State(#[from] StateError),
-    /// Storage failed.
-    #[error(transparent)]
-    Store(#[from] StoreError),
+pub enum EngineError {
     /// Another request holds the upload and did not let go in time.
     #[error("upload is locked by another request")]
     Locked,
+    /// The upload expired (it is forgotten now).
+    #[error("upload expired")]
+    Expired,
+    /// A part named for a concatenation is unknown, not a part of this slot, or incomplete.
+    #[error("{0}")]
+    BadParts(&'static str),
+    /// The state backend failed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The store failed (or, finishing an upload, found its path taken: [`StoreError::Exists`]).
+    #[error(transparent)]
+    Store(#[from] StoreError),
 }
 
 /// How one append ended.
@@ -59,16 +67,16 @@ pub enum Ended {
     ChecksumMismatch,
 }
 
-/// A tus `Upload-Checksum` to verify over one chunk.
+/// A checksum to verify over one appended chunk (tus `Upload-Checksum`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkChecksum {
-    /// `sha1`, `sha256` or `md5`.
+    /// The algorithm.
     pub algorithm: ChecksumAlgorithm,
     /// The expected digest.
     pub expected: Vec<u8>,
 }
 
-/// tus checksum algorithms.
+/// Chunk checksum algorithms.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChecksumAlgorithm {
     /// SHA-1.
@@ -79,74 +87,182 @@ pub enum ChecksumAlgorithm {
     Md5,
 }
 
-/// The resumable-upload engine.
+/// A new upload, as a protocol describes it.
 #[derive(Debug, Clone)]
-pub struct Resumable {
-    /// Upload records and locks.
-    pub state: UploadState,
-    /// Where the bytes go.
-    pub store: LocalStore,
-    /// Cancelled when the server gives up draining: writers save what they have and stop.
-    pub shutdown: CancellationToken,
+pub struct NewUpload {
+    /// Its id: random (tus) or derived from the session token and path.
+    pub id: String,
+    /// Which protocol.
+    pub kind: UploadKind,
+    /// Where the file goes when complete.
+    pub key: FileKey,
+    /// Total size; `None` while deferred.
+    pub length: Option<u64>,
+    /// Content type of the stored file.
+    pub content_type: String,
+    /// Raw tus Upload-Metadata, returned on HEAD.
+    pub metadata: Option<String>,
+    /// Concatenation role.
+    pub concat: Concat,
 }
 
-/// A held lock; release it with [`Resumable::unlock`].
-#[derive(Debug)]
-pub struct Held {
-    id: String,
-    token: LockToken,
+/// The bounds of one append.
+#[derive(Debug, Clone, Copy)]
+pub struct Append<'a> {
+    /// Most bytes this append may add.
+    pub max_bytes: u64,
+    /// A checksum over the chunk, if the client sent one.
+    pub checksum: Option<&'a ChunkChecksum>,
+    /// Longest pause between body frames.
+    pub read_timeout: Duration,
+    /// How long the upload lives after this append, unfinished.
+    pub expiry: Duration,
 }
 
-impl Resumable {
-    /// Takes the lock of upload `id`, asking a current holder to stop and waiting up to
-    /// [`LOCK_WAIT`] for it to save and let go.
-    pub async fn lock(&self, id: &str) -> Result<Held, ResumableError> {
-        let deadline = Instant::now() + LOCK_WAIT;
-        let mut asked = false;
-        loop {
-            if let Some(token) = self.state.try_lock(id).await? {
-                return Ok(Held {
-                    id: id.to_string(),
-                    token,
-                });
-            }
-            if !asked {
-                self.state.request_stop(id).await?;
-                asked = true;
-            }
-            if Instant::now() >= deadline {
-                return Err(ResumableError::Locked);
-            }
-            tokio::time::sleep(Duration::from_millis(25)).await;
+/// The upload engine; see the module documentation.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    state: UploadState,
+    store: Store,
+    partials: Partials,
+    shutdown: CancellationToken,
+}
+
+impl Engine {
+    /// An engine over `state` and `store`; `shutdown` is cancelled when the server gives up
+    /// draining (writers then save what they have and stop).
+    pub fn new(state: UploadState, store: Store, shutdown: CancellationToken) -> Self {
+        let partials = store.partials();
+        Self {
+            state,
+            store,
+            partials,
+            shutdown,
         }
     }
 
-    /// Releases a lock (errors are logged: the lock expires by itself in Redis).
+    /// Cancelled when the server gives up draining.
+    pub fn shutdown(&self) -> &CancellationToken {
+        &self.shutdown
+    }
+
+    /// Takes the lock of upload `id` (see [`lock`]).
+    pub async fn lock(&self, id: &str) -> Result<Held, EngineError> {
+        lock::acquire(&self.state, id).await
+    }
+
+    /// Releases a lock.
     pub async fn unlock(&self, held: Held) {
-        if let Err(e) = self.state.unlock(&held.id, &held.token).await {
-            tracing::warn!(error = %e, "cannot release an upload lock; it will expire");
-        }
+        lock::release(held).await;
     }
 
-    /// Appends the body to `record`'s bytes while holding its lock: at most `max_bytes`,
-    /// verifying `checksum` over the chunk if given. Whatever the outcome, the bytes kept are
-    /// fsynced and `record.offset` (saved in the state, with a fresh expiry) is their count.
-    #[allow(clippy::too_many_arguments)]
+    /// Runs `work` while holding upload `id`'s lock, and releases it whatever `work` returns.
+    pub async fn with_lock<T, E>(&self, id: &str, work: impl AsyncFnOnce(&Held) -> Result<T, E>) -> Result<T, E>
+    where
+        E: From<EngineError>,
+    {
+        let held = self.lock(id).await?;
+        let result = work(&held).await;
+        self.unlock(held).await;
+        result
+    }
+
+    /// Starts an upload: its (empty) bytes first, then its record, so a record never points
+    /// at bytes that do not exist.
+    pub async fn create(&self, new: NewUpload, expiry: Duration) -> Result<UploadRecord, EngineError> {
+        let handle = self.partials.create(&new.id).await?;
+        let now = now_unix();
+        let record = UploadRecord {
+            id: new.id,
+            kind: new.kind,
+            key: new.key.as_str().to_string(),
+            length: new.length,
+            offset: 0,
+            content_type: new.content_type,
+            metadata: new.metadata,
+            created_unix: now,
+            expires_unix: now + expiry.as_secs(),
+            concat: new.concat,
+            handle,
+        };
+        if let Err(e) = self.state.put(&record, expiry).await {
+            let _ = self.partials.remove(&record.id, &record.handle).await;
+            return Err(e.into());
+        }
+        Ok(record)
+    }
+
+    /// Keeps the bytes of a broken-off whole-file upload as upload `new` (its length is the
+    /// whole file's), so the client can resume it; returns the durable offset.
+    pub async fn keep_broken_off(&self, staged: Staged, new: NewUpload, expiry: Duration) -> Result<u64, EngineError> {
+        let (offset, handle) = self.partials.keep(staged, &new.id).await?;
+        let now = now_unix();
+        let record = UploadRecord {
+            id: new.id,
+            kind: new.kind,
+            key: new.key.as_str().to_string(),
+            length: new.length,
+            offset,
+            content_type: new.content_type,
+            metadata: new.metadata,
+            created_unix: now,
+            expires_unix: now + expiry.as_secs(),
+            concat: new.concat,
+            handle,
+        };
+        if let Err(e) = self.state.put(&record, expiry).await {
+            let _ = self.partials.remove(&record.id, &record.handle).await;
+            return Err(e.into());
+        }
+        Ok(offset)
+    }
+
+    /// The record of upload `id` when it exists, is valid and of `kind`; an expired one is
+    /// forgotten and answers [`EngineError::Expired`].
+    pub async fn load(&self, id: &str, kind: UploadKind) -> Result<Option<UploadRecord>, EngineError> {
+        if !valid_id(id) {
+            return Ok(None);
+        }
+        let Some(record) = self.state.get(id).await? else {
+            return Ok(None);
+        };
+        if record.kind != kind {
+            return Ok(None);
+        }
+        if record.expired(now_unix()) {
+            self.forget(&record).await?;
+            return Err(EngineError::Expired);
+        }
+        Ok(Some(record))
+    }
+
+    /// Sets the length of an upload that deferred it.
+    pub async fn set_length(
+        &self,
+        record: &mut UploadRecord,
+        length: u64,
+        expiry: Duration,
+    ) -> Result<(), EngineError> {
+        record.length = Some(length);
+        self.state.put(record, expiry).await?;
+        Ok(())
+    }
+
+    /// Appends the body to `record`'s bytes while holding its lock, within `bounds`. Whatever
+    /// the outcome, the bytes kept are durable and `record.offset` (saved in the state, with a
+    /// fresh expiry) is their count.
     pub async fn append<B>(
         &self,
         record: &mut UploadRecord,
         held: &Held,
         body: &mut B,
-        max_bytes: u64,
-        checksum: Option<&ChunkChecksum>,
-        read_timeout: Duration,
-        expiry: Duration,
-    ) -> Result<Ended, ResumableError>
+        bounds: Append<'_>,
+    ) -> Result<Ended, EngineError>
     where
         B: http_body::Body<Data = Bytes> + Unpin,
         B::Error: std::fmt::Display,
     {
-        let hashing = match checksum.map(|c| c.algorithm) {
+        let hashing = match bounds.checksum.map(|c| c.algorithm) {
             None => Hashing::NONE,
             Some(ChecksumAlgorithm::Sha1) => Hashing {
                 sha1: true,
@@ -162,13 +278,20 @@ impl Resumable {
             },
         };
         let start = record.offset;
-        let mut file = self.store.open_partial(&record.id, start, hashing).await?;
-        let ended = self.receive(&mut file, held, body, max_bytes, read_timeout).await?;
-        let mut ended = ended;
+        let mut appender = self
+            .partials
+            .append_at(&record.id, &record.handle, start, hashing)
+            .await?;
+        let watch = Watch {
+            read_timeout: bounds.read_timeout,
+            shutdown: &self.shutdown,
+            holder: Some(held),
+        };
+        let mut ended = receive(&mut appender, body, bounds.max_bytes, watch).await?;
         if ended == Ended::Complete
-            && let Some(c) = checksum
+            && let Some(c) = bounds.checksum
         {
-            let digests = file.digests().await?.unwrap_or_default();
+            let digests = appender.digests().await?.unwrap_or_default();
             let got = match c.algorithm {
                 ChecksumAlgorithm::Sha1 => digests.sha1,
                 ChecksumAlgorithm::Sha256 => digests.sha256,
@@ -179,115 +302,47 @@ impl Resumable {
             }
         }
         match ended {
-            Ended::TooLong | Ended::ChecksumMismatch => file.truncate(start).await?,
+            Ended::TooLong | Ended::ChecksumMismatch => self.partials.discard(appender, start).await?,
             _ => {
-                file.sync().await?;
-                record.offset = start + file.len();
+                let (offset, handle) = self.partials.persist(appender, start).await?;
+                record.offset = offset;
+                record.handle = handle;
             }
         }
         if record.offset != start {
-            record.expires_unix = crate::http::now_unix() + expiry.as_secs();
-            self.state.put(record, expiry).await?;
+            record.expires_unix = now_unix() + bounds.expiry.as_secs();
+            self.state.put(record, bounds.expiry).await?;
         }
         Ok(ended)
     }
 
-    async fn receive<B>(
-        &self,
-        file: &mut StagedFile,
-        held: &Held,
-        body: &mut B,
-        max_bytes: u64,
-        read_timeout: Duration,
-    ) -> Result<Ended, ResumableError>
-    where
-        B: http_body::Body<Data = Bytes> + Unpin,
-        B::Error: std::fmt::Display,
-    {
-        let mut next_poll = tokio::time::Instant::now() + STOP_POLL;
-        let mut idle_since = tokio::time::Instant::now();
-        loop {
-            // Wait for the next frame, but look up every STOP_POLL whether another request
-            // wants this upload (a client that went quiet must not hold it for ReadTimeout).
-            let frame = tokio::select! {
-                frame = body.frame() => frame,
-                () = tokio::time::sleep_until(next_poll) => {
-                    next_poll = tokio::time::Instant::now() + STOP_POLL;
-                    if self.must_stop(held).await {
-                        return Ok(Ended::Stopped);
-                    }
-                    if idle_since.elapsed() >= read_timeout {
-                        return Ok(Ended::TimedOut);
-                    }
-                    continue;
-                }
-                () = self.shutdown.cancelled() => return Ok(Ended::ShuttingDown),
-            };
-            idle_since = tokio::time::Instant::now();
-            let frame = match frame {
-                None => return Ok(Ended::Complete),
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "resumable body broken off");
-                    return Ok(Ended::BrokenOff);
-                }
-                Some(Ok(frame)) => frame,
-            };
-            let before = file.len();
-            let taken = file.take_frame(frame, body, max_bytes).await;
-            metrics::upload_bytes(file.len() - before);
-            match taken {
-                Ok(()) => {}
-                Err(TakeError::TooLong) => return Ok(Ended::TooLong),
-                Err(TakeError::Store(e)) => return Err(e.into()),
-            }
-            if tokio::time::Instant::now() >= next_poll {
-                next_poll = tokio::time::Instant::now() + STOP_POLL;
-                if self.must_stop(held).await {
-                    return Ok(Ended::Stopped);
-                }
-            }
-        }
-    }
-
-    /// Whether another request asked for the upload (or its lock can no longer be checked:
-    /// then save and stop rather than risk two writers).
-    async fn must_stop(&self, held: &Held) -> bool {
-        match self.state.stop_requested(&held.id, &held.token).await {
-            Ok(stop) => stop,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot check the upload lock; stopping this write");
-                true
-            }
-        }
-    }
-
-    /// Moves a finished upload to its path (atomic, no replace) and forgets it. With
-    /// `checksum_verification` the file's SHA-256 is computed first (one read: its bytes came
-    /// in over several requests).
-    pub async fn finish(&self, record: &UploadRecord, checksum_verification: bool) -> Result<(), ResumableError> {
-        let key = FileKey::parse_decoded(&record.key).map_err(|e| StoreError::Io(std::io::Error::other(e)))?;
+    /// Moves a finished upload to its path (atomic, no overwrite) and forgets it. With
+    /// `checksum_verification` its SHA-256 is computed first (one read: its bytes came in
+    /// over several requests).
+    pub async fn finish(&self, record: &UploadRecord, checksum_verification: bool) -> Result<(), EngineError> {
+        let key = FileKey::parse_decoded(&record.key)
+            .map_err(|e| StateError::Corrupt(format!("upload {} has a bad path: {e}", record.id)))?;
         let length = record.length.unwrap_or(record.offset);
         let sha256 = if checksum_verification {
-            let path = self.store.partial_path(&record.id);
-            let digest = tokio::task::spawn_blocking(move || digest::sha256_file(&path))
-                .await
-                .map_err(|e| StoreError::Io(std::io::Error::other(e)))?
-                .map_err(StoreError::Io)?;
-            Some(hex::encode(digest))
+            Some(hex::encode(
+                self.partials.sha256(&record.id, &record.handle, length).await?,
+            ))
         } else {
             None
         };
         let meta = FileMeta {
             content_type: record.content_type.clone(),
             size: length,
-            uploaded_unix: crate::http::now_unix(),
+            uploaded_unix: now_unix(),
             sha256,
         };
-        let staged = self.store.open_partial(&record.id, length, Hashing::NONE).await?;
-        let committed = self.store.commit(staged, &key, &meta).await;
+        let committed = self
+            .partials
+            .complete(&record.id, &record.handle, length, &key, &meta)
+            .await;
         if matches!(committed, Ok(()) | Err(StoreError::Exists)) {
             // Done, or can never be done (the path is taken): either way the upload is over.
-            self.forget(&record.id).await?;
+            self.forget(record).await?;
         }
         committed?;
         metrics::file_stored(length);
@@ -295,22 +350,109 @@ impl Resumable {
         Ok(())
     }
 
+    /// Finishes upload `record` if it has all its bytes but was not committed (a crash
+    /// between its last byte and the commit); a no-op otherwise.
+    pub async fn finish_if_complete(
+        &self,
+        record: &UploadRecord,
+        checksum_verification: bool,
+    ) -> Result<(), EngineError> {
+        if record.length != Some(record.offset) || record.concat != Concat::None {
+            return Ok(());
+        }
+        self.with_lock(&record.id, async |_| match self.state.get(&record.id).await? {
+            Some(fresh) if fresh.length == Some(fresh.offset) => self.finish(&fresh, checksum_verification).await,
+            _ => Ok(()),
+        })
+        .await
+    }
+
+    /// The partial uploads `ids`, all complete and made for `key`, in order.
+    pub async fn parts(&self, ids: &[String], key: &FileKey) -> Result<Vec<UploadRecord>, EngineError> {
+        let mut records = Vec::with_capacity(ids.len());
+        for id in ids {
+            let record = self
+                .state
+                .get(id)
+                .await?
+                .ok_or(EngineError::BadParts("unknown partial upload"))?;
+            if record.concat != Concat::Partial || record.key != key.as_str() {
+                return Err(EngineError::BadParts("not a partial upload of this slot"));
+            }
+            if record.length != Some(record.offset) {
+                return Err(EngineError::BadParts("a partial upload is not complete"));
+            }
+            records.push(record);
+        }
+        Ok(records)
+    }
+
+    /// Stores the concatenation of `parts` (from [`Self::parts`]) at `key` through the store's
+    /// no-overwrite commit, then forgets the parts; returns the file's size.
+    pub async fn concatenate(
+        &self,
+        parts: &[UploadRecord],
+        key: &FileKey,
+        content_type: String,
+        checksum_verification: bool,
+    ) -> Result<u64, EngineError> {
+        let total: u64 = parts.iter().map(|r| r.offset).sum();
+        let hashing = Hashing {
+            sha256: checksum_verification,
+            ..Hashing::NONE
+        };
+        let mut staged = self.store.stage(hashing);
+        for part in parts {
+            let mut bytes = self.partials.read(&part.id, &part.handle, part.offset);
+            while let Some(chunk) = bytes.next().await {
+                staged.write(chunk.map_err(StoreError::Io)?).await?;
+            }
+        }
+        let sha256 = staged.digests().await?.and_then(|d| d.sha256).map(hex::encode);
+        let meta = FileMeta {
+            content_type,
+            size: total,
+            uploaded_unix: now_unix(),
+            sha256,
+        };
+        self.store.commit(staged, key, &meta).await?;
+        for part in parts {
+            self.forget(part).await?;
+        }
+        metrics::file_stored(total);
+        tracing::info!(path = %key, size = total, parts = parts.len(), "tus final upload concatenated");
+        Ok(total)
+    }
+
     /// Removes an upload's bytes and record.
-    pub async fn forget(&self, id: &str) -> Result<(), ResumableError> {
+    pub async fn forget(&self, record: &UploadRecord) -> Result<(), EngineError> {
+        self.state.delete(&record.id).await?;
+        self.partials.remove(&record.id, &record.handle).await?;
+        Ok(())
+    }
+
+    /// Removes upload `id`, whatever state its record is in (a missing or unreadable record
+    /// leaves the bytes to find by the default handle).
+    pub async fn discard(&self, id: &str) -> Result<(), EngineError> {
+        let handle = match self.state.get(id).await {
+            Ok(Some(record)) => record.handle,
+            Ok(None) | Err(StateError::Corrupt(_)) => Default::default(),
+            Err(e) => return Err(e.into()),
+        };
         self.state.delete(id).await?;
-        self.store.remove_partial(id).await?;
+        self.partials.remove(id, &handle).await?;
         Ok(())
     }
 
     /// Removes expired uploads: records past their expiry (with their bytes) and bytes
     /// untouched for `expiry` whose record is gone (Redis expires records by itself).
-    pub async fn sweep(&self, expiry: Duration) -> Result<usize, ResumableError> {
+    pub async fn sweep(&self, expiry: Duration) -> Result<usize, EngineError> {
         let mut removed = 0;
-        for id in self.state.expired(crate::http::now_unix()).await? {
-            self.forget(&id).await?;
+        for id in self.state.expired(now_unix()).await? {
+            self.discard(&id).await?;
             removed += 1;
         }
-        for id in self.store.sweep_partials(expiry).await? {
+        for id in self.partials.sweep(expiry).await? {
             let _ = self.state.delete(&id).await;
             removed += 1;
         }

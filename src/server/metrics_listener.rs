@@ -1,5 +1,5 @@
 //! The metrics listener: `GET /metrics` (Prometheus text) and `GET /health` (200 when the
-//! store is writable, 503 with the reason otherwise).
+//! store can take a file and the upload state answers, 503 with the reason otherwise).
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -13,8 +13,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 
-use crate::http::AppState;
-use crate::ops::metrics;
+use crate::app::AppState;
+use crate::metrics;
 
 /// Serves the metrics listener until aborted.
 pub async fn serve(listener: TcpListener, handle: PrometheusHandle, state: AppState) {
@@ -71,31 +71,10 @@ async fn answer<B>(handle: &PrometheusHandle, state: &AppState, request: &Reques
     }
 }
 
-/// The upload state answers (Redis, where set) and the store is writable: a probe file can
-/// be created, written, synced and removed.
+/// The upload state answers (Redis, where set) and the store can take a file.
 async fn health(state: &AppState) -> Result<(), String> {
-    state.resumable().state.ping().await.map_err(|e| e.to_string())?;
-    let files = state.store().files_dir().to_path_buf();
-    let dir = state.store().tmp_dir().to_path_buf();
-    tokio::task::spawn_blocking(move || {
-        use std::io::Write;
-        // The upload folder: a writable folder (no probe file there: GET or retention would see it).
-        match std::fs::metadata(&files) {
-            Ok(m) if m.is_dir() => {}
-            Ok(_) => return Err(format!("{} is not a folder", files.display())),
-            Err(e) => return Err(format!("upload folder unusable: {e}")),
-        }
-        rustix::fs::access(&files, rustix::fs::Access::WRITE_OK)
-            .map_err(|e| format!("upload folder not writable: {e}"))?;
-        let path = dir.join(format!("health-{}.probe", std::process::id()));
-        let result = std::fs::File::create(&path)
-            .and_then(|mut f| f.write_all(b"ok").and_then(|()| f.sync_all()))
-            .map_err(|e| format!("store not writable: {e}"));
-        let _ = std::fs::remove_file(&path);
-        result
-    })
-    .await
-    .map_err(|e| e.to_string())?
+    state.upload_state().ping().await.map_err(|e| e.to_string())?;
+    state.store().probe().await
 }
 
 fn text(status: StatusCode, body: String, content_type: &'static str) -> Response<Full<Bytes>> {

@@ -1,8 +1,9 @@
 //! The listener and connection loop: hyper's HTTP/1.1 connections with a header-read timeout,
 //! an idle write timeout, limits on header size and count; graceful shutdown on
-//! SIGTERM/SIGINT; reload on SIGHUP; the metrics listener; and the periodic jobs (sweeping
-//! stale temporaries, lifting bans, re-reading the secret).
+//! SIGTERM/SIGINT; reload on SIGHUP; the metrics listener; and the periodic jobs ([`jobs`]:
+//! retention and sweeps on one leader instance, lifting bans, re-reading the secret).
 
+pub mod jobs;
 pub mod listener;
 pub mod metrics_listener;
 pub mod read_share;
@@ -11,7 +12,7 @@ pub mod reload;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -21,22 +22,21 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpListener;
 use tokio_io_timeout::TimeoutStream;
 
+use crate::app::AppState;
 use crate::config::{Config, Sources};
-use crate::http::{AppState, handle};
+use crate::http::handle;
+use crate::key::INTERNAL_DIR;
 use crate::ops::logging::LogHandle;
-use crate::resumable::Resumable;
+use crate::resumable::Engine;
 use crate::state::embedded::EmbeddedState;
 use crate::state::redis::RedisState;
 use crate::state::{StateError, UploadState};
-use crate::store::key::INTERNAL_DIR;
-use crate::store::{LocalStore, RetryPolicy, StoreError};
+use crate::store::{LocalStore, RetryPolicy, Store, StoreError};
 use read_share::ReadShare;
 use tokio_util::sync::CancellationToken;
 
-/// Largest request head (request line and headers) accepted, in bytes; larger → 431.
-pub const MAX_HEAD_BYTES: usize = 64 * 1024;
 /// hyper's read buffer: also how much body one read takes. Heads are checked against
-/// [`MAX_HEAD_BYTES`] by the handler (hyper's own limit only bites on heads that arrive in
+/// [`MAX_HEAD_BYTES`](crate::http::MAX_HEAD_BYTES) by the handler (hyper's own limit only bites on heads that arrive in
 /// pieces), so this can be large enough for fast uploads; with many connections open, each
 /// read is capped lower ([`read_share`]).
 pub const READ_BUF_BYTES: usize = 512 * 1024;
@@ -44,8 +44,6 @@ pub const READ_BUF_BYTES: usize = 512 * 1024;
 pub const MAX_HEADERS: usize = 100;
 /// How long running requests may take to finish after SIGTERM.
 pub const DRAIN_DEADLINE: Duration = Duration::from_secs(30);
-/// How often expired bans are lifted and shared bans (Redis) are taken over.
-const BAN_SWEEP_INTERVAL: Duration = Duration::from_secs(2);
 
 /// Why the server could not start.
 #[derive(Debug, thiserror::Error)]
@@ -94,7 +92,13 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
         delay: config.retry_delay,
         on_reads: config.enable_get_retries,
     };
-    let store = LocalStore::open(&config.store_dir, &config.upload_sub_dir, config.buffer_bytes, retry)?;
+    let store = Store::Local(LocalStore::open(
+        &config.store_dir,
+        &config.upload_sub_dir,
+        config.buffer_bytes,
+        retry,
+    )?);
+    tracing::info!(capabilities = %store.capabilities(), "store opened");
     let upload_state = match &config.redis {
         None => UploadState::Embedded(EmbeddedState::open(
             &config.store_dir.join(INTERNAL_DIR).join("uploads"),
@@ -114,12 +118,8 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
         }
     };
     let shutdown_uploads = CancellationToken::new();
-    let resumable = Resumable {
-        state: upload_state,
-        store: store.clone(),
-        shutdown: shutdown_uploads.clone(),
-    };
-    let state = AppState::new(Arc::clone(&config), store.clone(), resumable);
+    let engine = Engine::new(upload_state.clone(), store.clone(), shutdown_uploads.clone());
+    let state = AppState::new(Arc::clone(&config), store, upload_state, engine);
 
     let metrics_task = match (&launch.metrics, config.metrics_enabled) {
         (Some(handle), true) => {
@@ -161,9 +161,11 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
         "serving uploads"
     );
 
+    let leadership = jobs::Leadership::new(&state).await;
     let jobs = [
-        tokio::spawn(sweep_loop(state.clone())),
-        tokio::spawn(ban_loop(state.clone())),
+        tokio::spawn(jobs::lead(state.clone(), Arc::clone(&leadership))),
+        tokio::spawn(jobs::sweep_loop(state.clone(), leadership)),
+        tokio::spawn(jobs::ban_loop(state.clone())),
         tokio::spawn(reload::signal_loop(
             hangup,
             state.clone(),
@@ -283,58 +285,6 @@ fn spawn_connection<I>(
             tracing::debug!(client = ?peer, error = %e, "connection ended with an error");
         }
     });
-}
-
-/// Removes stale temporaries and applies retention, at start and every CleanupInterval.
-async fn sweep_loop(state: AppState) {
-    loop {
-        let config = state.config();
-        let started = Instant::now();
-        let report = crate::ops::retention::pass(state.store(), &config).await;
-        match state.resumable().sweep(config.upload_expiry).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "swept expired resumable uploads"),
-            Err(e) => tracing::warn!(error = %e, "sweeping resumable uploads failed"),
-        }
-        tracing::debug!(
-            files = report.files,
-            bytes = report.bytes,
-            deleted = report.deleted,
-            ms = started.elapsed().as_millis() as u64,
-            "retention pass done"
-        );
-        match state.store().sweep_temporaries(config.upload_expiry).await {
-            Ok(0) => {}
-            Ok(n) => tracing::info!(removed = n, "swept stale temporaries"),
-            Err(e) => tracing::warn!(error = %e, "sweeping temporaries failed"),
-        }
-        tokio::time::sleep(config.cleanup_interval).await;
-    }
-}
-
-/// Lifts expired bans.
-async fn ban_loop(state: AppState) {
-    let mut ticker = tokio::time::interval(BAN_SWEEP_INTERVAL);
-    loop {
-        ticker.tick().await;
-        state.bans().sweep(Instant::now(), state.config().block_duration);
-        if let Some(redis) = state.resumable().state.as_redis() {
-            match redis.bans().await {
-                Ok(bans) => {
-                    let mut shared = std::collections::HashSet::new();
-                    for (client, left) in bans {
-                        if let Ok(ip) = client.parse() {
-                            shared.insert(ip);
-                            state.bans().adopt(ip, left, Instant::now());
-                        }
-                    }
-                    // Bans deleted in Redis (`unban`) are lifted here too.
-                    state.bans().lift_all_except(&shared);
-                }
-                Err(e) => tracing::debug!(error = %e, "cannot read shared bans"),
-            }
-        }
-    }
 }
 
 /// Registers for SIGTERM and SIGINT now (so a signal that comes during start-up is not

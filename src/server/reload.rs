@@ -8,8 +8,8 @@
 
 use std::sync::Arc;
 
+use crate::app::AppState;
 use crate::config::{Config, Sources};
-use crate::http::AppState;
 use crate::ops::logging::LogHandle;
 
 /// Waits for SIGHUP and reloads, until aborted.

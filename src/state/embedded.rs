@@ -1,4 +1,4 @@
-//! Embedded upload state: one JSON file per upload in `StoreDir/.hmac-file-server/uploads/`,
+//! Embedded upload state: one JSON file per upload in `StateDir/uploads/`,
 //! replaced atomically (write, fsync, rename, fsync the folder), so it survives restarts and
 //! `kill -9`. Locks live in this process: the embedded state is for one instance; several
 //! instances sharing a store need Redis.
@@ -140,6 +140,11 @@ impl EmbeddedState {
     pub(super) async fn stop_requested(&self, id: &str, token: &LockToken) -> Result<bool, StateError> {
         let locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
         Ok(locks.get(id).is_none_or(|l| l.token != token.0 || l.stop))
+    }
+
+    pub(super) async fn renew_lock(&self, id: &str, token: &LockToken) -> Result<bool, StateError> {
+        let locks = self.locks.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(locks.get(id).is_some_and(|l| l.token == token.0))
     }
 
     pub(super) async fn ping(&self) -> Result<(), StateError> {

@@ -2,11 +2,17 @@
 //! X-Session-Token), and the per-upload lock that keeps one writer at a time.
 //!
 //! Two backends behind one type, [`UploadState`]: embedded (the default: one JSON file per
-//! upload under the store, written atomically, locks in this process) and Redis (records
-//! and locks shared by every instance, so several servers behind a balancer act as one).
-//! The bytes themselves always live in the store's `partial/` folder; the record's `offset`
-//! only ever moves forward after those bytes were fsynced, so the offset is the durable byte
-//! count.
+//! upload under StateDir, written atomically, locks in this process) and Redis (records,
+//! locks, leases and bans shared by every instance, so several servers behind a balancer act
+//! as one). The bytes themselves live in the store's partial-upload seam
+//! ([`crate::store::Partials`]), found again through the record's [`PartialHandle`]; the
+//! record's `offset` only ever moves forward after those bytes were made durable, so the
+//! offset is the durable byte count.
+//!
+//! Locks expire by themselves (Redis: after [`redis::LOCK_TTL`]) unless renewed: a holder
+//! renews while it works ([`UploadState::renew_lock`]), so a crashed instance cannot hold an
+//! upload for long. A lease ([`UploadState::lease`]) names one instance the leader of
+//! periodic work.
 
 pub mod embedded;
 pub mod redis;
@@ -14,6 +20,8 @@ pub mod redis;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+
+use crate::store::PartialHandle;
 
 /// Why a state operation failed.
 #[derive(Debug, thiserror::Error)]
@@ -77,6 +85,9 @@ pub struct UploadRecord {
     /// Concatenation role.
     #[serde(default)]
     pub concat: Concat,
+    /// Where the store keeps the upload's bytes.
+    #[serde(default)]
+    pub handle: PartialHandle,
 }
 
 impl UploadRecord {
@@ -145,9 +156,32 @@ impl UploadState {
         dispatch!(self, s => s.request_stop(id).await)
     }
 
-    /// Whether someone asked the holder of `id`'s lock to stop.
+    /// Whether someone asked the holder of `id`'s lock to stop (or the lock is no longer
+    /// held with `token`).
     pub async fn stop_requested(&self, id: &str, token: &LockToken) -> Result<bool, StateError> {
         dispatch!(self, s => s.stop_requested(id, token).await)
+    }
+
+    /// Extends a held lock's life; false when it is no longer held with `token`.
+    pub async fn renew_lock(&self, id: &str, token: &LockToken) -> Result<bool, StateError> {
+        dispatch!(self, s => s.renew_lock(id, token).await)
+    }
+
+    /// How often a lock holder must renew its lock (None: locks do not expire).
+    pub fn lock_renewal(&self) -> Option<Duration> {
+        match self {
+            UploadState::Embedded(_) => None,
+            UploadState::Redis(_) => Some(redis::LOCK_TTL / 3),
+        }
+    }
+
+    /// Takes or keeps the lease `name` for `holder` for `ttl`: true when `holder` has it now.
+    /// The embedded state serves one instance, which always has it.
+    pub async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StateError> {
+        match self {
+            UploadState::Embedded(_) => Ok(true),
+            UploadState::Redis(r) => r.lease(name, holder, ttl).await,
+        }
     }
 
     /// The Redis backend, when state is shared.

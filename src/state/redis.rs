@@ -1,7 +1,8 @@
 //! Redis upload state: records as JSON under `hmac-file-server:upload:<id>` with the upload's
-//! expiry as TTL, locks as `hmac-file-server:lock:<id>` (SET NX PX, refreshed by the holder
-//! while it writes, so a crashed instance cannot hold an upload for longer than the lock's
-//! TTL) and stop requests as `hmac-file-server:stop:<id>`.
+//! expiry as TTL, locks as `hmac-file-server:lock:<id>` (SET NX PX, renewed by the holder
+//! while it works, so a crashed instance cannot hold an upload for longer than the lock's
+//! TTL), stop requests as `hmac-file-server:stop:<id>`, leases (the leader of periodic work)
+//! as `hmac-file-server:lease:<name>`, and shared bans.
 //!
 //! The connection is made lazily and re-made after every failure by redis-rs' connection
 //! manager: with Redis down, calls fail fast with [`StateError::Unavailable`] (the HTTP
@@ -18,8 +19,8 @@ use crate::config::RedisSettings;
 
 /// Key prefix of everything this server writes.
 pub const PREFIX: &str = "hmac-file-server";
-/// How long a lock lives without a refresh.
-const LOCK_TTL: Duration = Duration::from_secs(30);
+/// How long a lock lives without a renewal.
+pub const LOCK_TTL: Duration = Duration::from_secs(30);
 /// How long a stop request waits for the holder.
 const STOP_TTL: Duration = Duration::from_secs(10);
 
@@ -163,6 +164,43 @@ impl RedisState {
             .await
             .map_err(unavailable)?;
         Ok(stop != 0)
+    }
+
+    pub(super) async fn renew_lock(&self, id: &str, token: &LockToken) -> Result<bool, StateError> {
+        Self::check(id)?;
+        let script = redis::Script::new(
+            r"if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+              redis.call('PEXPIRE', KEYS[1], ARGV[2])
+              return 1",
+        );
+        let held: i64 = script
+            .key(key("lock", id))
+            .arg(&token.0)
+            .arg(LOCK_TTL.as_millis() as u64)
+            .invoke_async(&mut self.manager.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(held == 1)
+    }
+
+    /// Takes the lease `name` for `holder` when it is free, or extends it when `holder` has
+    /// it; true when `holder` has it now.
+    pub(super) async fn lease(&self, name: &str, holder: &str, ttl: Duration) -> Result<bool, StateError> {
+        let script = redis::Script::new(
+            r"local current = redis.call('GET', KEYS[1])
+              if current == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) return 1 end
+              if current then return 0 end
+              redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+              return 1",
+        );
+        let held: i64 = script
+            .key(key("lease", name))
+            .arg(holder)
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut self.manager.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(held == 1)
     }
 
     /// Counts a failed authentication of `client` across all instances; returns true when it

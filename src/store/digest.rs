@@ -94,23 +94,6 @@ impl Hashers {
     }
 }
 
-/// SHA-256 of a whole file, read once (for resumable uploads, whose bytes arrive across
-/// requests and restarts).
-pub fn sha256_file(path: &std::path::Path) -> std::io::Result<Vec<u8>> {
-    use std::io::Read;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buf[..n]);
-    }
-    Ok(hasher.finalize().to_vec())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,73 +1,452 @@
-//! The store: where finished files live and how they get there.
+//! The store: where finished files live and how they get there, and where the bytes of
+//! unfinished resumable uploads wait. Two seams, shaped by what an object store can do as
+//! well as a file system:
 //!
-//! Uploads stream into a [`StagedFile`] inside the store's own temporary folder; `commit`
-//! fsyncs it and renames it into place with no-replace semantics, so a reader sees a whole
-//! file or none, and of two racing uploads to one path exactly one wins.
+//! - [`Store`], finished files: [`Store::stage`] an upload, [`Store::commit`] it without
+//!   overwriting (a reader sees the whole file or none; of two racing commits to one key
+//!   exactly one wins), [`Store::head`], [`Store::open`] for a download (then stream any byte
+//!   range of it), [`Store::delete`], [`Store::list`] as a stream, [`Store::probe`] for
+//!   health, and the sweep of stale staged uploads. [`Store::capabilities`] says how the
+//!   backend keeps its promises (logged at start).
+//! - [`Partials`], the bytes of unfinished resumable uploads: create, append at the durable
+//!   offset, keep a broken-off PUT's bytes, read back, complete into the store through the
+//!   same no-overwrite commit, remove, sweep. What a backend needs to find an upload's bytes
+//!   again travels in its upload record as a [`PartialHandle`].
+//!
+//! One backend stands behind both today: [`local`] (files under StoreDir). The S3 backend of
+//! issue #10 is meant to be a second variant of each enum; nothing above this module knows
+//! about file descriptors, `renameat2` or the store's folders.
 
 pub mod digest;
-pub mod key;
 pub mod local;
 pub mod meta;
-pub mod staged;
 
 pub use digest::{Digests, Hashing};
-pub use key::FileKey;
-pub use local::{LocalStore, RetryPolicy, StoredFile};
+pub use local::LocalStore;
 pub use meta::FileMeta;
-pub use staged::StagedFile;
 
+use std::fmt;
 use std::io;
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
 
-/// Storage failures, as the HTTP layer needs to tell them apart.
+use bytes::Bytes;
+use futures_util::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::key::FileKey;
+use local::StagedFile;
+
+/// Storage failures, as the layers above need to tell them apart.
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    /// A file already exists at the key (or a folder is where a file should go, or the other
-    /// way round).
+    /// Something is already stored at the key (for the local store also: a folder where the
+    /// file should go, or a file where a folder is needed).
     #[error("file exists")]
     Exists,
-    /// No such file.
+    /// Nothing is stored at the key.
     #[error("not found")]
     NotFound,
-    /// The path would leave the store (a symlink in the store that points out).
-    #[error("path leaves the store")]
-    Escape,
-    /// The file system is full or over quota.
+    /// The backend refuses the key (the local store: a symlink placed in the store leads out
+    /// of it).
+    #[error("the store refuses this path")]
+    Refused,
+    /// The store is full or over quota.
     #[error("no space left in the store: {0}")]
     Full(#[source] io::Error),
-    /// Any other I/O failure.
+    /// Any other failure of the backend.
     #[error("storage I/O error: {0}")]
     Io(#[from] io::Error),
 }
 
 impl StoreError {
-    /// Whether trying again may succeed (EINTR, EAGAIN, EBUSY, ESTALE, ETIMEDOUT).
-    pub fn is_transient(&self) -> bool {
-        use rustix::io::Errno;
-        let StoreError::Io(e) = self else { return false };
-        matches!(
-            e.kind(),
-            io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-        ) || [Errno::INTR, Errno::AGAIN, Errno::BUSY, Errno::STALE, Errno::TIMEDOUT]
-            .iter()
-            .any(|errno| e.raw_os_error() == Some(errno.raw_os_error()))
+    /// A failure of the blocking pool or an internal inconsistency, as an I/O error.
+    pub(crate) fn other(e: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        StoreError::Io(io::Error::other(e))
     }
+}
 
-    /// Classifies an I/O error from a write path.
-    pub fn from_write(e: io::Error) -> Self {
-        match e.raw_os_error() {
-            Some(code) if code == libc_enospc() || code == libc_edquot() => StoreError::Full(e),
-            _ if e.kind() == io::ErrorKind::StorageFull || e.kind() == io::ErrorKind::QuotaExceeded => {
-                StoreError::Full(e)
-            }
-            _ => StoreError::Io(e),
+/// How transient storage errors (for the local store EINTR, EAGAIN, EBUSY, ESTALE,
+/// ETIMEDOUT: the kind a busy or network file system gives) are retried: MaxRetries times,
+/// RetryDelay apart; downloads' reads only with EnableGetRetries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RetryPolicy {
+    /// Retries after the first attempt.
+    pub max_retries: u32,
+    /// Pause between attempts.
+    pub delay: Duration,
+    /// Whether GET's reads are retried too.
+    pub on_reads: bool,
+}
+
+impl RetryPolicy {
+    /// No retries.
+    pub const NONE: RetryPolicy = RetryPolicy {
+        max_retries: 0,
+        delay: Duration::ZERO,
+        on_reads: false,
+    };
+}
+
+/// Why taking a body frame into a [`Staged`] upload stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum TakeError {
+    /// The body went past its limit (Content-Length, Upload-Length).
+    #[error("body longer than allowed")]
+    TooLong,
+    /// Writing failed.
+    #[error(transparent)]
+    Store(StoreError),
+}
+
+/// A stream of file bytes (a download, or the bytes of a partial upload read back).
+pub type ByteStream = Pin<Box<dyn Stream<Item = io::Result<Bytes>> + Send + Sync>>;
+
+/// A stream of the finished files in the store.
+pub type ListStream = Pin<Box<dyn Stream<Item = Result<Listed, StoreError>> + Send>>;
+
+/// What the store knows of a finished file without reading it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectInfo {
+    /// Size in bytes.
+    pub size: u64,
+    /// When it was committed.
+    pub modified: SystemTime,
+    /// A strong validator, quoted, that changes whenever a new file is committed at the key
+    /// (also one of the same size in the same second).
+    pub etag: String,
+    /// Its metadata, when kept and consistent with the file.
+    pub meta: Option<FileMeta>,
+}
+
+/// One finished file, as [`Store::list`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Listed {
+    /// Its key.
+    pub key: FileKey,
+    /// Size in bytes.
+    pub size: u64,
+    /// When it was committed.
+    pub modified: SystemTime,
+}
+
+/// How the backend keeps "of two racing commits to one key, exactly one wins".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoOverwrite {
+    /// The backend refuses to replace by itself (local: `renameat2(RENAME_NOREPLACE)`, or
+    /// `link` + `unlink` where the file system lacks it).
+    Native(&'static str),
+}
+
+/// What a backend can do, logged at start so an operator sees how the guarantees are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Capabilities {
+    /// The backend's name.
+    pub backend: &'static str,
+    /// How commits avoid overwriting.
+    pub no_overwrite: NoOverwrite,
+    /// How a committed file becomes durable.
+    pub durability: &'static str,
+    /// Where the bytes of unfinished resumable uploads are kept.
+    pub partials: &'static str,
+}
+
+impl fmt::Display for Capabilities {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let NoOverwrite::Native(how) = self.no_overwrite;
+        write!(
+            f,
+            "backend={} no_overwrite=native ({how}) durability={} partial_uploads={}",
+            self.backend, self.durability, self.partials
+        )
+    }
+}
+
+/// The storage backend for finished files; see the module documentation.
+#[derive(Debug, Clone)]
+pub enum Store {
+    /// Files under StoreDir.
+    Local(LocalStore),
+}
+
+/// An upload on its way into the store (a whole-file PUT, a concatenation), or new bytes on
+/// their way onto a partial upload. Memory stays bounded: bytes go to the backend in batches
+/// as they arrive.
+#[derive(Debug)]
+pub enum Staged {
+    /// A temporary file in the local store.
+    Local(StagedFile),
+}
+
+/// A finished file opened for a download: what it is, and (when asked for and small) its
+/// whole content, read in the same trip as the open.
+#[derive(Debug)]
+pub struct Opened {
+    /// Size, time, validator, metadata.
+    pub info: ObjectInfo,
+    /// The whole content, when asked for and at most [`SMALL_FILE_BYTES`].
+    pub content: Option<Bytes>,
+    source: Source,
+}
+
+#[derive(Debug)]
+enum Source {
+    Local(local::OpenFile),
+}
+
+/// Files up to this size are read whole when opened for a download.
+pub const SMALL_FILE_BYTES: u64 = 256 * 1024;
+
+impl Opened {
+    /// The bytes `start..end` as a stream. At most a few pieces are in memory at a time: the
+    /// next is read while the current one is sent.
+    pub fn stream(self, start: u64, end: u64) -> ByteStream {
+        match self.source {
+            Source::Local(file) => file.stream(start, end),
         }
     }
 }
 
-fn libc_enospc() -> i32 {
-    rustix::io::Errno::NOSPC.raw_os_error()
+/// How a backend finds the bytes of one unfinished upload again; kept in its upload record.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "snake_case")]
+pub enum PartialHandle {
+    /// The bytes are one file named by the upload id in the local store: nothing more to
+    /// remember. (Records written before handles existed read as this.)
+    #[default]
+    Local,
 }
 
-fn libc_edquot() -> i32 {
-    rustix::io::Errno::DQUOT.raw_os_error()
+/// The storage backend for the bytes of unfinished uploads; see the module documentation.
+#[derive(Debug, Clone)]
+pub enum Partials {
+    /// Files in the local store's own folder, on the same file system as the finished files
+    /// (so completing one is a rename).
+    Local(LocalStore),
+}
+
+impl Store {
+    /// How this backend keeps its guarantees.
+    pub fn capabilities(&self) -> Capabilities {
+        match self {
+            Store::Local(s) => s.capabilities(),
+        }
+    }
+
+    /// Where the bytes of unfinished uploads go with this backend.
+    pub fn partials(&self) -> Partials {
+        match self {
+            Store::Local(s) => Partials::Local(s.clone()),
+        }
+    }
+
+    /// Starts a new upload; its bytes are hashed as they are written when `hashing` asks.
+    pub fn stage(&self, hashing: Hashing) -> Staged {
+        match self {
+            Store::Local(s) => Staged::Local(s.stage(hashing)),
+        }
+    }
+
+    /// Makes a staged upload the file at `key`, atomically and durably, unless something is
+    /// already there ([`StoreError::Exists`]; the staged bytes are then dropped).
+    pub async fn commit(&self, staged: Staged, key: &FileKey, meta: &FileMeta) -> Result<(), StoreError> {
+        match (self, staged) {
+            (Store::Local(s), Staged::Local(staged)) => s.commit(staged, key, meta).await,
+        }
+    }
+
+    /// Whether the key is taken (a file, or for the local store also a folder).
+    pub async fn exists(&self, key: &FileKey) -> bool {
+        match self {
+            Store::Local(s) => s.exists(key).await,
+        }
+    }
+
+    /// What is stored at `key`, without its bytes.
+    pub async fn head(&self, key: &FileKey) -> Result<ObjectInfo, StoreError> {
+        self.open(key, false).await.map(|o| o.info)
+    }
+
+    /// Opens the file at `key` for a download; with `read_small`, a file of at most
+    /// [`SMALL_FILE_BYTES`] comes with its whole content.
+    pub async fn open(&self, key: &FileKey, read_small: bool) -> Result<Opened, StoreError> {
+        match self {
+            Store::Local(s) => {
+                let (info, content, file) = s.open_file(key, read_small).await?;
+                Ok(Opened {
+                    info,
+                    content,
+                    source: Source::Local(file),
+                })
+            }
+        }
+    }
+
+    /// Removes the file at `key` and its metadata; returns the size it had.
+    pub async fn delete(&self, key: &FileKey) -> Result<u64, StoreError> {
+        match self {
+            Store::Local(s) => s.delete(key).await,
+        }
+    }
+
+    /// Every finished file, as a stream (the store's own files are not in it).
+    pub fn list(&self) -> ListStream {
+        match self {
+            Store::Local(s) => s.list(),
+        }
+    }
+
+    /// Whether the store can take a file now (for `/health`); the reason when not.
+    pub async fn probe(&self) -> Result<(), String> {
+        match self {
+            Store::Local(s) => s.probe().await,
+        }
+    }
+
+    /// Removes staged uploads older than `max_age` (left by a crash); returns how many.
+    pub async fn sweep_staging(&self, max_age: Duration) -> Result<usize, StoreError> {
+        match self {
+            Store::Local(s) => s.sweep_temporaries(max_age).await,
+        }
+    }
+}
+
+impl Staged {
+    /// Takes a frame of a request body, refusing to go past `limit` bytes in all (counting
+    /// from the start of this staging); may start a write to the backend.
+    pub async fn take_frame<B>(
+        &mut self,
+        frame: http_body::Frame<Bytes>,
+        body: &mut B,
+        limit: u64,
+    ) -> Result<(), TakeError>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+    {
+        match self {
+            Staged::Local(s) => s.take_frame(frame, body, limit).await,
+        }
+    }
+
+    /// Takes a chunk of bytes.
+    pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
+        match self {
+            Staged::Local(s) => s.write(chunk).await,
+        }
+    }
+
+    /// Bytes taken so far.
+    pub fn len(&self) -> u64 {
+        match self {
+            Staged::Local(s) => s.len(),
+        }
+    }
+
+    /// Whether nothing was taken.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The digests of everything taken, when staged with hashing.
+    pub async fn digests(&mut self) -> Result<Option<Digests>, StoreError> {
+        match self {
+            Staged::Local(s) => s.digests().await,
+        }
+    }
+}
+
+impl Partials {
+    /// Creates the (empty) bytes of a new upload.
+    pub async fn create(&self, id: &str) -> Result<PartialHandle, StoreError> {
+        match self {
+            Partials::Local(s) => s.create_partial(id).await,
+        }
+    }
+
+    /// Opens upload `id` to append at `offset`, its durable length (anything past it, written
+    /// before a crash and never acknowledged, is cut off).
+    pub async fn append_at(
+        &self,
+        id: &str,
+        handle: &PartialHandle,
+        offset: u64,
+        hashing: Hashing,
+    ) -> Result<Staged, StoreError> {
+        match (self, handle) {
+            (Partials::Local(s), PartialHandle::Local) => Ok(Staged::Local(s.open_partial(id, offset, hashing).await?)),
+        }
+    }
+
+    /// Makes what `appender` took durable; returns the upload's new durable length and handle.
+    pub async fn persist(&self, appender: Staged, offset: u64) -> Result<(u64, PartialHandle), StoreError> {
+        match (self, appender) {
+            (Partials::Local(_), Staged::Local(mut file)) => {
+                file.sync().await?;
+                Ok((offset + file.len(), PartialHandle::Local))
+            }
+        }
+    }
+
+    /// Drops everything `appender` took: the upload stays at `offset`, durably.
+    pub async fn discard(&self, appender: Staged, offset: u64) -> Result<(), StoreError> {
+        match (self, appender) {
+            (Partials::Local(_), Staged::Local(mut file)) => file.truncate(offset).await,
+        }
+    }
+
+    /// Keeps the bytes of a broken-off whole-file upload as upload `id`; returns their durable
+    /// count and the handle.
+    pub async fn keep(&self, staged: Staged, id: &str) -> Result<(u64, PartialHandle), StoreError> {
+        match (self, staged) {
+            (Partials::Local(s), Staged::Local(staged)) => {
+                Ok((s.adopt_partial(staged, id).await?, PartialHandle::Local))
+            }
+        }
+    }
+
+    /// The first `len` bytes of upload `id`, as a stream.
+    pub fn read(&self, id: &str, handle: &PartialHandle, len: u64) -> ByteStream {
+        match (self, handle) {
+            (Partials::Local(s), PartialHandle::Local) => s.read_partial(id, len),
+        }
+    }
+
+    /// SHA-256 of the first `len` bytes of upload `id` (read once).
+    pub async fn sha256(&self, id: &str, handle: &PartialHandle, len: u64) -> Result<Vec<u8>, StoreError> {
+        match (self, handle) {
+            (Partials::Local(s), PartialHandle::Local) => s.sha256_partial(id, len).await,
+        }
+    }
+
+    /// Makes the first `len` bytes of upload `id` the file at `key`, through the store's
+    /// no-overwrite commit ([`StoreError::Exists`] when the key is taken; the bytes stay).
+    pub async fn complete(
+        &self,
+        id: &str,
+        handle: &PartialHandle,
+        len: u64,
+        key: &FileKey,
+        meta: &FileMeta,
+    ) -> Result<(), StoreError> {
+        match (self, handle) {
+            (Partials::Local(s), PartialHandle::Local) => {
+                let staged = s.open_partial(id, len, Hashing::NONE).await?;
+                s.commit(staged, key, meta).await
+            }
+        }
+    }
+
+    /// Removes the bytes of upload `id` (none is fine).
+    pub async fn remove(&self, id: &str, handle: &PartialHandle) -> Result<(), StoreError> {
+        match (self, handle) {
+            (Partials::Local(s), PartialHandle::Local) => s.remove_partial(id).await,
+        }
+    }
+
+    /// Removes the bytes of uploads untouched for longer than `max_age`; returns their ids.
+    pub async fn sweep(&self, max_age: Duration) -> Result<Vec<String>, StoreError> {
+        match self {
+            Partials::Local(s) => s.sweep_partials(max_age).await,
+        }
+    }
 }

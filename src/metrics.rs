@@ -8,7 +8,7 @@
 
 use std::time::Duration;
 
-use metrics::{counter, gauge, histogram};
+use ::metrics::{counter, gauge, histogram};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Uploads stored.
@@ -78,13 +78,17 @@ pub fn install() -> Result<PrometheusHandle, String> {
 }
 
 fn describe() {
-    use metrics::{describe_counter, describe_gauge, describe_histogram};
+    use ::metrics::{describe_counter, describe_gauge, describe_histogram};
     describe_counter!(UPLOADS, "Uploads stored.");
     describe_counter!(
         UPLOAD_ERRORS,
         "Upload requests (PUT, POST, PATCH) answered with an error or broken off."
     );
-    describe_histogram!(UPLOAD_DURATION, metrics::Unit::Seconds, "Duration of upload requests.");
+    describe_histogram!(
+        UPLOAD_DURATION,
+        ::metrics::Unit::Seconds,
+        "Duration of upload requests."
+    );
     describe_gauge!(
         GOROUTINES,
         "Live tasks of the server (named after the Go server's gauge)."
@@ -92,12 +96,12 @@ fn describe() {
     describe_counter!(DOWNLOADS, "Downloads answered with 200 or 206.");
     describe_counter!(
         UPLOAD_BYTES,
-        metrics::Unit::Bytes,
+        ::metrics::Unit::Bytes,
         "Body bytes received in upload requests."
     );
     describe_counter!(
         DOWNLOAD_BYTES,
-        metrics::Unit::Bytes,
+        ::metrics::Unit::Bytes,
         "Body bytes sent in download answers."
     );
     describe_gauge!(ACTIVE_UPLOADS, "Uploads in progress.");
@@ -109,10 +113,10 @@ fn describe() {
     describe_gauge!(BANNED_CLIENTS, "Client addresses banned now.");
     describe_counter!(RETENTION_DELETIONS, "Files deleted by retention, by reason.");
     describe_gauge!(STORE_FILES, "Files in the store.");
-    describe_gauge!(STORE_BYTES, metrics::Unit::Bytes, "Bytes in the store.");
+    describe_gauge!(STORE_BYTES, ::metrics::Unit::Bytes, "Bytes in the store.");
     describe_histogram!(
         REQUEST_DURATION,
-        metrics::Unit::Seconds,
+        ::metrics::Unit::Seconds,
         "Duration of requests by method and status."
     );
 }

@@ -16,33 +16,23 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use tokio::task::JoinHandle;
 
-use super::StoreError;
-use super::digest::{Digests, Hashers, Hashing};
+use super::classify_write;
+use crate::store::digest::{Digests, Hashers, Hashing};
+use crate::store::{StoreError, TakeError};
 
 /// Mode of the files the store creates.
 pub(super) const FILE_MODE: u32 = 0o640;
 
-type InFlight = JoinHandle<(Box<Staged>, Result<(), StoreError>)>;
+type InFlight = JoinHandle<(Box<FileParts>, Result<(), StoreError>)>;
 
 /// Most bytes gathered for one write when a fast sender has them ready.
 pub const WRITE_BATCH_BYTES: usize = 1 << 20;
-
-/// Why [`StagedFile::take_frame`] stopped.
-#[derive(Debug, thiserror::Error)]
-pub enum TakeError {
-    /// The body went past its limit (Content-Length, Upload-Length).
-    #[error("body longer than allowed")]
-    TooLong,
-    /// Writing failed.
-    #[error(transparent)]
-    Store(StoreError),
-}
 
 /// See the module documentation.
 #[derive(Debug)]
 pub struct StagedFile {
     /// `None` while a write is in flight.
-    inner: Option<Box<Staged>>,
+    inner: Option<Box<FileParts>>,
     in_flight: Option<InFlight>,
     /// Taken, not handed to a write yet.
     pending: Vec<Bytes>,
@@ -55,7 +45,7 @@ pub struct StagedFile {
 
 /// The part that moves to the blocking pool and back.
 #[derive(Debug)]
-pub(super) struct Staged {
+pub(super) struct FileParts {
     tmp_dir: PathBuf,
     pub(super) path: Option<PathBuf>,
     pub(super) file: Option<File>,
@@ -63,7 +53,7 @@ pub(super) struct Staged {
     keep: bool,
 }
 
-impl Drop for Staged {
+impl Drop for FileParts {
     fn drop(&mut self) {
         if !self.keep
             && let Some(path) = &self.path
@@ -73,7 +63,7 @@ impl Drop for Staged {
     }
 }
 
-impl Staged {
+impl FileParts {
     /// Creates the temporary file if it does not exist yet.
     pub(super) fn ensure_file(&mut self) -> Result<&mut File, StoreError> {
         if self.file.is_none() {
@@ -85,7 +75,7 @@ impl Staged {
                 .create_new(true)
                 .mode(FILE_MODE)
                 .open(&path)
-                .map_err(StoreError::from_write)?;
+                .map_err(classify_write)?;
             self.path = Some(path);
             self.file = Some(file);
         }
@@ -104,9 +94,9 @@ impl Staged {
             let mut slices: Vec<IoSlice<'_>> = group.iter().map(|b| IoSlice::new(b)).collect();
             let mut slices = &mut slices[..];
             while !slices.is_empty() {
-                let n = file.write_vectored(slices).map_err(StoreError::from_write)?;
+                let n = file.write_vectored(slices).map_err(classify_write)?;
                 if n == 0 {
-                    return Err(StoreError::from_write(io::ErrorKind::WriteZero.into()));
+                    return Err(classify_write(io::ErrorKind::WriteZero.into()));
                 }
                 IoSlice::advance_slices(&mut slices, n);
             }
@@ -123,7 +113,7 @@ impl Staged {
 /// What a commit needs: the file's parts and what is still to be written.
 #[derive(Debug)]
 pub(super) struct Settled {
-    pub(super) staged: Box<Staged>,
+    pub(super) staged: Box<FileParts>,
     pub(super) pending: Vec<Bytes>,
     pub(super) hashed: usize,
 }
@@ -150,7 +140,7 @@ impl StagedFile {
         keep: bool,
     ) -> Self {
         Self {
-            inner: Some(Box::new(Staged {
+            inner: Some(Box::new(FileParts {
                 tmp_dir,
                 path,
                 file,
@@ -167,33 +157,30 @@ impl StagedFile {
     }
 
     /// Waits for the write in flight, if any, and returns the file's parts.
-    async fn settle(&mut self) -> Result<&mut Staged, StoreError> {
+    async fn settle(&mut self) -> Result<&mut FileParts, StoreError> {
         if let Some(task) = self.in_flight.take() {
-            let (staged, result) = task.await.map_err(|e| StoreError::Io(io::Error::other(e)))?;
+            let (staged, result) = task.await.map_err(StoreError::other)?;
             self.inner = Some(staged);
             result?;
         }
         self.inner
             .as_deref_mut()
-            .ok_or_else(|| StoreError::Io(io::Error::other("staged file lost")))
+            .ok_or_else(|| StoreError::other("staged file lost"))
     }
 
     /// Runs `f` on the blocking pool with the file's parts (after the write in flight).
     async fn blocking<R: Send + 'static>(
         &mut self,
-        f: impl FnOnce(&mut Staged) -> Result<R, StoreError> + Send + 'static,
+        f: impl FnOnce(&mut FileParts) -> Result<R, StoreError> + Send + 'static,
     ) -> Result<R, StoreError> {
         self.settle().await?;
-        let mut staged = self
-            .inner
-            .take()
-            .ok_or_else(|| StoreError::Io(io::Error::other("staged file lost")))?;
+        let mut staged = self.inner.take().ok_or_else(|| StoreError::other("staged file lost"))?;
         let (staged, result) = tokio::task::spawn_blocking(move || {
             let r = f(&mut staged);
             (staged, r)
         })
         .await
-        .map_err(|e| StoreError::Io(io::Error::other(e)))?;
+        .map_err(StoreError::other)?;
         self.inner = Some(staged);
         result
     }
@@ -274,10 +261,7 @@ impl StagedFile {
             return Ok(());
         }
         let (chunks, hashed) = self.take_pending();
-        let mut staged = self
-            .inner
-            .take()
-            .ok_or_else(|| StoreError::Io(io::Error::other("staged file lost")))?;
+        let mut staged = self.inner.take().ok_or_else(|| StoreError::other("staged file lost"))?;
         self.in_flight = Some(tokio::task::spawn_blocking(move || {
             let r = staged.write_chunks(&chunks, hashed);
             (staged, r)
@@ -291,7 +275,7 @@ impl StagedFile {
         let (chunks, hashed) = self.take_pending();
         self.blocking(move |s| {
             s.write_chunks(&chunks, hashed)?;
-            s.ensure_file()?.sync_data().map_err(StoreError::from_write)
+            s.ensure_file()?.sync_data().map_err(classify_write)
         })
         .await
     }
@@ -306,7 +290,7 @@ impl StagedFile {
             let f = s.ensure_file()?;
             f.set_len(len)?;
             f.seek(io::SeekFrom::Start(len))?;
-            f.sync_data().map_err(StoreError::from_write)
+            f.sync_data().map_err(classify_write)
         })
         .await
     }
@@ -318,7 +302,7 @@ impl StagedFile {
         let staged = self
             .inner
             .as_deref_mut()
-            .ok_or_else(|| StoreError::Io(io::Error::other("staged file lost")))?;
+            .ok_or_else(|| StoreError::other("staged file lost"))?;
         let Some(h) = &mut staged.hashers else { return Ok(None) };
         for chunk in &self.pending[self.hashed..] {
             h.update(chunk);
@@ -341,10 +325,7 @@ impl StagedFile {
     pub(super) async fn into_settled(mut self) -> Result<Settled, StoreError> {
         self.settle().await?;
         let (pending, hashed) = self.take_pending();
-        let staged = self
-            .inner
-            .take()
-            .ok_or_else(|| StoreError::Io(io::Error::other("staged file lost")))?;
+        let staged = self.inner.take().ok_or_else(|| StoreError::other("staged file lost"))?;
         Ok(Settled {
             staged,
             pending,

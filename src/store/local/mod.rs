@@ -1,37 +1,49 @@
-//! The local file-system store.
+//! The local file-system store: both seams of [`crate::store`] on one folder.
 //!
 //! Layout under StoreDir:
 //! - `<UploadSubDir>/<key>`: finished files, exactly the bytes uploaded (prosody-filer keeps
 //!   the same bytes at `storeDir/<key>`: point StoreDir at the parent of its folder);
 //! - `.hmac-file-server/tmp/`: uploads in progress, one randomly named file each;
-//! - `.hmac-file-server/partial/`: the bytes of unfinished resumable uploads;
+//! - `.hmac-file-server/partial/`: the bytes of unfinished resumable uploads ([`partial`]);
 //! - `.hmac-file-server/meta/`: a JSON sidecar per finished file whose content type is not
-//!   the default or whose SHA-256 is known ([`super::meta`]).
+//!   the default or whose SHA-256 is known ([`crate::store::meta`]).
 //!
-//! A commit is: write what is pending, `fsync` the staged file, write the sidecar (not
-//! fsynced: a torn one is ignored), `renameat2(RENAME_NOREPLACE)` into place (link + unlink
-//! where the file system lacks it), then `fsync` the folder. A crash at any point leaves
-//! either no file or the whole file at the final path, plus at worst a temporary that the
-//! sweeper removes.
+//! A commit is: write what is pending, stamp the file's modification time (unique per
+//! commit, so it serves as the ETag with the size), `fsync` the staged file, write the
+//! sidecar (not fsynced: a torn one is ignored), `renameat2(RENAME_NOREPLACE)` into place
+//! (link + unlink where the file system lacks it), then `fsync` the folder. A crash at any
+//! point leaves either no file or the whole file at the final path, plus at worst a temporary
+//! that the sweeper removes.
+
+mod beneath;
+mod partial;
+mod staged;
+
+pub use staged::{StagedFile, WRITE_BATCH_BYTES};
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use rustix::fs::{Mode, OFlags, RenameFlags, ResolveFlags};
+use bytes::Bytes;
+use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
-use super::digest::Hashing;
-use super::key::INTERNAL_DIR;
 use super::meta::{FileMeta, sidecar_name};
-use super::staged::{FILE_MODE, Settled, StagedFile};
-use super::{FileKey, StoreError};
+use super::{ByteStream, Capabilities, Hashing, ListStream, Listed, NoOverwrite, ObjectInfo, RetryPolicy};
+use super::{SMALL_FILE_BYTES, StoreError};
+use crate::key::{FileKey, INTERNAL_DIR};
+use beneath::{dir_beneath, open_beneath, rename_into_store, split_key};
+use staged::{FILE_MODE, Settled};
 
 const DIR_MODE: u32 = 0o750;
+/// Read size when streaming a file out.
+const READ_CHUNK_BYTES: usize = 1024 * 1024;
 
 /// Files on the local file system, see the module documentation.
 #[derive(Debug, Clone)]
@@ -42,6 +54,7 @@ pub struct LocalStore {
 #[derive(Debug)]
 struct Inner {
     files_dir: PathBuf,
+    internal_dir: PathBuf,
     tmp_dir: PathBuf,
     meta_dir: PathBuf,
     partial_dir: PathBuf,
@@ -49,26 +62,24 @@ struct Inner {
     retry: RetryPolicy,
 }
 
-/// How transient storage errors (EINTR, EAGAIN, EBUSY, ESTALE, ETIMEDOUT: the kind a busy
-/// or network file system gives) are retried: MaxRetries times, RetryDelay apart; reads only
-/// with EnableGetRetries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct RetryPolicy {
-    /// Retries after the first attempt.
-    pub max_retries: u32,
-    /// Pause between attempts.
-    pub delay: Duration,
-    /// Whether GET's reads are retried too.
-    pub on_reads: bool,
+/// Classifies an I/O error from a write path: ENOSPC and EDQUOT are [`StoreError::Full`].
+pub(crate) fn classify_write(e: io::Error) -> StoreError {
+    let full = [Errno::NOSPC, Errno::DQUOT]
+        .iter()
+        .any(|errno| e.raw_os_error() == Some(errno.raw_os_error()))
+        || matches!(e.kind(), io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded);
+    if full { StoreError::Full(e) } else { StoreError::Io(e) }
 }
 
-impl RetryPolicy {
-    /// No retries.
-    pub const NONE: RetryPolicy = RetryPolicy {
-        max_retries: 0,
-        delay: Duration::ZERO,
-        on_reads: false,
-    };
+/// Whether trying again may succeed (EINTR, EAGAIN, EBUSY, ESTALE, ETIMEDOUT).
+fn is_transient(e: &StoreError) -> bool {
+    let StoreError::Io(e) = e else { return false };
+    matches!(
+        e.kind(),
+        io::ErrorKind::Interrupted | io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    ) || [Errno::INTR, Errno::AGAIN, Errno::BUSY, Errno::STALE, Errno::TIMEDOUT]
+        .iter()
+        .any(|errno| e.raw_os_error() == Some(errno.raw_os_error()))
 }
 
 /// Runs `f`, retrying transient failures as `policy` says.
@@ -76,7 +87,7 @@ fn retrying<T>(policy: RetryPolicy, what: &str, mut f: impl FnMut() -> Result<T,
     let mut attempt = 0;
     loop {
         match f() {
-            Err(e) if attempt < policy.max_retries && e.is_transient() => {
+            Err(e) if attempt < policy.max_retries && is_transient(&e) => {
                 attempt += 1;
                 tracing::warn!(error = %e, attempt, max = policy.max_retries, "transient storage error during {what}; retrying");
                 std::thread::sleep(policy.delay);
@@ -86,26 +97,72 @@ fn retrying<T>(policy: RetryPolicy, what: &str, mut f: impl FnMut() -> Result<T,
     }
 }
 
-/// An open stored file, ready to be sent.
-#[derive(Debug)]
-pub struct StoredFile {
-    /// The open file.
-    pub file: File,
-    /// Its size in bytes.
-    pub size: u64,
-    /// Its modification time (the commit time).
-    pub modified: SystemTime,
-    /// Its sidecar, when present and consistent with the file.
-    pub meta: Option<FileMeta>,
-    /// Its inode number (with size and time, it tells apart two files stored in one clock tick).
-    pub inode: u64,
-    /// The whole content, when it was asked for and is at most [`SMALL_FILE_BYTES`]: read in
-    /// the same trip to the blocking pool as the open.
-    pub content: Option<bytes::Bytes>,
+/// A modification time for a commit: now, with nanoseconds, and later than every one given
+/// before in this process. With the size it is the file's ETag, so two files committed at one
+/// key (a delete, then a new upload of the same size) never share a validator, whatever the
+/// clock's tick (no inode number needed: those are reused, and object stores have none).
+fn unique_commit_time() -> SystemTime {
+    static LAST_NANOS: AtomicU64 = AtomicU64::new(0);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64);
+    let previous = LAST_NANOS
+        .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |last| Some(now.max(last + 1)))
+        .unwrap_or(now);
+    UNIX_EPOCH + Duration::from_nanos(now.max(previous + 1))
 }
 
-/// Files up to this size are read whole when opened for a download.
-pub const SMALL_FILE_BYTES: u64 = 256 * 1024;
+/// The ETag of a local file: its size and modification time in nanoseconds.
+fn etag(size: u64, modified: SystemTime) -> String {
+    let nanos = modified.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
+    format!("\"{size:x}-{nanos:x}\"")
+}
+
+/// A finished file opened for a download.
+#[derive(Debug)]
+pub struct OpenFile {
+    file: Arc<File>,
+}
+
+impl OpenFile {
+    /// The bytes `start..end` in READ_CHUNK_BYTES pieces, the next piece always being read
+    /// (with `pread`, on the blocking pool) while the current one is sent: disk and socket work
+    /// at the same time, and at most two pieces are in memory per download.
+    pub fn stream(self, start: u64, end: u64) -> ByteStream {
+        type Read = tokio::task::JoinHandle<io::Result<Bytes>>;
+        fn read(file: &Arc<File>, offset: u64, end: u64) -> Option<Read> {
+            if offset >= end {
+                return None;
+            }
+            let file = Arc::clone(file);
+            let len = (end - offset).min(READ_CHUNK_BYTES as u64) as usize;
+            Some(tokio::task::spawn_blocking(move || {
+                use std::os::unix::fs::FileExt;
+                let mut buf = vec![0u8; len];
+                file.read_exact_at(&mut buf, offset)?;
+                Ok(Bytes::from(buf))
+            }))
+        }
+        let first = read(&self.file, start, end);
+        Box::pin(futures_util::stream::unfold(
+            (self.file, start, end, first),
+            |(file, offset, end, pending)| async move {
+                let result = match pending?.await {
+                    Ok(r) => r,
+                    Err(e) => Err(io::Error::other(e)),
+                };
+                match result {
+                    Ok(chunk) => {
+                        let next = offset + chunk.len() as u64;
+                        let following = read(&file, next, end);
+                        Some((Ok(chunk), (file, next, end, following)))
+                    }
+                    Err(e) => Some((Err(e), (file, end, end, None))),
+                }
+            },
+        ))
+    }
+}
 
 impl Inner {
     /// The upload folder, opened now (not once at start: an operator may replace or remount
@@ -117,10 +174,10 @@ impl Inner {
             Mode::empty(),
         )
         .map_err(|e| match e {
-            Errno::NOENT | Errno::NOTDIR => StoreError::Io(io::Error::other(format!(
+            Errno::NOENT | Errno::NOTDIR => StoreError::other(format!(
                 "upload folder {} is missing or not a folder",
                 self.files_dir.display()
-            ))),
+            )),
             e => StoreError::Io(e.into()),
         })
     }
@@ -135,16 +192,17 @@ impl LocalStore {
         } else {
             store_dir.join(sub_dir)
         };
-        let internal = store_dir.join(INTERNAL_DIR);
-        let tmp_dir = internal.join("tmp");
-        let meta_dir = internal.join("meta");
-        let partial_dir = internal.join("partial");
+        let internal_dir = store_dir.join(INTERNAL_DIR);
+        let tmp_dir = internal_dir.join("tmp");
+        let meta_dir = internal_dir.join("meta");
+        let partial_dir = internal_dir.join("partial");
         for dir in [&files_dir, &tmp_dir, &meta_dir, &partial_dir] {
             DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)?;
         }
         Ok(Self {
             inner: Arc::new(Inner {
                 files_dir,
+                internal_dir,
                 tmp_dir,
                 meta_dir,
                 partial_dir,
@@ -154,94 +212,20 @@ impl LocalStore {
         })
     }
 
-    /// The folder finished files live in.
-    pub fn files_dir(&self) -> &Path {
-        &self.inner.files_dir
-    }
-
-    /// The folder uploads in progress live in.
-    pub fn tmp_dir(&self) -> &Path {
+    /// The temporary folder (for tests that look at what is left there).
+    #[cfg(test)]
+    pub(crate) fn tmp_dir(&self) -> &Path {
         &self.inner.tmp_dir
     }
 
-    /// The folder the bytes of unfinished resumable uploads live in.
-    pub fn partial_dir(&self) -> &Path {
-        &self.inner.partial_dir
-    }
-
-    /// Where the bytes of resumable upload `id` live (`id` is validated by the caller).
-    pub fn partial_path(&self, id: &str) -> PathBuf {
-        self.inner.partial_dir.join(format!("{id}.part"))
-    }
-
-    /// Opens the bytes of resumable upload `id` to append at `offset`: anything past the
-    /// durable offset (written before a crash, never acknowledged) is cut off first. The file
-    /// is created when missing and kept when the handle is dropped.
-    pub async fn open_partial(&self, id: &str, offset: u64, hashing: Hashing) -> Result<StagedFile, StoreError> {
-        let path = self.partial_path(id);
-        let buffer_bytes = self.inner.buffer_bytes;
-        run_blocking_store(move || {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(FILE_MODE)
-                .open(&path)?;
-            let len = file.metadata()?.len();
-            if len < offset {
-                return Err(StoreError::Io(io::Error::other(format!(
-                    "partial upload has {len} bytes, its record says {offset}"
-                ))));
-            }
-            if len > offset {
-                file.set_len(offset)?;
-            }
-            use std::io::Seek;
-            file.seek(io::SeekFrom::Start(offset))?;
-            Ok(StagedFile::existing(path, file, buffer_bytes, hashing))
-        })
-        .await
-    }
-
-    /// Keeps the bytes of a broken-off upload as resumable upload `id`: flushes, fsyncs and
-    /// moves the temporary file into the partial folder. Returns the durable byte count.
-    pub async fn adopt_partial(&self, mut staged: StagedFile, id: &str) -> Result<u64, StoreError> {
-        staged.sync().await?;
-        let dest = self.partial_path(id);
-        let mut staged = staged.into_settled().await?.staged;
-        run_blocking_store(move || {
-            let path = staged.path.clone().ok_or_else(|| io::Error::other("nothing written"))?;
-            let len = fs::metadata(&path)?.len();
-            fs::rename(&path, &dest)?;
-            staged.disarm();
-            if let Some(parent) = dest.parent() {
-                sync_dir(parent)?;
-            }
-            Ok(len)
-        })
-        .await
-    }
-
-    /// Removes the bytes of resumable upload `id`.
-    pub async fn remove_partial(&self, id: &str) -> Result<(), StoreError> {
-        let path = self.partial_path(id);
-        run_blocking_store(move || match fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
-        })
-        .await
-    }
-
-    /// Removes partial uploads untouched for longer than `max_age`; returns their ids.
-    pub async fn sweep_partials(&self, max_age: Duration) -> Result<Vec<String>, StoreError> {
-        let dir = self.inner.partial_dir.clone();
-        run_blocking_store(move || {
-            Ok(remove_older_than(&dir, max_age)?
-                .into_iter()
-                .map(|name| name.trim_end_matches(".part").to_string())
-                .collect())
-        })
-        .await
+    /// How this backend keeps the store's guarantees.
+    pub fn capabilities(&self) -> Capabilities {
+        Capabilities {
+            backend: "local",
+            no_overwrite: NoOverwrite::Native("renameat2(RENAME_NOREPLACE), or link+unlink"),
+            durability: "fsync of the file and of its folder",
+            partials: "files in the store's own folder, renamed into place when complete",
+        }
     }
 
     /// Whether a finished file (or folder) exists at the key.
@@ -261,19 +245,15 @@ impl LocalStore {
         .unwrap_or(false)
     }
 
-    /// Starts a new upload in the temporary folder.
-    pub async fn stage(&self) -> Result<StagedFile, StoreError> {
-        self.stage_hashing(Hashing::NONE).await
-    }
-
     /// Starts a new upload whose bytes are hashed as they are written (on the I/O thread, so
-    /// the file is never read twice).
-    pub async fn stage_hashing(&self, hashing: Hashing) -> Result<StagedFile, StoreError> {
-        Ok(StagedFile::lazy(&self.inner.tmp_dir, self.inner.buffer_bytes, hashing))
+    /// the file is never read twice); its temporary file is created by the first write.
+    pub fn stage(&self, hashing: Hashing) -> StagedFile {
+        StagedFile::lazy(&self.inner.tmp_dir, self.inner.buffer_bytes, hashing)
     }
 
     /// Makes a staged upload the file at `key`, atomically and durably, unless a file is
-    /// already there ([`StoreError::Exists`]; the staged file is then removed).
+    /// already there ([`StoreError::Exists`]; a temporary staged file is then removed, a
+    /// partial upload's bytes stay).
     pub async fn commit(&self, staged: StagedFile, key: &FileKey, meta: &FileMeta) -> Result<(), StoreError> {
         let inner = Arc::clone(&self.inner);
         let key = key.clone();
@@ -282,13 +262,14 @@ impl LocalStore {
         let meta_json = (meta.content_type != crate::auth::DEFAULT_CONTENT_TYPE || meta.sha256.is_some())
             .then(|| serde_json::to_vec(meta))
             .transpose()
-            .map_err(io::Error::other)?;
+            .map_err(StoreError::other)?;
         let Settled {
             mut staged,
             pending,
             hashed,
         } = staged.into_settled().await?;
-        // One trip to the blocking pool: write what is pending, fsync, rename, fsync the folder.
+        // One trip to the blocking pool: write what is pending, stamp, fsync, rename, fsync the
+        // folder.
         run_blocking_store(move || {
             if !pending.is_empty() || staged.file.is_none() {
                 staged.write_chunks(&pending, hashed)?;
@@ -296,13 +277,14 @@ impl LocalStore {
             let file = staged
                 .file
                 .take()
-                .ok_or_else(|| io::Error::other("staged file already closed"))?;
-            retrying(inner.retry, "fsync", || file.sync_all().map_err(StoreError::from_write))?;
+                .ok_or_else(|| StoreError::other("staged file already closed"))?;
+            file.set_modified(unique_commit_time())?;
+            retrying(inner.retry, "fsync", || file.sync_all().map_err(classify_write))?;
             drop(file);
             let path = staged
                 .path
                 .clone()
-                .ok_or_else(|| io::Error::other("staged file has no path"))?;
+                .ok_or_else(|| StoreError::other("staged file has no path"))?;
 
             // The sidecar goes first into the temp folder; it is not fsynced: after a crash
             // a torn one is ignored (it must parse and match the size), never trusted.
@@ -318,7 +300,7 @@ impl LocalStore {
                     .create_new(true)
                     .mode(FILE_MODE)
                     .open(&meta_tmp)?;
-                f.write_all(json).map_err(StoreError::from_write)?;
+                f.write_all(json).map_err(classify_write)?;
             }
 
             retrying(inner.retry, "rename", || rename_into_store(&inner.root()?, &path, &key))?;
@@ -340,8 +322,13 @@ impl LocalStore {
         .await
     }
 
-    /// Opens the finished file at `key` for reading, never outside the store.
-    pub async fn open_file(&self, key: &FileKey, read_small: bool) -> Result<StoredFile, StoreError> {
+    /// Opens the finished file at `key` for reading, never outside the store: what it is,
+    /// its whole content when `read_small` and it is small, and the open file.
+    pub async fn open_file(
+        &self,
+        key: &FileKey,
+        read_small: bool,
+    ) -> Result<(ObjectInfo, Option<Bytes>, OpenFile), StoreError> {
         let inner = Arc::clone(&self.inner);
         let key = key.clone();
         run_blocking_store(move || {
@@ -357,24 +344,23 @@ impl LocalStore {
                     return Err(StoreError::NotFound);
                 }
                 let size = stat.len();
+                let modified = stat.modified()?;
                 let meta = read_sidecar(&inner.meta_dir, &key).filter(|m| m.size == size);
                 let content = if read_small && size <= SMALL_FILE_BYTES {
                     use std::io::Read;
                     let mut buf = vec![0u8; size as usize];
                     (&file).read_exact(&mut buf)?;
-                    Some(bytes::Bytes::from(buf))
+                    Some(Bytes::from(buf))
                 } else {
                     None
                 };
-                use std::os::unix::fs::MetadataExt;
-                Ok(StoredFile {
-                    file,
+                let info = ObjectInfo {
                     size,
-                    modified: stat.modified()?,
+                    modified,
+                    etag: etag(size, modified),
                     meta,
-                    inode: stat.ino(),
-                    content,
-                })
+                };
+                Ok((info, content, OpenFile { file: Arc::new(file) }))
             })
         })
         .await
@@ -423,6 +409,82 @@ impl LocalStore {
         .await
     }
 
+    /// Every regular file under the upload folder whose name is a valid key (the store's own
+    /// folder and anything else are left out), walked on the blocking pool and handed over
+    /// in a bounded channel.
+    pub fn list(&self) -> ListStream {
+        let (tx, rx) = tokio::sync::mpsc::channel(1024);
+        let root = self.inner.files_dir.clone();
+        let internal = self.inner.internal_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            let mut stack = vec![root.clone()];
+            while let Some(dir) = stack.pop() {
+                let entries = match fs::read_dir(&dir) {
+                    Ok(entries) => entries,
+                    Err(e) if dir == root => {
+                        let _ = tx.blocking_send(Err(StoreError::Io(e)));
+                        return;
+                    }
+                    Err(_) => continue,
+                };
+                for entry in entries.flatten() {
+                    let Ok(kind) = entry.file_type() else { continue };
+                    let path = entry.path();
+                    if kind.is_dir() {
+                        if path != internal {
+                            stack.push(path);
+                        }
+                        continue;
+                    }
+                    if !kind.is_file() {
+                        continue;
+                    }
+                    let Ok(meta) = entry.metadata() else { continue };
+                    let Some(rel) = path.strip_prefix(&root).ok().and_then(|p| p.to_str()) else {
+                        continue;
+                    };
+                    let Ok(key) = FileKey::parse_decoded(rel) else { continue };
+                    let listed = Listed {
+                        key,
+                        size: meta.len(),
+                        modified: meta.modified().unwrap_or(UNIX_EPOCH),
+                    };
+                    if tx.blocking_send(Ok(listed)).is_err() {
+                        return;
+                    }
+                }
+            }
+        });
+        Box::pin(futures_util::stream::unfold(rx, |mut rx| async move {
+            rx.recv().await.map(|item| (item, rx))
+        }))
+    }
+
+    /// The upload folder is a writable folder, and a probe file can be created, written,
+    /// synced and removed in the temporary folder (none in the upload folder: GET or
+    /// retention would see it).
+    pub async fn probe(&self) -> Result<(), String> {
+        let files = self.inner.files_dir.clone();
+        let tmp = self.inner.tmp_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            match fs::metadata(&files) {
+                Ok(m) if m.is_dir() => {}
+                Ok(_) => return Err(format!("{} is not a folder", files.display())),
+                Err(e) => return Err(format!("upload folder unusable: {e}")),
+            }
+            rustix::fs::access(&files, rustix::fs::Access::WRITE_OK)
+                .map_err(|e| format!("upload folder not writable: {e}"))?;
+            let path = tmp.join(format!("health-{}.probe", std::process::id()));
+            let result = File::create(&path)
+                .and_then(|mut f| f.write_all(b"ok").and_then(|()| f.sync_all()))
+                .map_err(|e| format!("store not writable: {e}"));
+            let _ = fs::remove_file(&path);
+            result
+        })
+        .await
+        .map_err(|e| e.to_string())?
+    }
+
     /// Removes temporaries older than `max_age`; returns how many went.
     pub async fn sweep_temporaries(&self, max_age: Duration) -> Result<usize, StoreError> {
         let tmp = self.inner.tmp_dir.clone();
@@ -458,105 +520,6 @@ fn remove_older_than(dir: &Path, max_age: Duration) -> Result<Vec<String>, Store
     Ok(removed)
 }
 
-/// Splits a key into its folder (relative, maybe empty) and file name.
-fn split_key(key: &FileKey) -> (&str, &str) {
-    match key.as_str().rsplit_once('/') {
-        Some((dir, name)) => (dir, name),
-        None => ("", key.as_str()),
-    }
-}
-
-/// Opens the folder `rel` beneath the store's root, creating missing folders when `create`,
-/// without ever leaving the root: a symlink that points out (or `..` games) fails with
-/// [`StoreError::Escape`]; a file where a folder should be with [`StoreError::Exists`].
-fn dir_beneath(root_fd: &OwnedFd, rel: &str, create: bool) -> Result<OwnedFd, StoreError> {
-    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
-    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
-    let mut dir = rustix::fs::openat(root_fd.as_fd(), ".", flags, Mode::empty()).map_err(io::Error::from)?;
-    if rel.is_empty() {
-        return Ok(dir);
-    }
-    let mut end = 0;
-    for segment in rel.split('/') {
-        end += segment.len();
-        let prefix = &rel[..end];
-        end += 1;
-        let mut attempts = 0;
-        dir = loop {
-            match rustix::fs::openat2(root_fd.as_fd(), prefix, flags, Mode::empty(), resolve) {
-                Ok(fd) => break fd,
-                Err(Errno::NOENT) if create && attempts < 3 => {
-                    attempts += 1;
-                    match rustix::fs::mkdirat(&dir, segment, Mode::from_raw_mode(DIR_MODE)) {
-                        Ok(()) | Err(Errno::EXIST) => continue,
-                        Err(e) => return Err(StoreError::from_write(e.into())),
-                    }
-                }
-                Err(Errno::NOENT) => return Err(StoreError::NotFound),
-                Err(Errno::NOTDIR) => return Err(StoreError::Exists),
-                Err(Errno::XDEV) | Err(Errno::LOOP) => return Err(StoreError::Escape),
-                Err(e) => return Err(StoreError::Io(e.into())),
-            }
-        };
-    }
-    Ok(dir)
-}
-
-/// Renames `from` into the store at `key` unless something is there already, creating the
-/// key's folders beneath the root (never through a symlink that leads out), then fsyncs the
-/// folder.
-fn rename_into_store(root_fd: &OwnedFd, from: &Path, key: &FileKey) -> Result<(), StoreError> {
-    let (dir_rel, name) = split_key(key);
-    for attempt in 0..3 {
-        let dir = dir_beneath(root_fd, dir_rel, true)?;
-        let cwd = rustix::fs::CWD;
-        let result = match rustix::fs::renameat_with(cwd, from, &dir, name, RenameFlags::NOREPLACE) {
-            // File systems without RENAME_NOREPLACE: `link` fails if the target exists.
-            Err(Errno::INVAL) | Err(Errno::NOSYS) => {
-                rustix::fs::linkat(cwd, from, &dir, name, rustix::fs::AtFlags::empty()).map(|()| {
-                    let _ = rustix::fs::unlink(from);
-                })
-            }
-            other => other,
-        };
-        match result {
-            Ok(()) => return rustix::fs::fsync(&dir).map_err(|e| StoreError::from_write(e.into())),
-            Err(Errno::EXIST) | Err(Errno::NOTDIR) | Err(Errno::ISDIR) | Err(Errno::NOTEMPTY) => {
-                return Err(StoreError::Exists);
-            }
-            // A concurrent delete removed the emptied folder between mkdir and rename.
-            Err(Errno::NOENT) if attempt < 2 => continue,
-            Err(e) => return Err(StoreError::from_write(e.into())),
-        }
-    }
-    Err(StoreError::Io(io::Error::other("rename kept failing")))
-}
-
-fn sync_dir(dir: &Path) -> Result<(), StoreError> {
-    File::open(dir)?.sync_all().map_err(StoreError::from_write)
-}
-
-/// Opens `relative` beneath the folder `dir_fd` without leaving it, even through symlinks.
-fn open_beneath(dir_fd: &OwnedFd, dir: &Path, relative: &str) -> Result<File, StoreError> {
-    let flags = OFlags::RDONLY | OFlags::CLOEXEC;
-    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
-    match rustix::fs::openat2(dir_fd.as_fd(), relative, flags, Mode::empty(), resolve) {
-        Ok(fd) => Ok(File::from(fd)),
-        Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) | Err(Errno::LOOP) => Err(StoreError::NotFound),
-        Err(Errno::NOSYS) | Err(Errno::PERM) => {
-            // Kernels before 5.6 (or a seccomp filter): resolve and check the prefix.
-            let path = dir.join(relative);
-            let real = fs::canonicalize(&path).map_err(|_| StoreError::NotFound)?;
-            let root = fs::canonicalize(dir)?;
-            if !real.starts_with(&root) {
-                return Err(StoreError::NotFound);
-            }
-            File::open(real).map_err(|_| StoreError::NotFound)
-        }
-        Err(e) => Err(StoreError::Io(e.into())),
-    }
-}
-
 fn read_sidecar(meta_dir: &Path, key: &FileKey) -> Option<FileMeta> {
     let (shard, name) = sidecar_name(key);
     let text = fs::read(meta_dir.join(shard).join(name)).ok()?;
@@ -572,9 +535,7 @@ fn random_hex(bytes: usize) -> String {
 async fn run_blocking_store<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
 ) -> Result<T, StoreError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| StoreError::Io(io::Error::other(e)))?
+    tokio::task::spawn_blocking(f).await.map_err(StoreError::other)?
 }
 
 #[cfg(test)]
@@ -599,7 +560,7 @@ mod tests {
     async fn commit_then_read_then_delete() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
-        let mut staged = store.stage().await.unwrap();
+        let mut staged = store.stage(Hashing::NONE);
         staged.write(Bytes::from_static(b"hello ")).await.unwrap();
         staged.write(Bytes::from(vec![b'x'; 10_000])).await.unwrap();
         assert_eq!(staged.len(), 10_006);
@@ -607,7 +568,7 @@ mod tests {
         let on_disk = fs::read(dir.path().join("upload/a/b c.txt")).unwrap();
         assert_eq!(on_disk.len(), 10_006);
         assert!(on_disk.starts_with(b"hello x"));
-        let opened = store.open_file(&key("a/b c.txt"), true).await.unwrap();
+        let (opened, _, _) = store.open_file(&key("a/b c.txt"), true).await.unwrap();
         assert_eq!(opened.size, 10_006);
         assert_eq!(opened.meta.unwrap().content_type, "text/plain");
         assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "no temporaries left");
@@ -624,10 +585,10 @@ mod tests {
     async fn no_replace_and_cleanup() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
-        let mut first = store.stage().await.unwrap();
+        let mut first = store.stage(Hashing::NONE);
         first.write(Bytes::from_static(b"first")).await.unwrap();
         store.commit(first, &key("k/f"), &meta(5)).await.unwrap();
-        let mut second = store.stage().await.unwrap();
+        let mut second = store.stage(Hashing::NONE);
         second.write(Bytes::from_static(b"second")).await.unwrap();
         assert!(matches!(
             store.commit(second, &key("k/f"), &meta(6)).await,
@@ -635,13 +596,13 @@ mod tests {
         ));
         assert_eq!(fs::read(dir.path().join("upload/k/f")).unwrap(), b"first");
         // A file where a folder would have to be.
-        let third = store.stage().await.unwrap();
+        let third = store.stage(Hashing::NONE);
         assert!(matches!(
             store.commit(third, &key("k/f/g"), &meta(0)).await,
             Err(StoreError::Exists)
         ));
         // A folder where the file would go.
-        let fourth = store.stage().await.unwrap();
+        let fourth = store.stage(Hashing::NONE);
         assert!(matches!(
             store.commit(fourth, &key("k"), &meta(0)).await,
             Err(StoreError::Exists)
@@ -652,7 +613,7 @@ mod tests {
             "losers leave nothing behind"
         );
         // Dropped without commit.
-        let mut dropped = store.stage().await.unwrap();
+        let mut dropped = store.stage(Hashing::NONE);
         dropped.write(Bytes::from_static(b"partial")).await.unwrap();
         drop(dropped);
         assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
@@ -662,10 +623,10 @@ mod tests {
     async fn stale_sidecar_is_ignored_and_symlinks_cannot_escape() {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
-        let mut staged = store.stage().await.unwrap();
+        let mut staged = store.stage(Hashing::NONE);
         staged.write(Bytes::from_static(b"abc")).await.unwrap();
         store.commit(staged, &key("s/f"), &meta(99)).await.unwrap();
-        assert!(store.open_file(&key("s/f"), false).await.unwrap().meta.is_none());
+        assert!(store.open_file(&key("s/f"), false).await.unwrap().0.meta.is_none());
 
         let outside = tempfile::tempdir().unwrap();
         fs::write(outside.path().join("secret"), b"x").unwrap();
@@ -726,7 +687,7 @@ mod tests {
             .unwrap()
             .set_modified(past)
             .unwrap();
-        let mut fresh = store.stage().await.unwrap();
+        let mut fresh = store.stage(Hashing::NONE);
         fresh.write(Bytes::from_static(b"x")).await.unwrap();
         fresh.sync().await.unwrap();
         assert_eq!(store.sweep_temporaries(Duration::from_secs(3600)).await.unwrap(), 1);

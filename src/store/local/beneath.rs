@@ -1,0 +1,115 @@
+//! Path resolution that never leaves the store: every folder and file is opened relative to
+//! the upload folder with `openat2(RESOLVE_BENEATH)`, so `..` games and symlinks placed in the
+//! store cannot lead outside it; and the no-replace rename that makes a staged file final.
+
+use std::fs::{self, File};
+use std::io;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::Path;
+
+use rustix::fs::{Mode, OFlags, RenameFlags, ResolveFlags};
+use rustix::io::Errno;
+
+use super::{DIR_MODE, classify_write};
+use crate::key::FileKey;
+use crate::store::StoreError;
+
+/// Splits a key into its folder (relative, maybe empty) and file name.
+pub(super) fn split_key(key: &FileKey) -> (&str, &str) {
+    match key.as_str().rsplit_once('/') {
+        Some((dir, name)) => (dir, name),
+        None => ("", key.as_str()),
+    }
+}
+
+/// Opens the folder `rel` beneath the store's root, creating missing folders when `create`,
+/// without ever leaving the root: a symlink that points out (or `..` games) fails with
+/// [`StoreError::Refused`]; a file where a folder should be with [`StoreError::Exists`].
+pub(super) fn dir_beneath(root_fd: &OwnedFd, rel: &str, create: bool) -> Result<OwnedFd, StoreError> {
+    let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    let mut dir = rustix::fs::openat(root_fd.as_fd(), ".", flags, Mode::empty()).map_err(io::Error::from)?;
+    if rel.is_empty() {
+        return Ok(dir);
+    }
+    let mut end = 0;
+    for segment in rel.split('/') {
+        end += segment.len();
+        let prefix = &rel[..end];
+        end += 1;
+        let mut attempts = 0;
+        dir = loop {
+            match rustix::fs::openat2(root_fd.as_fd(), prefix, flags, Mode::empty(), resolve) {
+                Ok(fd) => break fd,
+                Err(Errno::NOENT) if create && attempts < 3 => {
+                    attempts += 1;
+                    match rustix::fs::mkdirat(&dir, segment, Mode::from_raw_mode(DIR_MODE)) {
+                        Ok(()) | Err(Errno::EXIST) => continue,
+                        Err(e) => return Err(classify_write(e.into())),
+                    }
+                }
+                Err(Errno::NOENT) => return Err(StoreError::NotFound),
+                Err(Errno::NOTDIR) => return Err(StoreError::Exists),
+                Err(Errno::XDEV) | Err(Errno::LOOP) => return Err(StoreError::Refused),
+                Err(e) => return Err(StoreError::Io(e.into())),
+            }
+        };
+    }
+    Ok(dir)
+}
+
+/// Renames `from` into the store at `key` unless something is there already, creating the
+/// key's folders beneath the root (never through a symlink that leads out), then fsyncs the
+/// folder.
+pub(super) fn rename_into_store(root_fd: &OwnedFd, from: &Path, key: &FileKey) -> Result<(), StoreError> {
+    let (dir_rel, name) = split_key(key);
+    for attempt in 0..3 {
+        let dir = dir_beneath(root_fd, dir_rel, true)?;
+        let cwd = rustix::fs::CWD;
+        let result = match rustix::fs::renameat_with(cwd, from, &dir, name, RenameFlags::NOREPLACE) {
+            // File systems without RENAME_NOREPLACE: `link` fails if the target exists.
+            Err(Errno::INVAL) | Err(Errno::NOSYS) => {
+                rustix::fs::linkat(cwd, from, &dir, name, rustix::fs::AtFlags::empty()).map(|()| {
+                    let _ = rustix::fs::unlink(from);
+                })
+            }
+            other => other,
+        };
+        match result {
+            Ok(()) => return rustix::fs::fsync(&dir).map_err(|e| classify_write(e.into())),
+            Err(Errno::EXIST) | Err(Errno::NOTDIR) | Err(Errno::ISDIR) | Err(Errno::NOTEMPTY) => {
+                return Err(StoreError::Exists);
+            }
+            // A concurrent delete removed the emptied folder between mkdir and rename.
+            Err(Errno::NOENT) if attempt < 2 => continue,
+            Err(e) => return Err(classify_write(e.into())),
+        }
+    }
+    Err(StoreError::other("rename kept failing"))
+}
+
+/// fsyncs a folder (after a rename into it).
+pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir)?.sync_all().map_err(classify_write)
+}
+
+/// Opens `relative` beneath the folder `dir_fd` without leaving it, even through symlinks.
+pub(super) fn open_beneath(dir_fd: &OwnedFd, dir: &Path, relative: &str) -> Result<File, StoreError> {
+    let flags = OFlags::RDONLY | OFlags::CLOEXEC;
+    let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
+    match rustix::fs::openat2(dir_fd.as_fd(), relative, flags, Mode::empty(), resolve) {
+        Ok(fd) => Ok(File::from(fd)),
+        Err(Errno::NOENT) | Err(Errno::NOTDIR) | Err(Errno::XDEV) | Err(Errno::LOOP) => Err(StoreError::NotFound),
+        Err(Errno::NOSYS) | Err(Errno::PERM) => {
+            // Kernels before 5.6 (or a seccomp filter): resolve and check the prefix.
+            let path = dir.join(relative);
+            let real = fs::canonicalize(&path).map_err(|_| StoreError::NotFound)?;
+            let root = fs::canonicalize(dir)?;
+            if !real.starts_with(&root) {
+                return Err(StoreError::NotFound);
+            }
+            File::open(real).map_err(|_| StoreError::NotFound)
+        }
+        Err(e) => Err(StoreError::Io(e.into())),
+    }
+}
