@@ -1,0 +1,223 @@
+//! Bans: clients are banned after repeated auth failures, the ban lifts, Retry-After, and
+//! trusted proxies' forwarded addresses.
+
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+
+use crate::common::{TestServer, client, wait_until};
+use crate::helpers::{AUTH_FAILURES, header, metrics_addr, put, scrape};
+
+const BANS: &str = "hmac_file_server_bans_total";
+const BANNED_CLIENTS: &str = "hmac_file_server_banned_clients";
+
+/// Polls an async condition every 50 ms until it holds or `within` has passed.
+async fn poll<F, Fut>(within: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if check().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn bad_v_url(server: &TestServer, path: &str) -> String {
+    format!("{}?v={}", server.url(path), "cd".repeat(32))
+}
+
+/// Log lines that announce a ban.
+fn ban_lines(log: &str) -> Vec<String> {
+    log.lines()
+        .filter(|l| l.contains("banned") && l.contains("client="))
+        .map(str::to_string)
+        .collect()
+}
+
+/// The ban lines once at least one has been read from the server's stderr.
+fn wait_ban_lines(server: &TestServer) -> Vec<String> {
+    wait_until(Duration::from_secs(5), || !ban_lines(&server.log()).is_empty());
+    ban_lines(&server.log())
+}
+
+#[tokio::test]
+async fn bans_after_failures_and_lifts() {
+    let server = TestServer::start("BlockAfterFails = 3\nBlockDuration = 60\nAutoUnban = true\nAutoBanTime = 2");
+    let http = client();
+    let maddr = metrics_addr(&server.log());
+    for i in 0..3 {
+        let r = put(&http, &bad_v_url(&server, &format!("b/{i}")), b"x".to_vec()).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN, "bad token {i}");
+    }
+    let banned_at = Instant::now();
+    let r = http.get(server.url("b/anything")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS, "a GET from a banned client");
+    let retry: u64 = header(&r, "retry-after")
+        .expect("Retry-After on 429")
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!((1..=2).contains(&retry), "Retry-After {retry} for a 2 s ban");
+    let good = server.signed_v("b/good.bin", "b/good.bin", 3);
+    let r = put(&http, &good, b"abc".to_vec()).await;
+    assert_eq!(
+        r.status(),
+        StatusCode::TOO_MANY_REQUESTS,
+        "even a good token while banned"
+    );
+
+    let m = scrape(&http, &maddr).await;
+    assert_eq!(m.get(BANS, &[]), Some(1.0), "{BANS}");
+    assert_eq!(m.get(BANNED_CLIENTS, &[]), Some(1.0), "{BANNED_CLIENTS}");
+    assert_eq!(m.get(AUTH_FAILURES, &[]), Some(3.0), "429s are not auth failures");
+    let lines = wait_ban_lines(&server);
+    assert_eq!(lines.len(), 1, "one ban line: {lines:?}");
+    assert!(lines[0].contains("client=127.0.0.1"), "{}", lines[0]);
+
+    // The ban lifts by itself after AutoBanTime (2 s), not only at the next 5 s sweep.
+    let lifted = poll(Duration::from_millis(4500).saturating_sub(banned_at.elapsed()), || {
+        let (http, url) = (http.clone(), server.url("b/anything"));
+        async move { http.get(url).send().await.unwrap().status() != StatusCode::TOO_MANY_REQUESTS }
+    })
+    .await;
+    assert!(lifted, "the 2 s ban still held after {:?}", banned_at.elapsed());
+    assert!(
+        banned_at.elapsed() >= Duration::from_millis(1500),
+        "the ban lasted only {:?}",
+        banned_at.elapsed()
+    );
+    let r = http.get(server.url("b/anything")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = put(&http, &good, b"abc".to_vec()).await;
+    assert_eq!(r.status(), StatusCode::CREATED, "uploads work again");
+
+    // The 5 s sweep logs the lift and updates the gauge.
+    let logged = poll(Duration::from_secs(10), || {
+        let log = server.log();
+        async move { log.contains("ban lifted") }
+    })
+    .await;
+    assert!(logged, "no 'ban lifted' line:\n{}", server.log());
+    let gauge = poll(Duration::from_secs(3), || {
+        let (http, maddr) = (http.clone(), maddr.clone());
+        async move { scrape(&http, &maddr).await.get(BANNED_CLIENTS, &[]) == Some(0.0) }
+    })
+    .await;
+    assert!(gauge, "{BANNED_CLIENTS} back to 0");
+    assert_eq!(scrape(&http, &maddr).await.get(BANS, &[]), Some(1.0));
+}
+
+/// Retry-After must not send a client back while it is still banned: the remaining time is
+/// rounded up, so a fresh 60 s ban says 60, not 59.
+#[tokio::test]
+async fn retry_after_rounds_the_ban_up() {
+    let server = TestServer::start("BlockAfterFails = 3\nBlockDuration = 60\nAutoBanTime = 60");
+    let http = client();
+    let mut third_sent = Instant::now();
+    for i in 0..3 {
+        third_sent = Instant::now();
+        let r = put(&http, &bad_v_url(&server, &format!("ra/{i}")), b"x".to_vec()).await;
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+    let r = http.get(server.url("ra/x")).send().await.unwrap();
+    let since_third = third_sent.elapsed();
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = header(&r, "retry-after").expect("Retry-After").parse().unwrap();
+    // The ban began after the third request was sent: more than 60 s − since_third is left.
+    let left_at_least = Duration::from_secs(60).saturating_sub(since_third);
+    assert!(
+        Duration::from_secs(retry) >= left_at_least,
+        "Retry-After {retry} s while more than {left_at_least:?} of the ban remain"
+    );
+    assert!(retry <= 60, "Retry-After {retry} for a 60 s ban");
+}
+
+#[tokio::test]
+async fn trusted_proxy_forwarded_address_is_banned() {
+    let server = TestServer::start(
+        "BlockAfterFails = 3\nBlockDuration = 60\nAutoBanTime = 60\nTrustedProxies = [\"127.0.0.1/32\"]",
+    );
+    let http = client();
+    for i in 0..3 {
+        let r = http
+            .put(bad_v_url(&server, &format!("p/{i}")))
+            .header("x-forwarded-for", "203.0.113.7")
+            .body(b"x".to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+    let get = |xff: Option<&'static str>| {
+        let mut req = http.get(server.url("p/none"));
+        if let Some(v) = xff {
+            req = req.header("x-forwarded-for", v);
+        }
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(
+        get(Some("203.0.113.7")).await,
+        StatusCode::TOO_MANY_REQUESTS,
+        "the forwarded client is banned"
+    );
+    assert_eq!(
+        get(Some("203.0.113.8")).await,
+        StatusCode::NOT_FOUND,
+        "another forwarded client is not"
+    );
+    assert_eq!(get(None).await, StatusCode::NOT_FOUND, "the proxy itself is not");
+    let r = http
+        .put(server.signed_v("p/ok.bin", "p/ok.bin", 2))
+        .header("x-forwarded-for", "203.0.113.8")
+        .body(b"ok".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "203.0.113.8 can still upload");
+    let lines = wait_ban_lines(&server);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("client=203.0.113.7"), "{}", lines[0]);
+    let m = scrape(&http, &metrics_addr(&server.log())).await;
+    assert_eq!(m.get(BANNED_CLIENTS, &[]), Some(1.0));
+}
+
+#[tokio::test]
+async fn untrusted_forwarded_for_is_ignored() {
+    let server = TestServer::start("BlockAfterFails = 3\nBlockDuration = 60\nAutoBanTime = 60");
+    let http = client();
+    for i in 0..3 {
+        let r = http
+            .put(bad_v_url(&server, &format!("s/{i}")))
+            .header("x-forwarded-for", "203.0.113.7")
+            .header("x-real-ip", "203.0.113.7")
+            .body(b"x".to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    }
+    for xff in [None, Some("203.0.113.8"), Some("203.0.113.7")] {
+        let mut req = http.get(server.url("s/none"));
+        if let Some(v) = xff {
+            req = req.header("x-forwarded-for", v);
+        }
+        assert_eq!(
+            req.send().await.unwrap().status(),
+            StatusCode::TOO_MANY_REQUESTS,
+            "the peer 127.0.0.1 is banned whatever it claims ({xff:?})"
+        );
+    }
+    let lines = wait_ban_lines(&server);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].contains("client=127.0.0.1") && !lines[0].contains("203.0.113"),
+        "{}",
+        lines[0]
+    );
+}
