@@ -14,13 +14,14 @@ const LOCK_WAIT: Duration = Duration::from_secs(5);
 /// Pause between two tries to take a lock.
 const RETRY_PAUSE: Duration = Duration::from_millis(25);
 
-/// A held upload lock. Release it with [`crate::resumable::Engine::unlock`]; dropped without
-/// that, its renewal stops and it expires by itself (Redis) or stays until restart
-/// (embedded), so always release it.
+/// A held upload lock. Release it with [`crate::resumable::Engine::unlock`] (or hold it
+/// through [`crate::resumable::Engine::with_lock`]); dropped without that (a cancelled
+/// future, a panic), its renewal stops and its release is started in the background.
 #[derive(Debug)]
 pub struct Held {
     id: String,
-    token: LockToken,
+    /// `None` once released.
+    token: Option<LockToken>,
     state: UploadState,
     renewer: Option<tokio::task::JoinHandle<()>>,
 }
@@ -29,6 +30,14 @@ impl Drop for Held {
     fn drop(&mut self) {
         if let Some(renewer) = self.renewer.take() {
             renewer.abort();
+        }
+        if let (Some(token), Ok(runtime)) = (self.token.take(), tokio::runtime::Handle::try_current()) {
+            let (state, id) = (self.state.clone(), std::mem::take(&mut self.id));
+            runtime.spawn(async move {
+                if let Err(e) = state.unlock(&id, &token).await {
+                    tracing::warn!(error = %e, "cannot release a dropped upload lock; it will expire");
+                }
+            });
         }
     }
 }
@@ -42,7 +51,8 @@ impl Held {
     /// Whether another request asked for the upload (or the lock can no longer be checked:
     /// then save and stop rather than risk two writers).
     pub(super) async fn must_stop(&self) -> bool {
-        match self.state.stop_requested(&self.id, &self.token).await {
+        let Some(token) = &self.token else { return true };
+        match self.state.stop_requested(&self.id, token).await {
             Ok(stop) => stop,
             Err(e) => {
                 tracing::warn!(error = %e, "cannot check the upload lock; stopping this write");
@@ -65,7 +75,7 @@ pub(super) async fn acquire(state: &UploadState, id: &str) -> Result<Held, Engin
             });
             return Ok(Held {
                 id: id.to_string(),
-                token,
+                token: Some(token),
                 state: state.clone(),
                 renewer,
             });
@@ -86,7 +96,9 @@ pub(super) async fn release(mut held: Held) {
     if let Some(renewer) = held.renewer.take() {
         renewer.abort();
     }
-    if let Err(e) = held.state.unlock(&held.id, &held.token).await {
+    if let Some(token) = held.token.take()
+        && let Err(e) = held.state.unlock(&held.id, &token).await
+    {
         tracing::warn!(error = %e, "cannot release an upload lock; it will expire");
     }
 }
