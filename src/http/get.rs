@@ -7,6 +7,7 @@ use futures_util::TryStreamExt;
 use http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
 use http_body_util::{BodyExt, StreamBody};
 
+use super::headers::conditional::{if_range_holds, not_modified};
 use super::headers::range::{self, RangeRequest};
 use super::slot::Slot;
 use super::{ApiError, Response, body};
@@ -160,32 +161,6 @@ fn truncate_to_seconds(t: SystemTime) -> SystemTime {
     UNIX_EPOCH + Duration::from_secs(secs)
 }
 
-/// If-None-Match wins over If-Modified-Since (RFC 9110 §13.2.2).
-fn not_modified(req: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
-    if let Some(inm) = req.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        return inm
-            .split(',')
-            .map(str::trim)
-            .any(|t| t == "*" || t.trim_start_matches("W/") == etag);
-    }
-    req.get(header::IF_MODIFIED_SINCE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| httpdate::parse_http_date(v).ok())
-        .is_some_and(|since| modified <= since)
-}
-
-/// A Range applies when If-Range is absent or names the current validator.
-fn if_range_holds(req: &HeaderMap, etag: &str, modified: SystemTime) -> bool {
-    let Some(value) = req.get(header::IF_RANGE).and_then(|v| v.to_str().ok()) else {
-        return true;
-    };
-    let value = value.trim();
-    if value.starts_with('"') {
-        return value == etag;
-    }
-    httpdate::parse_http_date(value).is_ok_and(|date| date == modified)
-}
-
 fn header_value(text: &str) -> HeaderValue {
     HeaderValue::from_str(text).unwrap_or_else(|_| HeaderValue::from_static("application/octet-stream"))
 }
@@ -215,27 +190,5 @@ mod tests {
         assert!(!is_valid_media_type("jpeg"));
         assert!(!is_valid_media_type("image/jp eg"));
         assert!(!is_valid_media_type("text/html\r\nX: y"));
-    }
-
-    #[test]
-    fn conditional_headers() {
-        let modified = UNIX_EPOCH + Duration::from_secs(1_700_000_000);
-        let mut h = HeaderMap::new();
-        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"a\", \"b\""));
-        assert!(not_modified(&h, "\"b\"", modified));
-        assert!(!not_modified(&h, "\"c\"", modified));
-        let mut h = HeaderMap::new();
-        h.insert(
-            header::IF_MODIFIED_SINCE,
-            header_value(&httpdate::fmt_http_date(modified)),
-        );
-        assert!(not_modified(&h, "\"x\"", modified));
-        assert!(!not_modified(&h, "\"x\"", modified + Duration::from_secs(1)));
-        let mut h = HeaderMap::new();
-        h.insert(header::IF_RANGE, HeaderValue::from_static("\"x\""));
-        assert!(if_range_holds(&h, "\"x\"", modified));
-        assert!(!if_range_holds(&h, "\"y\"", modified));
-        h.insert(header::IF_RANGE, header_value(&httpdate::fmt_http_date(modified)));
-        assert!(if_range_holds(&h, "\"y\"", modified));
     }
 }

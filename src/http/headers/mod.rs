@@ -1,9 +1,10 @@
 //! Every request header this server reads, parsed in one place: numbers (Content-Length,
 //! Upload-Length, Upload-Offset), the content type a token signs, the session scheme's
 //! Content-Range and X-Session-Token, tus's Tus-Resumable, Upload-Metadata, Upload-Checksum,
-//! Upload-Concat and Upload-Defer-Length; byte ranges ([`range`]) and RFC 9530 digests
-//! ([`digest`]). A malformed header is a 400 with a reason safe to show.
+//! Upload-Concat and Upload-Defer-Length; byte ranges ([`range`]), conditional requests
+//! ([`conditional`]) and RFC 9530 digests ([`digest`]). A malformed header is a 400 with a reason safe to show.
 
+pub mod conditional;
 pub mod digest;
 pub mod range;
 
