@@ -7,6 +7,8 @@
 
 pub mod cli;
 pub mod keys;
+mod reader;
+mod sources;
 pub mod units;
 
 use std::fmt;
@@ -15,9 +17,10 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use ipnet::IpNet;
-use toml::{Table, Value};
+use toml::Value;
 
-use keys::Kind;
+use reader::Reader;
+pub use sources::Sources;
 
 /// One problem with one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +29,16 @@ pub struct Problem {
     pub key: String,
     /// What is wrong, for a human.
     pub message: String,
+}
+
+impl Problem {
+    /// A problem with `key`.
+    pub fn new(key: &str, message: impl Into<String>) -> Self {
+        Self {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
 }
 
 impl fmt::Display for Problem {
@@ -198,112 +211,18 @@ pub struct Config {
     pub warnings: Vec<String>,
 }
 
-/// Where configuration text comes from; tests pass their own environment.
-#[derive(Debug, Default, Clone)]
-pub struct Sources {
-    /// The TOML file, if any.
-    pub file: Option<PathBuf>,
-    /// `(name, value)` pairs of the process environment.
-    pub env: Vec<(String, String)>,
-    /// `Key=Value` from `--set`.
-    pub overrides: Vec<String>,
-}
-
 impl Config {
     /// Loads and validates from the given sources.
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
-        let mut problems = Vec::new();
-        let mut warnings = Vec::new();
-        let mut table = Table::new();
-
-        if let Some(path) = &sources.file {
-            match std::fs::read_to_string(path) {
-                Ok(text) => match text.parse::<Table>() {
-                    Ok(parsed) => table = parsed,
-                    Err(e) => problems.push(problem("config", format!("{}: {e}", path.display()))),
-                },
-                Err(e) => problems.push(problem("config", format!("cannot read {}: {e}", path.display()))),
-            }
-        }
-
-        let mut known = Table::new();
-        for (key, value) in table {
-            if keys::kind_of(&key).is_some() {
-                known.insert(key, value);
-            } else if let Some(canonical) = keys::KEYS
-                .iter()
-                .map(|(k, _)| *k)
-                .find(|k| k.eq_ignore_ascii_case(&key))
-            {
-                // prosody-filer writes `listenport`, `storeDir`: Go's TOML readers ignore case.
-                if known.contains_key(canonical) {
-                    problems.push(problem(&key, format!("given twice (also as `{canonical}`)")));
-                } else {
-                    known.insert(canonical.to_string(), value);
-                }
-            } else if keys::FOREIGN_KEYS.iter().any(|k| k.eq_ignore_ascii_case(&key)) {
-                warnings.push(format!(
-                    "{key}: used by other hmac-file-server versions, not by this one; ignored"
-                ));
-            } else {
-                let hint = keys::closest(&key)
-                    .map(|k| format!("; did you mean `{k}`?"))
-                    .unwrap_or_default();
-                problems.push(problem(&key, format!("unknown key{hint}")));
-            }
-        }
-
-        for (var, _) in &sources.env {
-            if let Some(rest) = var.strip_prefix("HMAC_FILE_SERVER_")
-                && !keys::KEYS.iter().any(|(k, _)| keys::env_var_name(k) == *var)
-            {
-                let hint = keys::closest(&rest.replace('_', ""))
-                    .map(|k| format!("; did you mean {}?", keys::env_var_name(k)))
-                    .unwrap_or_default();
-                problems.push(problem(var, format!("unknown environment variable{hint}")));
-            }
-        }
-
-        for (name, kind) in keys::KEYS {
-            let var = keys::env_var_name(name);
-            if let Some((_, text)) = sources.env.iter().find(|(k, _)| *k == var) {
-                match value_from_text(*kind, text) {
-                    Ok(v) => {
-                        known.insert((*name).to_string(), v);
-                    }
-                    Err(e) => problems.push(problem(name, format!("from {var}: {e}"))),
-                }
-            }
-        }
-
-        for entry in &sources.overrides {
-            let Some((key, text)) = entry.split_once('=') else {
-                problems.push(problem("--set", format!("`{entry}` is not KEY=VALUE")));
-                continue;
-            };
-            let key = key.trim();
-            match keys::kind_of(key) {
-                Some(kind) => match value_from_text(kind, text) {
-                    Ok(v) => {
-                        known.insert(key.to_string(), v);
-                    }
-                    Err(e) => problems.push(problem(key, format!("from --set: {e}"))),
-                },
-                None => {
-                    let hint = keys::closest(key)
-                        .map(|k| format!("; did you mean `{k}`?"))
-                        .unwrap_or_default();
-                    problems.push(problem(key, format!("unknown key in --set{hint}")));
-                }
-            }
-        }
-
-        let mut r = Reader {
-            table: &known,
-            problems: &mut problems,
-        };
-        let config = build(&mut r, &mut warnings);
+        let merged = sources::merge(sources);
+        let mut r = Reader::new(&merged.table);
+        let config = build(&mut r);
+        let (found, found_warnings) = r.finish();
+        let mut problems = merged.problems;
+        problems.extend(found);
         problems.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut warnings = merged.warnings;
+        warnings.extend(found_warnings);
         match config {
             Some(mut config) if problems.is_empty() => {
                 config.warnings = warnings;
@@ -323,309 +242,177 @@ impl Config {
     }
 }
 
-fn problem(key: &str, message: impl Into<String>) -> Problem {
-    Problem {
-        key: key.to_string(),
-        message: message.into(),
-    }
-}
+fn build(r: &mut Reader<'_>) -> Option<Config> {
+    let listen_text = r.text(&keys::LISTEN_PORT);
+    let listen =
+        ListenAddr::parse(&listen_text).unwrap_or_else(|e| r.fail(&keys::LISTEN_PORT, e, ListenAddr::AnyHost(8080)));
 
-/// Turns override text into a TOML value of the key's kind.
-fn value_from_text(kind: Kind, text: &str) -> Result<Value, String> {
-    let text = text.trim();
-    Ok(match kind {
-        Kind::Text | Kind::Duration | Kind::Size | Kind::TextOrInteger => Value::String(text.to_string()),
-        Kind::Bool => match text.to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => Value::Boolean(true),
-            "false" | "0" | "no" | "off" => Value::Boolean(false),
-            _ => return Err(format!("`{text}` is not true or false")),
-        },
-        Kind::Integer => Value::Integer(text.parse().map_err(|_| format!("`{text}` is not a whole number"))?),
-        Kind::List => Value::Array(
-            text.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| Value::String(s.to_string()))
-                .collect(),
-        ),
-    })
-}
-
-/// Typed access to the merged table; every failure is recorded with its key.
-struct Reader<'a> {
-    table: &'a Table,
-    problems: &'a mut Vec<Problem>,
-}
-
-impl Reader<'_> {
-    fn fail<T>(&mut self, key: &str, message: impl Into<String>, fallback: T) -> T {
-        self.problems.push(problem(key, message));
-        fallback
-    }
-
-    fn text(&mut self, key: &str, default: &str) -> String {
-        match self.table.get(key) {
-            None => default.to_string(),
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Integer(i)) => i.to_string(),
-            Some(other) => self.fail(
-                key,
-                format!("expected a string, found {}", other.type_str()),
-                default.to_string(),
-            ),
-        }
-    }
-
-    fn boolean(&mut self, key: &str, default: bool) -> bool {
-        match self.table.get(key) {
-            None => default,
-            Some(Value::Boolean(b)) => *b,
-            Some(other) => self.fail(
-                key,
-                format!("expected true or false, found {}", other.type_str()),
-                default,
-            ),
-        }
-    }
-
-    fn integer(&mut self, key: &str, default: i64, min: i64, max: i64) -> i64 {
-        let value = match self.table.get(key) {
-            None => return default,
-            Some(Value::Integer(i)) => *i,
-            Some(Value::String(s)) => match s.trim().parse() {
-                Ok(i) => i,
-                Err(_) => return self.fail(key, format!("`{s}` is not a whole number"), default),
-            },
-            Some(other) => return self.fail(key, format!("expected a number, found {}", other.type_str()), default),
-        };
-        if value < min || value > max {
-            return self.fail(key, format!("{value} is out of range {min}..={max}"), default);
-        }
-        value
-    }
-
-    fn duration(&mut self, key: &str, default: Duration) -> Duration {
-        match self.table.get(key) {
-            None => default,
-            Some(Value::Integer(i)) if *i >= 0 => Duration::from_secs(*i as u64),
-            Some(Value::String(s)) => match units::parse_duration(s) {
-                Ok(d) => d,
-                Err(e) => self.fail(key, e, default),
-            },
-            Some(other) => self.fail(
-                key,
-                format!("expected seconds or a duration string, found {other}"),
-                default,
-            ),
-        }
-    }
-
-    fn size(&mut self, key: &str, default: u64) -> u64 {
-        match self.table.get(key) {
-            None => default,
-            Some(Value::Integer(i)) if *i >= 0 => *i as u64,
-            Some(Value::String(s)) => match units::parse_size(s) {
-                Ok(n) => n,
-                Err(e) => self.fail(key, e, default),
-            },
-            Some(other) => self.fail(key, format!("expected bytes or a size string, found {other}"), default),
-        }
-    }
-
-    fn list(&mut self, key: &str) -> Vec<String> {
-        match self.table.get(key) {
-            None => Vec::new(),
-            Some(Value::Array(items)) => {
-                let mut out = Vec::new();
-                for item in items {
-                    match item {
-                        Value::String(s) => out.push(s.clone()),
-                        other => self.fail(key, format!("expected strings, found {other}"), ()),
-                    }
-                }
-                out
-            }
-            Some(Value::String(s)) => s
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect(),
-            Some(other) => self.fail(
-                key,
-                format!("expected a list of strings, found {}", other.type_str()),
-                Vec::new(),
-            ),
-        }
-    }
-
-    /// A path, taken as written (relative to the working directory, as the Go server does);
-    /// empty = `None`.
-    fn path(&mut self, key: &str) -> Option<PathBuf> {
-        let text = self.text(key, "");
-        (!text.is_empty()).then(|| PathBuf::from(text))
-    }
-}
-
-fn build(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Option<Config> {
-    let listen_text = r.text("ListenPort", ":8080");
-    let listen = ListenAddr::parse(&listen_text).unwrap_or_else(|e| r.fail("ListenPort", e, ListenAddr::AnyHost(8080)));
-
-    let unix_enabled = r.boolean("UnixSocket", false);
-    let unix_path = r.path("UnixSocketPath");
+    let unix_enabled = r.boolean(&keys::UNIX_SOCKET);
+    let unix_path = r.path(&keys::UNIX_SOCKET_PATH);
     let unix_socket = match (unix_enabled, unix_path) {
         (true, Some(p)) => Some(p),
-        (true, None) => r.fail("UnixSocketPath", "UnixSocket = true needs UnixSocketPath", None),
+        (true, None) => r.fail(&keys::UNIX_SOCKET_PATH, "UnixSocket = true needs UnixSocketPath", None),
         (false, _) => None,
     };
 
-    let inline = r.text("Secret", "");
-    let secret_file = r.path("SecretFile");
+    let inline = r.text(&keys::SECRET);
+    let secret_file = r.path(&keys::SECRET_FILE);
     let secret = match (&inline[..], &secret_file) {
         ("", None) => r.fail(
-            "Secret",
+            &keys::SECRET,
             "no Secret or SecretFile: refusing to run with no HMAC key",
             None,
         ),
         (s, None) => Some(Secret::new(s.as_bytes())),
         ("", Some(path)) => match read_secret_file(path) {
             Ok(s) => Some(s),
-            Err(e) => r.fail("SecretFile", e, None),
+            Err(e) => r.fail(&keys::SECRET_FILE, e, None),
         },
-        (_, Some(_)) => r.fail("SecretFile", "set Secret or SecretFile, not both", None),
+        (_, Some(_)) => r.fail(&keys::SECRET_FILE, "set Secret or SecretFile, not both", None),
     };
     if let Some(s) = &secret
         && s.expose().len() < 16
     {
-        warnings.push(format!(
+        r.warn(format!(
             "Secret: only {} bytes; use at least 16 random bytes (e.g. `openssl rand -hex 32`)",
             s.expose().len()
         ));
     }
-    let delete_text = r.text("DeleteSecret", "");
+    let delete_text = r.text(&keys::DELETE_SECRET);
     let delete_secret = (!delete_text.is_empty()).then(|| Secret::new(delete_text.as_bytes()));
 
-    let store_dir = PathBuf::from(r.text("StoreDir", "./data"));
+    let store_dir = PathBuf::from(r.text(&keys::STORE_DIR));
     if store_dir.as_os_str().is_empty() {
-        r.fail("StoreDir", "must not be empty", ());
+        r.fail(&keys::STORE_DIR, "must not be empty", ());
     }
-    let upload_sub_dir = r.text("UploadSubDir", "upload").trim_matches('/').to_string();
+    let upload_sub_dir = r.text(&keys::UPLOAD_SUB_DIR).trim_matches('/').to_string();
     if !upload_sub_dir.is_empty()
         && let Err(e) = crate::store::key::FileKey::parse_decoded(&upload_sub_dir)
     {
         r.fail(
-            "UploadSubDir",
+            &keys::UPLOAD_SUB_DIR,
             format!("`{upload_sub_dir}` is not a usable folder name: {e}"),
             (),
         );
     }
 
-    let log_level = r.text("LogLevel", "info").to_ascii_lowercase();
+    let log_level = r.text(&keys::LOG_LEVEL).to_ascii_lowercase();
     let log_level = match log_level.as_str() {
         "debug" | "info" | "warn" | "error" | "trace" => log_level,
         "warning" => "warn".to_string(),
         other => r.fail(
-            "LogLevel",
+            &keys::LOG_LEVEL,
             format!("`{other}` is not debug, info, warn or error"),
             "info".to_string(),
         ),
     };
-    let log_file = r.path("LogFile");
-    let log_format = match r.text("LogFormat", "text").to_ascii_lowercase().as_str() {
+    let log_file = r.path(&keys::LOG_FILE);
+    let log_format = match r.text(&keys::LOG_FORMAT).to_ascii_lowercase().as_str() {
         "text" => LogFormat::Text,
         "json" => LogFormat::Json,
-        other => r.fail("LogFormat", format!("`{other}` is not text or json"), LogFormat::Text),
+        other => r.fail(
+            &keys::LOG_FORMAT,
+            format!("`{other}` is not text or json"),
+            LogFormat::Text,
+        ),
     };
 
-    let max_upload_bytes = r.size("MaxUploadSize", 100 << 20);
+    let max_upload_bytes = r.size(&keys::MAX_UPLOAD_SIZE);
     if max_upload_bytes == 0 {
-        r.fail("MaxUploadSize", "must be more than 0", ());
+        r.fail(&keys::MAX_UPLOAD_SIZE, "must be more than 0", ());
     }
-    let max_retries = r.integer("MaxRetries", 5, 0, 100) as u32;
-    let retry_delay = r.duration("RetryDelay", Duration::from_secs(2));
-    let enable_get_retries = r.boolean("EnableGetRetries", true);
-    let block_after_fails = r.integer("BlockAfterFails", 3, 0, 1_000_000) as u32;
-    let block_duration = r.duration("BlockDuration", Duration::from_secs(300));
-    let auto_unban = r.boolean("AutoUnban", true);
-    let auto_ban_time = r.duration("AutoBanTime", Duration::from_secs(600));
+    let max_retries = r.integer(&keys::MAX_RETRIES, 0..=100) as u32;
+    let retry_delay = r.duration(&keys::RETRY_DELAY);
+    let enable_get_retries = r.boolean(&keys::ENABLE_GET_RETRIES);
+    let block_after_fails = r.integer(&keys::BLOCK_AFTER_FAILS, 0..=1_000_000) as u32;
+    let block_duration = r.duration(&keys::BLOCK_DURATION);
+    let auto_unban = r.boolean(&keys::AUTO_UNBAN);
+    let auto_ban_time = r.duration(&keys::AUTO_BAN_TIME);
     let mut trusted_proxies = Vec::new();
-    for text in r.list("TrustedProxies") {
+    for text in r.list(&keys::TRUSTED_PROXIES) {
         let parsed = text
             .parse::<IpNet>()
             .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
         match parsed {
             Ok(net) => trusted_proxies.push(net),
-            Err(_) => r.fail("TrustedProxies", format!("`{text}` is not an address or CIDR"), ()),
+            Err(_) => r.fail(
+                &keys::TRUSTED_PROXIES,
+                format!("`{text}` is not an address or CIDR"),
+                (),
+            ),
         }
     }
 
-    let delete_files = r.boolean("DeleteFiles", false);
-    let delete_files_after = r.duration("DeleteFilesAfterPeriod", Duration::from_secs(30 * 86_400));
-    let retention_enabled = r.boolean("RetentionPolicyEnabled", false);
-    let max_retention_bytes = r.size("MaxRetentionSize", 0);
-    let max_retention_time = r.duration("MaxRetentionTime", Duration::from_secs(30 * 86_400));
-    let deletion_report_file = r.path("DeletionReportFile");
-    let cleanup_interval = r.duration("CleanupInterval", Duration::from_secs(3600));
+    let delete_files = r.boolean(&keys::DELETE_FILES);
+    let delete_files_after = r.duration(&keys::DELETE_FILES_AFTER_PERIOD);
+    let retention_enabled = r.boolean(&keys::RETENTION_POLICY_ENABLED);
+    let max_retention_bytes = r.size(&keys::MAX_RETENTION_SIZE);
+    let max_retention_time = r.duration(&keys::MAX_RETENTION_TIME);
+    let deletion_report_file = r.path(&keys::DELETION_REPORT_FILE);
+    let cleanup_interval = r.duration(&keys::CLEANUP_INTERVAL);
     if cleanup_interval < Duration::from_secs(1) {
-        r.fail("CleanupInterval", "must be at least 1s", ());
+        r.fail(&keys::CLEANUP_INTERVAL, "must be at least 1s", ());
     }
 
-    let num_cores = match r.table.get("NumCores") {
+    let num_cores = match r.raw(&keys::NUM_CORES) {
         None => None,
         Some(Value::Integer(n)) if *n >= 1 && *n <= 1024 => Some(*n as usize),
         Some(Value::String(s)) if s.eq_ignore_ascii_case("auto") => None,
         Some(Value::String(s)) => match s.trim().parse::<usize>() {
             Ok(n) if (1..=1024).contains(&n) => Some(n),
             _ => r.fail(
-                "NumCores",
+                &keys::NUM_CORES,
                 format!("`{s}` is not \"auto\" or a number of threads"),
                 None,
             ),
         },
         Some(other) => r.fail(
-            "NumCores",
+            &keys::NUM_CORES,
             format!("`{other}` is not \"auto\" or a number of threads"),
             None,
         ),
     };
 
-    let reask_secret = r.boolean("ReaskSecretEnabled", false);
-    let reask_secret_interval = r.duration("ReaskSecretInterval", Duration::from_secs(86_400));
-    let metrics_enabled = r.boolean("MetricsEnabled", true);
-    let metrics_text = r.text("MetricsPort", ":9090");
+    let reask_secret = r.boolean(&keys::REASK_SECRET_ENABLED);
+    let reask_secret_interval = r.duration(&keys::REASK_SECRET_INTERVAL);
+    let metrics_enabled = r.boolean(&keys::METRICS_ENABLED);
+    let metrics_text = r.text(&keys::METRICS_PORT);
     let metrics_listen =
-        ListenAddr::parse(&metrics_text).unwrap_or_else(|e| r.fail("MetricsPort", e, ListenAddr::AnyHost(9090)));
-    let checksum_verification = r.boolean("ChecksumVerification", false);
+        ListenAddr::parse(&metrics_text).unwrap_or_else(|e| r.fail(&keys::METRICS_PORT, e, ListenAddr::AnyHost(9090)));
+    let checksum_verification = r.boolean(&keys::CHECKSUM_VERIFICATION);
 
-    let redis_addr = r.text("RedisAddr", "");
-    let redis_password = r.text("RedisPassword", "");
-    let redis_db = r.integer("RedisDB", 0, 0, 1_000_000);
+    let redis_addr = r.text(&keys::REDIS_ADDR);
+    let redis_password = r.text(&keys::REDIS_PASSWORD);
+    let redis_db = r.integer(&keys::REDIS_DB, 0..=1_000_000);
     let redis = (!redis_addr.is_empty()).then(|| RedisSettings {
         addr: redis_addr,
         password: (!redis_password.is_empty()).then(|| Secret::new(redis_password.as_bytes())),
         db: redis_db,
     });
 
-    let read_timeout = r.duration("ReadTimeout", Duration::from_secs(900));
-    let write_timeout = r.duration("WriteTimeout", Duration::from_secs(900));
-    for (key, value) in [("ReadTimeout", read_timeout), ("WriteTimeout", write_timeout)] {
+    let read_timeout = r.duration(&keys::READ_TIMEOUT);
+    let write_timeout = r.duration(&keys::WRITE_TIMEOUT);
+    for (key, value) in [
+        (&keys::READ_TIMEOUT, read_timeout),
+        (&keys::WRITE_TIMEOUT, write_timeout),
+    ] {
         if value.is_zero() {
             r.fail(key, "must be more than 0", ());
         }
     }
-    let buffer_bytes = r.size("BufferSize", 65_536);
+    let buffer_bytes = r.size(&keys::BUFFER_SIZE);
     let buffer_bytes = if !(4096..=64 << 20).contains(&buffer_bytes) {
         r.fail(
-            "BufferSize",
+            &keys::BUFFER_SIZE,
             format!("{buffer_bytes} is outside 4 KiB ..= 64 MiB"),
             65_536,
         )
     } else {
         buffer_bytes as usize
     };
-    let upload_expiry = r.duration("UploadExpiry", Duration::from_secs(86_400));
+    let upload_expiry = r.duration(&keys::UPLOAD_EXPIRY);
     if upload_expiry < Duration::from_secs(60) {
-        r.fail("UploadExpiry", "must be at least 60s", ());
+        r.fail(&keys::UPLOAD_EXPIRY, "must be at least 60s", ());
     }
 
     Some(Config {
@@ -901,10 +688,23 @@ BufferSize = 65536
         assert_eq!(keys_of(load_str(&both, &[], &[]).unwrap_err()), ["SecretFile"]);
     }
 
+    /// Keys that `config.example.toml` sets to something else than the default, on purpose.
+    const EXAMPLE_DIFFERS: &[(&str, &str)] = &[
+        (
+            "ListenPort",
+            "a first try listens on loopback only, not on every interface",
+        ),
+        (
+            "MetricsPort",
+            "the metrics listener has no authentication: loopback in the example",
+        ),
+        ("Secret", "a placeholder the operator must replace; the default is none"),
+    ];
+
     #[test]
     fn example_config_lists_every_key_and_loads() {
         let example = include_str!("../../config.example.toml");
-        for (key, _) in keys::KEYS {
+        for key in keys::KEYS.iter().map(|k| k.name) {
             let listed = example.lines().any(|l| {
                 let l = l.trim_start_matches("# ");
                 l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}="))
@@ -913,6 +713,28 @@ BufferSize = 65536
         }
         let c = load_str(example, &[], &[]).unwrap();
         assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
+    fn example_config_gives_the_defaults() {
+        let example: toml::Table = include_str!("../../config.example.toml").parse().unwrap();
+        for key in keys::KEYS {
+            let Some(value) = example.get(key.name) else {
+                continue; // commented out: the default applies
+            };
+            let given = reader::typed(key, value).unwrap();
+            let default = reader::typed(key, &key.default_value().unwrap()).unwrap();
+            let on_purpose = EXAMPLE_DIFFERS.iter().any(|(name, _)| *name == key.name);
+            if on_purpose {
+                assert_ne!(given, default, "{} is listed as differing but does not", key.name);
+            } else {
+                assert_eq!(
+                    given, default,
+                    "config.example.toml sets {} to {value}, its default is {}",
+                    key.name, key.default
+                );
+            }
+        }
     }
 
     #[test]
