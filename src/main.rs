@@ -123,7 +123,7 @@ fn sign(
     size: u64,
     content_type: Option<&str>,
 ) -> ExitCode {
-    let secret = &config.secret;
+    let secret = &config.auth.secret;
     let ct = content_type.unwrap_or(DEFAULT_CONTENT_TYPE);
     let expires = hmac_file_server::http::now_unix() + expires_in;
     let full_path = format!("{}{path}", config.url_prefix());
@@ -160,7 +160,7 @@ fn run(config: Config, sources: Sources) -> ExitCode {
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
-    if let Some(n) = config.num_cores {
+    if let Some(n) = config.server.num_cores {
         runtime.worker_threads(n);
     }
     let runtime = match runtime.build() {
@@ -170,7 +170,7 @@ fn run(config: Config, sources: Sources) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let metrics = if config.metrics_enabled {
+    let metrics = if config.metrics.metrics_enabled {
         match ops::metrics::install() {
             Ok(handle) => Some(handle),
             Err(e) => {

@@ -16,7 +16,7 @@ pub async fn delete(state: &AppState, config: &Config, target: Target) -> Result
         &target.query,
         &secrets,
         target.key.as_str(),
-        config.delete_secret.as_ref(),
+        config.auth.delete_secret.as_ref(),
     )?;
     let size = state.store().delete(&target.key).await?;
     crate::ops::metrics::store_changed(-1, -(size as i64));

@@ -48,7 +48,7 @@ struct Shared {
 impl AppState {
     /// State for a freshly started server.
     pub fn new(config: Arc<Config>, store: LocalStore, resumable: Resumable) -> Self {
-        let keys = KeyRing::new(config.secret.clone());
+        let keys = KeyRing::new(config.auth.secret.clone());
         // Embedded state keeps its bans beside the store; with Redis they live there.
         let bans = match resumable.state {
             crate::state::UploadState::Embedded(_) => Bans::persistent(ban_file(&config)),
@@ -135,17 +135,21 @@ impl AppState {
     pub fn ban_policy(&self) -> BanPolicy {
         let c = self.config();
         BanPolicy {
-            after_fails: c.block_after_fails,
-            window: c.block_duration,
-            auto_unban: c.auto_unban,
-            ban_time: c.auto_ban_time,
+            after_fails: c.bans.block_after_fails,
+            window: c.bans.block_duration,
+            auto_unban: c.bans.auto_unban,
+            ban_time: c.bans.auto_ban_time,
         }
     }
 }
 
 /// Where the embedded state keeps the ban list.
 pub fn ban_file(config: &Config) -> std::path::PathBuf {
-    config.store_dir.join(crate::store::key::INTERNAL_DIR).join("bans.json")
+    config
+        .store
+        .store_dir
+        .join(crate::store::key::INTERNAL_DIR)
+        .join("bans.json")
 }
 
 /// One request, as the handlers see it.
@@ -185,6 +189,7 @@ where
         if !closing && !expects_continue && !http_body::Body::is_end_stream(&body) {
             let limit = state
                 .config()
+                .limits
                 .max_upload_bytes
                 .saturating_mul(2)
                 .saturating_add(1 << 20);
@@ -243,7 +248,7 @@ where
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .unwrap_or(0);
     let config = state.config();
-    let client = client_ip(peer, request.headers(), &config.trusted_proxies);
+    let client = client_ip(peer, request.headers(), &config.bans.trusted_proxies);
     let is_upload = matches!(method, Method::PUT | Method::POST | Method::PATCH);
     let _active = is_upload.then(metrics::ActiveUpload::start);
 
@@ -328,7 +333,7 @@ where
         let mut r = body::empty(StatusCode::NO_CONTENT);
         r.headers_mut()
             .insert(header::ALLOW, HeaderValue::from_static(error::ALLOW));
-        tus::options_headers(r.headers_mut(), config.max_upload_bytes);
+        tus::options_headers(r.headers_mut(), config.limits.max_upload_bytes);
         return (Ok(r), None);
     }
     let prefix = config.url_prefix();

@@ -52,33 +52,33 @@ where
     };
     let content_type = signed_content_type(headers)?;
     verify_put(state, &token, &target, size, content_type)?;
-    if size > config.max_upload_bytes {
+    if size > config.limits.max_upload_bytes {
         return Err(ApiError::TooLarge {
             size,
-            max: config.max_upload_bytes,
+            max: config.limits.max_upload_bytes,
         });
     }
-    let expected = if config.checksum_verification {
+    let expected = if config.store.checksum_verification {
         digest::expected(headers).map_err(|e| ApiError::BadRequest(e.0))?
     } else {
         digest::Expected::default()
     };
     // Answer 409 before reading a body worth the trip; a small one is refused at the commit
     // (the no-replace rename) without a separate look.
-    if size > config.buffer_bytes as u64 && state.store().exists(&target.key).await {
+    if size > config.store.buffer_bytes as u64 && state.store().exists(&target.key).await {
         return Err(ApiError::Exists);
     }
 
     let hashing = Hashing {
-        sha256: config.checksum_verification,
-        sha512: config.checksum_verification && expected.sha512.is_some(),
+        sha256: config.store.checksum_verification,
+        sha512: config.store.checksum_verification && expected.sha512.is_some(),
         ..Hashing::NONE
     };
     let mut staged = state.store().stage_hashing(hashing).await?;
     let shutdown = state.resumable().shutdown.clone();
     let broken_off = loop {
         let frame = tokio::select! {
-            frame = tokio::time::timeout(config.read_timeout, body.frame()) => frame,
+            frame = tokio::time::timeout(config.limits.read_timeout, body.frame()) => frame,
             () = shutdown.cancelled() => break Some(ApiError::Unavailable("server shutting down".into())),
         };
         let frame = match frame {

@@ -112,10 +112,10 @@ pub async fn keep_partial(
         content_type: content_type.to_string(),
         metadata: None,
         created_unix: now,
-        expires_unix: now + config.upload_expiry.as_secs(),
+        expires_unix: now + config.limits.upload_expiry.as_secs(),
         concat: Concat::None,
     };
-    match engine.state.put(&record, config.upload_expiry).await {
+    match engine.state.put(&record, config.limits.upload_expiry).await {
         Ok(()) => tracing::info!(path = %target.key, offset, size, "broken-off upload kept for resumption"),
         Err(e) => {
             tracing::warn!(error = %e, "cannot record a broken-off upload; its bytes are dropped");
@@ -210,10 +210,10 @@ where
 {
     let content_type = crate::http::put::signed_content_type(headers)?;
     verify(state, target, total, content_type)?;
-    if total > config.max_upload_bytes {
+    if total > config.limits.max_upload_bytes {
         return Err(ApiError::TooLarge {
             size: total,
-            max: config.max_upload_bytes,
+            max: config.limits.max_upload_bytes,
         });
     }
     if content_length.is_some_and(|n| n != total - first) {
@@ -247,8 +247,8 @@ where
                 body,
                 total - first,
                 None,
-                config.read_timeout,
-                config.upload_expiry,
+                config.limits.read_timeout,
+                config.limits.upload_expiry,
             )
             .await?;
         match ended {
@@ -261,7 +261,7 @@ where
                 return Err(ApiError::BadRequest("request body ended early"));
             }
         }
-        engine.finish(&record, config.checksum_verification).await?;
+        engine.finish(&record, config.store.checksum_verification).await?;
         Ok(())
     }
     .await;

@@ -218,11 +218,11 @@ where
         (_, n) => verify_slot(state, &target, &token, n.unwrap_or(0), &content_type)?,
     }
     if let Some(n) = length
-        && n > config.max_upload_bytes
+        && n > config.limits.max_upload_bytes
     {
         return Err(ApiError::TooLarge {
             size: n,
-            max: config.max_upload_bytes,
+            max: config.limits.max_upload_bytes,
         });
     }
     if concat == Concat::None && state.store().exists(&target.key).await {
@@ -239,7 +239,7 @@ where
         content_type,
         metadata: metadata_raw.filter(|m| !m.trim().is_empty()),
         created_unix: now,
-        expires_unix: now + config.upload_expiry.as_secs(),
+        expires_unix: now + config.limits.upload_expiry.as_secs(),
         concat,
     };
     // An empty partial file first: a record never points at bytes that do not exist.
@@ -249,7 +249,7 @@ where
             .open_partial(&record.id, 0, crate::store::Hashing::NONE)
             .await?,
     );
-    if let Err(e) = engine.state.put(&record, config.upload_expiry).await {
+    if let Err(e) = engine.state.put(&record, config.limits.upload_expiry).await {
         let _ = engine.store.remove_partial(&record.id).await;
         return Err(e.into());
     }
@@ -316,10 +316,10 @@ async fn concatenate(
     }
     let total: u64 = records.iter().map(|r| r.offset).sum();
     verify_slot(state, target, token, total, &content_type)?;
-    if total > config.max_upload_bytes {
+    if total > config.limits.max_upload_bytes {
         return Err(ApiError::TooLarge {
             size: total,
-            max: config.max_upload_bytes,
+            max: config.limits.max_upload_bytes,
         });
     }
     let mut staged = state.store().stage().await?;
@@ -341,7 +341,7 @@ async fn concatenate(
             staged.write(Bytes::copy_from_slice(&buf[..n])).await?;
         }
     }
-    let sha256 = match config.checksum_verification {
+    let sha256 = match config.store.checksum_verification {
         true => staged.digests().await?.and_then(|d| d.sha256).map(hex::encode),
         false => None,
     };
@@ -389,7 +389,7 @@ async fn rescue(engine: &Resumable, config: &Config, record: &UploadRecord) -> R
         let held = engine.lock(&record.id).await?;
         let result = match engine.state.get(&record.id).await {
             Ok(Some(fresh)) if fresh.length == Some(fresh.offset) => {
-                engine.finish(&fresh, config.checksum_verification).await
+                engine.finish(&fresh, config.store.checksum_verification).await
             }
             Ok(_) => Ok(()),
             Err(e) => Err(e.into()),
@@ -484,10 +484,10 @@ where
             Some(existing) if existing != n => return Err(ApiError::BadRequest("Upload-Length cannot change")),
             Some(_) => {}
             None => {
-                if n > config.max_upload_bytes {
+                if n > config.limits.max_upload_bytes {
                     return Err(ApiError::TooLarge {
                         size: n,
-                        max: config.max_upload_bytes,
+                        max: config.limits.max_upload_bytes,
                     });
                 }
                 // Only a v3 slot (which signs no size) may defer the length: nothing to check.
@@ -495,11 +495,11 @@ where
                     return Err(ApiError::BadRequest("Upload-Length is below the offset"));
                 }
                 record.length = Some(n);
-                engine.state.put(record, config.upload_expiry).await?;
+                engine.state.put(record, config.limits.upload_expiry).await?;
             }
         }
     }
-    let limit = record.length.unwrap_or(config.max_upload_bytes);
+    let limit = record.length.unwrap_or(config.limits.max_upload_bytes);
     let room = limit.saturating_sub(record.offset);
     if number(headers, header::CONTENT_LENGTH.as_str())?.is_some_and(|n| n > room) {
         return Err(ApiError::TooLarge {
@@ -515,14 +515,14 @@ where
             body,
             room,
             checksum.as_ref(),
-            config.read_timeout,
-            config.upload_expiry,
+            config.limits.read_timeout,
+            config.limits.upload_expiry,
         )
         .await?;
     // Whatever ended the chunk, an upload that has all its bytes is finished now: its last
     // byte may have come in a request that broke off or was stopped right after it.
     if record.length == Some(record.offset) && record.concat == Concat::None {
-        engine.finish(record, config.checksum_verification).await?;
+        engine.finish(record, config.store.checksum_verification).await?;
     }
     match ended {
         Ended::TooLong => Err(ApiError::TooLarge {

@@ -90,14 +90,19 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
         }
     })?;
     let retry = RetryPolicy {
-        max_retries: config.max_retries,
-        delay: config.retry_delay,
-        on_reads: config.enable_get_retries,
+        max_retries: config.store.max_retries,
+        delay: config.store.retry_delay,
+        on_reads: config.store.enable_get_retries,
     };
-    let store = LocalStore::open(&config.store_dir, &config.upload_sub_dir, config.buffer_bytes, retry)?;
+    let store = LocalStore::open(
+        &config.store.store_dir,
+        &config.store.upload_sub_dir,
+        config.store.buffer_bytes,
+        retry,
+    )?;
     let upload_state = match &config.redis {
         None => UploadState::Embedded(EmbeddedState::open(
-            &config.store_dir.join(INTERNAL_DIR).join("uploads"),
+            &config.store.store_dir.join(INTERNAL_DIR).join("uploads"),
         )?),
         Some(redis) => {
             let r = RedisState::connect(redis)?;
@@ -121,9 +126,9 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
     };
     let state = AppState::new(Arc::clone(&config), store.clone(), resumable);
 
-    let metrics_task = match (&launch.metrics, config.metrics_enabled) {
+    let metrics_task = match (&launch.metrics, config.metrics.metrics_enabled) {
         (Some(handle), true) => {
-            let listener = listener::bind_tcp(&config.metrics_listen).await?;
+            let listener = listener::bind_tcp(&config.metrics.metrics_listen).await?;
             let addr = listener.local_addr().map_err(|source| StartupError::Bind {
                 addr: "metrics".into(),
                 source,
@@ -138,14 +143,14 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
         _ => None,
     };
 
-    let listener = match &config.unix_socket {
+    let listener = match &config.server.unix_socket {
         Some(path) => {
             let socket = listener::bind_unix(path)?;
             tracing::info!("listening on unix:{}", path.display());
             Listener::Unix(socket)
         }
         None => {
-            let tcp = listener::bind_tcp(&config.listen).await?;
+            let tcp = listener::bind_tcp(&config.server.listen).await?;
             let local = tcp.local_addr().map_err(|source| StartupError::Bind {
                 addr: "listener".into(),
                 source,
@@ -155,9 +160,9 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
         }
     };
     tracing::info!(
-        store = %config.store_dir.display(),
+        store = %config.store.store_dir.display(),
         prefix = %config.url_prefix(),
-        max_upload_bytes = config.max_upload_bytes,
+        max_upload_bytes = config.limits.max_upload_bytes,
         "serving uploads"
     );
 
@@ -200,11 +205,11 @@ pub async fn serve(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(config.read_timeout)
+        .header_read_timeout(config.limits.read_timeout)
         .max_buf_size(READ_BUF_BYTES)
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
-    let write_timeout = config.write_timeout;
+    let write_timeout = config.limits.write_timeout;
     let reads = Arc::new(ReadShare::default());
     tokio::pin!(shutdown);
     loop {
@@ -291,7 +296,7 @@ async fn sweep_loop(state: AppState) {
         let config = state.config();
         let started = Instant::now();
         let report = crate::ops::retention::pass(state.store(), &config).await;
-        match state.resumable().sweep(config.upload_expiry).await {
+        match state.resumable().sweep(config.limits.upload_expiry).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "swept expired resumable uploads"),
             Err(e) => tracing::warn!(error = %e, "sweeping resumable uploads failed"),
@@ -303,12 +308,12 @@ async fn sweep_loop(state: AppState) {
             ms = started.elapsed().as_millis() as u64,
             "retention pass done"
         );
-        match state.store().sweep_temporaries(config.upload_expiry).await {
+        match state.store().sweep_temporaries(config.limits.upload_expiry).await {
             Ok(0) => {}
             Ok(n) => tracing::info!(removed = n, "swept stale temporaries"),
             Err(e) => tracing::warn!(error = %e, "sweeping temporaries failed"),
         }
-        tokio::time::sleep(config.cleanup_interval).await;
+        tokio::time::sleep(config.retention.cleanup_interval).await;
     }
 }
 
@@ -317,7 +322,7 @@ async fn ban_loop(state: AppState) {
     let mut ticker = tokio::time::interval(BAN_SWEEP_INTERVAL);
     loop {
         ticker.tick().await;
-        state.bans().sweep(Instant::now(), state.config().block_duration);
+        state.bans().sweep(Instant::now(), state.config().bans.block_duration);
         if let Some(redis) = state.resumable().state.as_redis() {
             match redis.bans().await {
                 Ok(bans) => {

@@ -33,13 +33,13 @@ pub async fn signal_loop(
 pub async fn reask_loop(state: AppState, sources: Sources) {
     loop {
         let config = state.config();
-        tokio::time::sleep(config.reask_secret_interval).await;
-        if !state.config().reask_secret {
+        tokio::time::sleep(config.auth.reask_secret_interval).await;
+        if !state.config().auth.reask_secret {
             continue;
         }
         match Config::load(&sources) {
             Ok(fresh) => {
-                if state.rotate_secret(fresh.secret.clone(), fresh.reask_secret_interval) {
+                if state.rotate_secret(fresh.auth.secret.clone(), fresh.auth.reask_secret_interval) {
                     tracing::info!(
                         "secret re-read: a new secret is in force; the previous one stays valid for one more interval"
                     );
@@ -66,14 +66,14 @@ pub fn reload(state: &AppState, sources: &Sources, log: Option<&LogHandle>) {
     }
     let merged = merged.0;
     if let Some(log) = log
-        && merged.log_level != old.log_level
+        && merged.logging.log_level != old.logging.log_level
     {
-        log.set_level(&merged.log_level);
+        log.set_level(&merged.logging.log_level);
     }
-    if state.rotate_secret(merged.secret.clone(), merged.reask_secret_interval) {
+    if state.rotate_secret(merged.auth.secret.clone(), merged.auth.reask_secret_interval) {
         tracing::info!(
             "secret changed; the previous one stays valid for {}s",
-            merged.reask_secret_interval.as_secs()
+            merged.auth.reask_secret_interval.as_secs()
         );
     }
     state.set_config(Arc::new(merged));
@@ -84,21 +84,21 @@ pub fn reload(state: &AppState, sources: &Sources, log: Option<&LogHandle>) {
 /// read (to name what changed).
 fn keep_restart_only(old: &Config, fresh: Config) -> (Config, Config) {
     let mut merged = fresh.clone();
-    merged.listen = old.listen.clone();
-    merged.unix_socket = old.unix_socket.clone();
-    merged.store_dir = old.store_dir.clone();
-    merged.upload_sub_dir = old.upload_sub_dir.clone();
-    merged.log_file = old.log_file.clone();
-    merged.log_format = old.log_format;
-    merged.num_cores = old.num_cores;
-    merged.metrics_enabled = old.metrics_enabled;
-    merged.metrics_listen = old.metrics_listen.clone();
+    merged.server.listen = old.server.listen.clone();
+    merged.server.unix_socket = old.server.unix_socket.clone();
+    merged.store.store_dir = old.store.store_dir.clone();
+    merged.store.upload_sub_dir = old.store.upload_sub_dir.clone();
+    merged.logging.log_file = old.logging.log_file.clone();
+    merged.logging.log_format = old.logging.log_format;
+    merged.server.num_cores = old.server.num_cores;
+    merged.metrics.metrics_enabled = old.metrics.metrics_enabled;
+    merged.metrics.metrics_listen = old.metrics.metrics_listen.clone();
     merged.redis = old.redis.clone();
-    merged.buffer_bytes = old.buffer_bytes;
-    merged.write_timeout = old.write_timeout;
-    merged.max_retries = old.max_retries;
-    merged.retry_delay = old.retry_delay;
-    merged.enable_get_retries = old.enable_get_retries;
+    merged.store.buffer_bytes = old.store.buffer_bytes;
+    merged.limits.write_timeout = old.limits.write_timeout;
+    merged.store.max_retries = old.store.max_retries;
+    merged.store.retry_delay = old.store.retry_delay;
+    merged.store.enable_get_retries = old.store.enable_get_retries;
     (merged, fresh)
 }
 
@@ -109,30 +109,46 @@ fn restart_only_changes(old: &Config, fresh: &Config) -> Vec<&'static str> {
             changed.push(key);
         }
     };
-    check("ListenPort", old.listen != fresh.listen);
-    check("UnixSocket/UnixSocketPath", old.unix_socket != fresh.unix_socket);
-    check("StoreDir", old.store_dir != fresh.store_dir);
-    check("UploadSubDir", old.upload_sub_dir != fresh.upload_sub_dir);
-    check("LogFile", old.log_file != fresh.log_file);
-    check("LogFormat", old.log_format != fresh.log_format);
-    check("NumCores", old.num_cores != fresh.num_cores);
-    check("MetricsEnabled", old.metrics_enabled != fresh.metrics_enabled);
-    check("MetricsPort", old.metrics_listen != fresh.metrics_listen);
+    check("ListenPort", old.server.listen != fresh.server.listen);
+    check(
+        "UnixSocket/UnixSocketPath",
+        old.server.unix_socket != fresh.server.unix_socket,
+    );
+    check("StoreDir", old.store.store_dir != fresh.store.store_dir);
+    check("UploadSubDir", old.store.upload_sub_dir != fresh.store.upload_sub_dir);
+    check("LogFile", old.logging.log_file != fresh.logging.log_file);
+    check("LogFormat", old.logging.log_format != fresh.logging.log_format);
+    check("NumCores", old.server.num_cores != fresh.server.num_cores);
+    check(
+        "MetricsEnabled",
+        old.metrics.metrics_enabled != fresh.metrics.metrics_enabled,
+    );
+    check(
+        "MetricsPort",
+        old.metrics.metrics_listen != fresh.metrics.metrics_listen,
+    );
     check(
         "RedisAddr/RedisPassword/RedisDB",
         old.redis.as_ref().map(|r| (&r.addr, r.db, &r.password))
             != fresh.redis.as_ref().map(|r| (&r.addr, r.db, &r.password)),
     );
-    check("BufferSize", old.buffer_bytes != fresh.buffer_bytes);
-    check("WriteTimeout", old.write_timeout != fresh.write_timeout);
+    check("BufferSize", old.store.buffer_bytes != fresh.store.buffer_bytes);
+    check("WriteTimeout", old.limits.write_timeout != fresh.limits.write_timeout);
     check(
         "MaxRetries/RetryDelay/EnableGetRetries",
-        (old.max_retries, old.retry_delay, old.enable_get_retries)
-            != (fresh.max_retries, fresh.retry_delay, fresh.enable_get_retries),
+        (
+            old.store.max_retries,
+            old.store.retry_delay,
+            old.store.enable_get_retries,
+        ) != (
+            fresh.store.max_retries,
+            fresh.store.retry_delay,
+            fresh.store.enable_get_retries,
+        ),
     );
     check(
         "ReadTimeout (for request heads)",
-        old.read_timeout != fresh.read_timeout,
+        old.limits.read_timeout != fresh.limits.read_timeout,
     );
     changed
 }
