@@ -158,6 +158,8 @@ keys! {
         "Root of the local store.";
     UPLOAD_SUB_DIR: "UploadSubDir", Text, "upload", Restart,
         r#"URL prefix /<UploadSubDir>/ and the folder under StoreDir that holds the files; "" = served at /."#;
+    STATE_DIR: "StateDir", Text, "", Restart,
+        "Folder of the embedded state (unfinished resumable uploads, bans); empty = StoreDir/.hmac-file-server.";
     LOG_LEVEL: "LogLevel", Text, "info", Live,
         "debug, info, warn or error.";
     LOG_FILE: "LogFile", Text, "", Restart,

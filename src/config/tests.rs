@@ -267,6 +267,58 @@ fn example_config_gives_the_defaults() {
 }
 
 #[test]
+fn state_dir_defaults_to_the_stores_own_folder() {
+    let c = load_str("Secret = \"0123456789abcdef\"\nStoreDir = \"/srv/hfs\"", &[], &[]).unwrap();
+    assert_eq!(c.store.state_dir, PathBuf::from("/srv/hfs/.hmac-file-server"));
+    let c = load_str("Secret = \"0123456789abcdef\"\nStateDir = \"\"", &[], &[]).unwrap();
+    assert_eq!(c.store.state_dir, PathBuf::from("./data/.hmac-file-server"));
+}
+
+#[test]
+fn state_dir_can_be_moved() {
+    let c = load_str(
+        "Secret = \"0123456789abcdef\"\nStoreDir = \"/srv/hfs\"\nStateDir = \"/var/lib/hfs-state\"",
+        &[],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.store.state_dir, PathBuf::from("/var/lib/hfs-state"));
+    let c = load_str(
+        "Secret = \"0123456789abcdef\"",
+        &[("HMAC_FILE_SERVER_STATE_DIR", "/run/hfs")],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.store.state_dir, PathBuf::from("/run/hfs"));
+    // Beside the served folder is fine; so is the store's own folder when files are served at /.
+    let c = load_str(
+        "Secret = \"0123456789abcdef\"\nStoreDir = \"/srv\"\nStateDir = \"/srv/state\"",
+        &[],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.store.state_dir, PathBuf::from("/srv/state"));
+    let c = load_str(
+        "Secret = \"0123456789abcdef\"\nStoreDir = \"/srv\"\nUploadSubDir = \"\"\nStateDir = \"/srv/.hmac-file-server/s\"",
+        &[],
+        &[],
+    )
+    .unwrap();
+    assert_eq!(c.store.state_dir, PathBuf::from("/srv/.hmac-file-server/s"));
+}
+
+#[test]
+fn state_dir_must_not_be_served() {
+    for (store, sub, state) in [("/srv", "upload", "/srv/upload/state"), ("/srv", "", "/srv/state")] {
+        let toml = format!(
+            "Secret = \"0123456789abcdef\"\nStoreDir = \"{store}\"\nUploadSubDir = \"{sub}\"\nStateDir = \"{state}\""
+        );
+        let err = load_str(&toml, &[], &[]).unwrap_err();
+        assert_eq!(keys_of(err), ["StateDir"], "{state} under {store}/{sub}");
+    }
+}
+
+#[test]
 fn bad_upload_sub_dir() {
     let err = load_str("Secret = \"0123456789abcdef\"\nUploadSubDir = \"../up\"", &[], &[]).unwrap_err();
     assert_eq!(keys_of(err), ["UploadSubDir"]);

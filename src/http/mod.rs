@@ -143,13 +143,9 @@ impl AppState {
     }
 }
 
-/// Where the embedded state keeps the ban list.
+/// Where the embedded state keeps the ban list (in StateDir).
 pub fn ban_file(config: &Config) -> std::path::PathBuf {
-    config
-        .store
-        .store_dir
-        .join(crate::store::key::INTERNAL_DIR)
-        .join("bans.json")
+    config.store.state_dir.join("bans.json")
 }
 
 /// One request, as the handlers see it.

@@ -28,7 +28,6 @@ use crate::resumable::Resumable;
 use crate::state::embedded::EmbeddedState;
 use crate::state::redis::RedisState;
 use crate::state::{StateError, UploadState};
-use crate::store::key::INTERNAL_DIR;
 use crate::store::{LocalStore, RetryPolicy, StoreError};
 use read_share::ReadShare;
 use tokio_util::sync::CancellationToken;
@@ -101,9 +100,7 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
         retry,
     )?;
     let upload_state = match &config.redis {
-        None => UploadState::Embedded(EmbeddedState::open(
-            &config.store.store_dir.join(INTERNAL_DIR).join("uploads"),
-        )?),
+        None => UploadState::Embedded(EmbeddedState::open(&config.store.state_dir.join("uploads"))?),
         Some(redis) => {
             let r = RedisState::connect(redis)?;
             let state = UploadState::Redis(r);

@@ -1,10 +1,11 @@
 //! The local store: where files live, the I/O buffer, retries of transient errors, digests.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use crate::config::keys;
 use crate::config::reader::Reader;
+use crate::store::key::INTERNAL_DIR;
 
 /// The store.
 #[derive(Debug, Clone)]
@@ -13,6 +14,9 @@ pub struct StoreSettings {
     pub store_dir: PathBuf,
     /// URL prefix and folder under the store; empty = served at `/`.
     pub upload_sub_dir: String,
+    /// Where the embedded state lives (records of unfinished resumable uploads in `uploads/`,
+    /// the ban list in `bans.json`); StateDir, by default `<store_dir>/.hmac-file-server`.
+    pub state_dir: PathBuf,
     /// I/O buffer per upload.
     pub buffer_bytes: usize,
     /// Retries of transient storage errors.
@@ -41,6 +45,7 @@ impl StoreSettings {
                 (),
             );
         }
+        let state_dir = state_dir(r, &store_dir, &upload_sub_dir);
         let max_retries = r.integer(&keys::MAX_RETRIES, 0..=100) as u32;
         let retry_delay = r.duration(&keys::RETRY_DELAY);
         let enable_get_retries = r.boolean(&keys::ENABLE_GET_RETRIES);
@@ -58,6 +63,7 @@ impl StoreSettings {
         Self {
             store_dir,
             upload_sub_dir,
+            state_dir,
             buffer_bytes,
             max_retries,
             retry_delay,
@@ -65,4 +71,27 @@ impl StoreSettings {
             checksum_verification,
         }
     }
+}
+
+/// StateDir as given, or the store's own folder. The state must not be downloadable, so a
+/// StateDir inside the folder of served files is refused (compared as written: a relative and
+/// an absolute spelling of one folder are not recognised as the same).
+fn state_dir(r: &mut Reader<'_>, store_dir: &Path, upload_sub_dir: &str) -> PathBuf {
+    let internal = store_dir.join(INTERNAL_DIR);
+    let Some(state_dir) = r.path(&keys::STATE_DIR) else {
+        return internal;
+    };
+    let served = store_dir.join(upload_sub_dir);
+    if state_dir.starts_with(&served) && !state_dir.starts_with(&internal) {
+        return r.fail(
+            &keys::STATE_DIR,
+            format!(
+                "`{}` is inside {}, the folder of served files: the state would be downloadable",
+                state_dir.display(),
+                served.display()
+            ),
+            internal,
+        );
+    }
+    state_dir
 }
