@@ -8,6 +8,7 @@
 pub mod cli;
 mod groups;
 pub mod keys;
+mod pinned;
 mod reader;
 mod sources;
 pub mod units;
@@ -19,7 +20,9 @@ pub use groups::{
     AuthSettings, BanSettings, Limits, LogFormat, LogSettings, MetricsSettings, RedisSettings, RetentionSettings,
     ServerSettings, StoreSettings,
 };
+use pinned::Pinned;
 use reader::Reader;
+use sources::Merged;
 pub use sources::Sources;
 
 /// One problem with one key.
@@ -133,12 +136,32 @@ pub struct Config {
     pub redis: Option<RedisSettings>,
     /// Warnings found while loading (foreign keys, short secret).
     pub warnings: Vec<String>,
+    /// The values of the keys a reload keeps, as read (its `Debug` shows names only).
+    pinned: Pinned,
 }
 
 impl Config {
     /// Loads and validates from the given sources.
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
+        Self::from_merged(sources::merge(sources))
+    }
+
+    /// Reads the sources again for a running server: the fresh configuration, with the
+    /// running values of the restart-only keys, and the keys a restart would change (the
+    /// restart-only ones, and those like ReadTimeout that SIGHUP applies only in part).
+    ///
+    /// The sources must load as they are, restart-only keys included: a mistake that would
+    /// stop the next start fails the reload, and the running configuration stays.
+    pub fn reload(&self, sources: &Sources) -> Result<(Config, Vec<&'static keys::Key>), ConfigError> {
         let merged = sources::merge(sources);
+        let mut kept = merged.clone();
+        Self::from_merged(merged)?;
+        let changed = self.pinned.changed(&kept.table);
+        self.pinned.restore(&mut kept.table);
+        Ok((Self::from_merged(kept)?, changed))
+    }
+
+    fn from_merged(merged: Merged) -> Result<Config, ConfigError> {
         let mut r = Reader::new(&merged.table);
         let config = build(&mut r);
         let (found, found_warnings) = r.finish();
@@ -150,6 +173,7 @@ impl Config {
         match config {
             Some(mut config) if problems.is_empty() => {
                 config.warnings = warnings;
+                config.pinned = Pinned::from_table(&merged.table);
                 Ok(config)
             }
             _ => Err(ConfigError { problems, warnings }),
@@ -188,6 +212,7 @@ fn build(r: &mut Reader<'_>) -> Option<Config> {
         metrics,
         redis,
         warnings: Vec::new(),
+        pinned: Pinned::default(),
     })
 }
 

@@ -150,7 +150,6 @@ impl<'a> Reader<'a> {
 
 /// A value read as its key's kind: two spellings of one setting (`"64KiB"` and `65536`,
 /// `"2"` and `2`) compare equal.
-#[cfg_attr(not(test), allow(dead_code))] // the reload uses it too, soon
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Typed {
     /// Text (and `"auto"`-or-number, lower-cased).
@@ -168,7 +167,6 @@ pub enum Typed {
 }
 
 /// Reads `value` as `key`'s kind, with the reader's error messages.
-#[cfg_attr(not(test), allow(dead_code))]
 pub fn typed(key: &Key, value: &Value) -> Result<Typed, String> {
     Ok(match key.kind {
         Kind::Text => Typed::Text(as_text(value)?),

@@ -22,7 +22,7 @@ pub struct Sources {
 }
 
 /// The sources merged: known keys under their canonical names, and what was wrong on the way.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct Merged {
     /// Canonical key name → value; a key not here takes its default.
     pub table: Table,

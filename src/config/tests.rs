@@ -325,3 +325,112 @@ fn bad_upload_sub_dir() {
     let c = load_str("Secret = \"0123456789abcdef\"\nUploadSubDir = \"\"", &[], &[]).unwrap();
     assert_eq!(c.url_prefix(), "/");
 }
+
+/// A config file that tests rewrite between load and reload.
+struct Reloadable {
+    file: tempfile::NamedTempFile,
+}
+
+impl Reloadable {
+    fn new(toml: &str) -> Self {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(file.path(), toml).unwrap();
+        Self { file }
+    }
+    fn sources(&self) -> Sources {
+        Sources {
+            file: Some(self.file.path().to_path_buf()),
+            ..Sources::default()
+        }
+    }
+    fn rewrite(&self, toml: &str) {
+        std::fs::write(self.file.path(), toml).unwrap();
+    }
+}
+
+fn names(keys: &[&keys::Key]) -> Vec<&'static str> {
+    keys.iter().map(|k| k.name).collect()
+}
+
+#[test]
+fn reload_keeps_and_names_restart_only_keys_and_applies_live_ones() {
+    let f = Reloadable::new("Secret = \"0123456789abcdef\"\nListenPort = \":1000\"\nMaxUploadSize = 10");
+    let running = Config::load(&f.sources()).unwrap();
+    f.rewrite(
+        "Secret = \"fedcba9876543210\"\nListenPort = \":2000\"\nMaxUploadSize = 20\nStateDir = \"/elsewhere\"\nRedisDB = 3",
+    );
+    let (fresh, changed) = running.reload(&f.sources()).unwrap();
+    assert_eq!(names(&changed), ["ListenPort", "StateDir", "RedisDB"]);
+    assert_eq!(fresh.server.listen, ListenAddr::AnyHost(1000), "restart-only: kept");
+    assert_eq!(fresh.store.state_dir, running.store.state_dir, "restart-only: kept");
+    assert_eq!(fresh.limits.max_upload_bytes, 20, "live: applied");
+    assert_eq!(fresh.auth.secret.expose(), b"fedcba9876543210", "live: applied");
+
+    // Reloading the reloaded configuration names the same keys: they still differ from what runs.
+    let (again, changed) = fresh.reload(&f.sources()).unwrap();
+    assert_eq!(names(&changed), ["ListenPort", "StateDir", "RedisDB"]);
+    assert_eq!(again.server.listen, ListenAddr::AnyHost(1000));
+}
+
+#[test]
+fn reload_of_the_same_values_names_nothing() {
+    let f = Reloadable::new("Secret = \"0123456789abcdef\"\nBufferSize = 65536\nRetryDelay = 2");
+    let running = Config::load(&f.sources()).unwrap();
+    f.rewrite("Secret = \"0123456789abcdef\"\nBufferSize = \"64KiB\"\nRetryDelay = \"2s\"\nNumCores = \"AUTO\"");
+    let (_, changed) = running.reload(&f.sources()).unwrap();
+    assert!(changed.is_empty(), "{:?}", names(&changed));
+}
+
+#[test]
+fn reload_applies_read_timeout_to_bodies_and_names_it_for_heads() {
+    let f = Reloadable::new("Secret = \"0123456789abcdef\"");
+    let running = Config::load(&f.sources()).unwrap();
+    f.rewrite("Secret = \"0123456789abcdef\"\nReadTimeout = 30");
+    let (fresh, changed) = running.reload(&f.sources()).unwrap();
+    assert_eq!(names(&changed), ["ReadTimeout"]);
+    assert_eq!(changed[0].reload, keys::Reload::LiveExcept("request heads"));
+    assert_eq!(
+        fresh.limits.read_timeout,
+        Duration::from_secs(30),
+        "applied to body reads"
+    );
+}
+
+#[test]
+fn reload_fails_on_a_mistake_in_a_restart_only_key() {
+    let f = Reloadable::new("Secret = \"0123456789abcdef\"");
+    let running = Config::load(&f.sources()).unwrap();
+    f.rewrite("Secret = \"0123456789abcdef\"\nListenPort = \"nope\"\nMaxUploadSize = 5");
+    let err = running.reload(&f.sources()).unwrap_err();
+    assert_eq!(keys_of(err), ["ListenPort"], "as the next start would fail");
+}
+
+#[test]
+fn reload_keeps_environment_overrides() {
+    let f = Reloadable::new("Secret = \"0123456789abcdef\"\nMaxUploadSize = 10");
+    let sources = Sources {
+        env: vec![("HMAC_FILE_SERVER_MAX_UPLOAD_SIZE".into(), "1KiB".into())],
+        ..f.sources()
+    };
+    let running = Config::load(&sources).unwrap();
+    f.rewrite("Secret = \"0123456789abcdef\"\nMaxUploadSize = 20\nUploadSubDir = \"files\"");
+    let (fresh, changed) = running.reload(&sources).unwrap();
+    assert_eq!(fresh.limits.max_upload_bytes, 1024);
+    assert_eq!(names(&changed), ["UploadSubDir"]);
+    assert_eq!(fresh.url_prefix(), "/upload/");
+}
+
+#[test]
+fn debug_never_prints_secrets() {
+    let c = load_str(
+        "Secret = \"inline-secret-0123456789\"\nDeleteSecret = \"delete-secret-0123\"\nRedisAddr = \"localhost:6379\"\nRedisPassword = \"redis-password-0123\"",
+        &[],
+        &[],
+    )
+    .unwrap();
+    let debug = format!("{c:?}");
+    for secret in ["inline-secret", "delete-secret", "redis-password"] {
+        assert!(!debug.contains(secret), "Debug shows {secret}: {debug}");
+    }
+    assert!(debug.contains("RedisPassword"), "the pinned keys are named: {debug}");
+}
