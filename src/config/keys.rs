@@ -300,6 +300,45 @@ pub fn by_env_var(var: &str) -> Option<&'static Key> {
     KEYS.iter().copied().find(|key| key.env_var() == var)
 }
 
+/// Every key as text for operators (the `keys` command): name, kind, default, when a change
+/// takes effect, environment variable, and the doc line beneath.
+pub fn describe() -> String {
+    let rows: Vec<[String; 5]> = KEYS
+        .iter()
+        .map(|k| {
+            [
+                k.name.to_string(),
+                k.kind.label().to_string(),
+                k.default_in_toml(),
+                k.reload.label(),
+                k.env_var(),
+            ]
+        })
+        .collect();
+    let header = ["KEY", "KIND", "DEFAULT", "CHANGE", "ENVIRONMENT"].map(String::from);
+    let mut widths = [0; 5];
+    for row in rows.iter().chain([&header]) {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let line = |row: &[String; 5]| {
+        let cells: Vec<String> = row
+            .iter()
+            .zip(widths)
+            .map(|(cell, width)| format!("{cell:width$}"))
+            .collect();
+        cells.join("  ").trim_end().to_string()
+    };
+    let indent = " ".repeat(widths[0] + 2);
+    let mut out = line(&header) + "\n";
+    for (row, key) in rows.iter().zip(KEYS) {
+        out += &line(row);
+        out += &format!("\n{indent}{}\n", key.doc);
+    }
+    out
+}
+
 /// The known key closest to `unknown`, for "did you mean" messages.
 pub fn closest(unknown: &str) -> Option<&'static str> {
     let lower = unknown.to_ascii_lowercase();
@@ -378,6 +417,22 @@ mod tests {
         assert_eq!(TRUSTED_PROXIES.default_in_toml(), "[]");
         assert_eq!(UNIX_SOCKET.default_in_toml(), "false");
         assert_eq!(MAX_RETRIES.default_in_toml(), "5");
+    }
+
+    #[test]
+    fn describe_lists_every_key() {
+        let text = describe();
+        assert!(text.starts_with("KEY "));
+        for key in KEYS {
+            let line = text
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(key.name))
+                .unwrap_or_else(|| panic!("{} is not described", key.name));
+            assert!(line.contains(&key.default_in_toml()), "{line}");
+            assert!(line.contains(&key.reload.label()), "{line}");
+            assert!(line.ends_with(&key.env_var()), "{line}");
+            assert!(text.contains(key.doc), "{}", key.name);
+        }
     }
 
     #[test]
