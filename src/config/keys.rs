@@ -132,7 +132,7 @@ impl Key {
 macro_rules! keys {
     ($($ident:ident: $name:literal, $kind:expr, $default:literal, $reload:expr, $doc:literal;)*) => {
         $(
-            #[doc = concat!("`", $name, "`: ", $doc)]
+            #[doc = concat!("`", $name, "`:\n\n```text\n", $doc, "\n```")]
             pub const $ident: Key = Key { name: $name, kind: $kind, default: $default, reload: $reload, doc: $doc };
         )*
         /// Every key this server understands, in the order of `config.example.toml`.

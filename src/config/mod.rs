@@ -4,6 +4,12 @@
 //! Every problem is collected with the key it belongs to, so `check-config` can print them all
 //! at once. Unknown keys are errors naming the closest known key (a typo must not silently drop
 //! a limit); keys of later Go servers that we do not implement are warnings.
+//!
+//! Each key is described once, in [`keys`]; the rest follows from that table: `sources` merges
+//! file, environment and `--set` into one table, `reader` reads it by key, one builder per group
+//! (`groups/`) checks and types its keys, and `pinned` keeps what a reload must not change.
+//! Adding a key: its line in [`keys`], its field and read in its group, its line in
+//! `config.example.toml` (a test checks the example against the table).
 
 pub mod cli;
 mod groups;

@@ -23,6 +23,7 @@ pub struct BanSettings {
 }
 
 impl BanSettings {
+    /// Reads and checks the group's keys; problems go to the reader.
     pub(in crate::config) fn read(r: &mut Reader<'_>) -> Self {
         let block_after_fails = r.integer(&keys::BLOCK_AFTER_FAILS, 0..=1_000_000) as u32;
         let block_duration = r.duration(&keys::BLOCK_DURATION);

@@ -19,6 +19,7 @@ pub struct Limits {
 }
 
 impl Limits {
+    /// Reads and checks the group's keys; problems go to the reader.
     pub(in crate::config) fn read(r: &mut Reader<'_>) -> Self {
         let max_upload_bytes = r.size(&keys::MAX_UPLOAD_SIZE);
         if max_upload_bytes == 0 {

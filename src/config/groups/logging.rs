@@ -26,6 +26,7 @@ pub struct LogSettings {
 }
 
 impl LogSettings {
+    /// Reads and checks the group's keys; problems go to the reader.
     pub(in crate::config) fn read(r: &mut Reader<'_>) -> Self {
         let level = r.text(&keys::LOG_LEVEL).to_ascii_lowercase();
         let log_level = match level.as_str() {

@@ -14,6 +14,7 @@ pub struct MetricsSettings {
 }
 
 impl MetricsSettings {
+    /// Reads and checks the group's keys; problems go to the reader.
     pub(in crate::config) fn read(r: &mut Reader<'_>) -> Self {
         let metrics_enabled = r.boolean(&keys::METRICS_ENABLED);
         let metrics_listen = ListenAddr::parse(&r.text(&keys::METRICS_PORT))

@@ -26,6 +26,7 @@ pub struct RetentionSettings {
 }
 
 impl RetentionSettings {
+    /// Reads and checks the group's keys; problems go to the reader.
     pub(in crate::config) fn read(r: &mut Reader<'_>) -> Self {
         let cleanup_interval = r.duration(&keys::CLEANUP_INTERVAL);
         if cleanup_interval < Duration::from_secs(1) {

@@ -18,6 +18,7 @@ pub struct ServerSettings {
 }
 
 impl ServerSettings {
+    /// Reads and checks the group's keys; problems go to the reader.
     pub(in crate::config) fn read(r: &mut Reader<'_>) -> Self {
         let listen = ListenAddr::parse(&r.text(&keys::LISTEN_PORT))
             .unwrap_or_else(|e| r.fail(&keys::LISTEN_PORT, e, ListenAddr::AnyHost(8080)));

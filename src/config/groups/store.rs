@@ -30,6 +30,7 @@ pub struct StoreSettings {
 }
 
 impl StoreSettings {
+    /// Reads and checks the group's keys; problems go to the reader.
     pub(in crate::config) fn read(r: &mut Reader<'_>) -> Self {
         let store_dir = PathBuf::from(r.text(&keys::STORE_DIR));
         if store_dir.as_os_str().is_empty() {
