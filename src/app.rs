@@ -34,7 +34,7 @@ struct Shared {
 impl AppState {
     /// State for a freshly started server.
     pub fn new(config: Arc<Config>, store: Store, upload_state: UploadState, engine: Engine) -> Self {
-        let keys = KeyRing::new(config.secret.clone());
+        let keys = KeyRing::new(config.auth.secret.clone());
         // Embedded state keeps its bans in a file beside it; with Redis they live there.
         let bans = match upload_state {
             UploadState::Embedded(_) => Bans::persistent(ban_file(&config)),
@@ -127,15 +127,15 @@ impl AppState {
     pub fn ban_policy(&self) -> BanPolicy {
         let c = self.config();
         BanPolicy {
-            after_fails: c.block_after_fails,
-            window: c.block_duration,
-            auto_unban: c.auto_unban,
-            ban_time: c.auto_ban_time,
+            after_fails: c.bans.block_after_fails,
+            window: c.bans.block_duration,
+            auto_unban: c.bans.auto_unban,
+            ban_time: c.bans.auto_ban_time,
         }
     }
 }
 
-/// Where the embedded state keeps the ban list.
+/// Where the embedded state keeps the ban list: in StateDir.
 pub fn ban_file(config: &Config) -> PathBuf {
-    config.store_dir.join(crate::key::INTERNAL_DIR).join("bans.json")
+    config.store.state_dir.join("bans.json")
 }

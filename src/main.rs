@@ -1,5 +1,5 @@
 //! The `hmac-file-server` command: parse arguments, load the configuration, start logging,
-//! run the server (or `check-config`, `sign`).
+//! run the server (or `check-config`, `keys`, `sign`, `unban`).
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -8,11 +8,15 @@ use clap::Parser;
 
 use hmac_file_server::auth::{self, DEFAULT_CONTENT_TYPE};
 use hmac_file_server::config::cli::{Cli, Command, SignProtocol, normalize_args};
-use hmac_file_server::config::{Config, ConfigError, Sources};
+use hmac_file_server::config::{Config, ConfigError, Sources, keys};
 use hmac_file_server::{metrics, ops, server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(normalize_args(std::env::args()));
+    if let Some(Command::Keys) = cli.command {
+        print!("{}", keys::describe());
+        return ExitCode::SUCCESS;
+    }
     let sources = Sources {
         file: cli.config.clone(),
         env: std::env::vars().collect(),
@@ -21,6 +25,7 @@ fn main() -> ExitCode {
     let loaded = Config::load(&sources);
     match cli.command.unwrap_or(Command::Run) {
         Command::CheckConfig => check_config(loaded),
+        Command::Keys => ExitCode::SUCCESS, // answered above, without loading
         Command::Unban { address } => match loaded {
             Ok(config) => unban(&config, address),
             Err(e) => report(&e),
@@ -123,7 +128,7 @@ fn sign(
     size: u64,
     content_type: Option<&str>,
 ) -> ExitCode {
-    let secret = &config.secret;
+    let secret = &config.auth.secret;
     let ct = content_type.unwrap_or(DEFAULT_CONTENT_TYPE);
     let expires = hmac_file_server::clock::now_unix() + expires_in;
     let full_path = format!("{}{path}", config.url_prefix());
@@ -160,7 +165,7 @@ fn run(config: Config, sources: Sources) -> ExitCode {
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     runtime.enable_all();
-    if let Some(n) = config.num_cores {
+    if let Some(n) = config.server.num_cores {
         runtime.worker_threads(n);
     }
     let runtime = match runtime.build() {
@@ -170,7 +175,7 @@ fn run(config: Config, sources: Sources) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let metrics = if config.metrics_enabled {
+    let metrics = if config.metrics.metrics_enabled {
         match metrics::install() {
             Ok(handle) => Some(handle),
             Err(e) => {

@@ -91,6 +91,8 @@ class Plan:
     sweep_count: int = 3_000
     repeats: int = 3
     large_rounds: int = 5
+    compare_rounds: int = 5
+    compare_small_count: int = 5_000
 
     @classmethod
     def quick(cls) -> "Plan":
@@ -104,6 +106,8 @@ class Plan:
             sweep_count=500,
             repeats=1,
             large_rounds=1,
+            compare_rounds=2,
+            compare_small_count=1_000,
         )
 
 
@@ -206,9 +210,10 @@ class Sampler:
 class Server:
     """One hmac-file-server on 127.0.0.1:<free port> with a fresh store under the work folder."""
 
-    def __init__(self, workdir: Path, name: str, extra: tuple[str, ...] = ()):
+    def __init__(self, workdir: Path, name: str, extra: tuple[str, ...] = (), binary: Path | None = None):
         self.name = name
         self.extra = extra
+        self.binary = binary
         self.store = workdir / f"store-{name}"
         self.config = workdir / f"server-{name}.toml"
         self.log_path = workdir / f"server-{name}.log"
@@ -231,7 +236,7 @@ class Server:
         env["RUST_LOG"] = "warn,hmac_file_server::server=info"
         log_file = open(self.log_path, "wb")
         self.proc = subprocess.Popen(
-            [str(BINARY), "--config", str(self.config)],
+            [str(self.binary or BINARY), "--config", str(self.config)],
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=log_file,
@@ -729,6 +734,7 @@ class Results:
     checksum: dict = field(default_factory=dict)
     many: dict = field(default_factory=dict)
     sweep: list = field(default_factory=list)
+    compare: dict = field(default_factory=dict)
     perf: dict = field(default_factory=dict)
     problems: list = field(default_factory=list)  # wrong answers, lost files: exit status 1
     warnings: list = field(default_factory=list)  # a busy machine: figures not to be trusted
@@ -1018,6 +1024,89 @@ def phase_many(res: Results, plan: Plan, workdir: Path) -> None:
         res.problems += [f"many: server log: {line}" for line in server.problems()[:20]]
 
 
+def phase_compare(res: Results, plan: Plan, workdir: Path, source: Path, sha256: str, before: Path) -> None:
+    """The binary under test against another one (`--compare OLD_BINARY`, e.g. the build before a
+    change), interleaved: in each round both get a fresh server and store and run the same work
+    (small PUTs then GETs with wrk, one large PUT and GET with curl), in alternating order, and
+    the ratios after/before are taken within the round. A figure counts only as such a ratio:
+    the machine's speed drifts between rounds, not within one."""
+    rounds, n, size, c = plan.compare_rounds, plan.compare_small_count, plan.small_bytes, plan.small_concurrency
+    big = plan.large_bytes
+    contestants = [("before", before.resolve()), ("after", BINARY)]
+    log(f"compare: {rounds} rounds of {before} against {BINARY}: {n} PUTs+GETs of {size // 1024} KiB at c={c}, {big // MIB} MiB PUT+GET")
+    rows = []
+    for i in range(rounds):
+        row = {}
+        for name, binary in contestants if i % 2 == 0 else contestants[::-1]:
+            paths = new_paths(f"cmp{i}{name}", n)
+            wait_quiet()
+            with Server(workdir, f"cmp{i}-{name}", binary=binary) as server:
+                put = run_wrk(server, workdir, f"cmp{i}-{name}-put", "put", [signed_put_target(p, size) for p in paths], c, size)
+                get = run_wrk(server, workdir, f"cmp{i}-{name}-get", "get", [f"/upload/{p}" for p in paths], c, size)
+                for stored in (server.store / "upload").iterdir():  # keep /dev/shm small
+                    shutil.rmtree(stored, ignore_errors=True)
+                shm_write_mibs(workdir, big)  # the same warm-up for both
+                path = f"cmp-{uuid.uuid4().hex}/big.bin"
+                put_status, put_s, _ = curl_put(f"http://{HOST}:{server.port}{signed_put_target(path, big)}", source)
+                get_status, get_s, moved = curl([f"http://{HOST}:{server.port}/upload/{path}"])
+                got = get_sha256(server.port, path)
+                for label, run in (("PUT", put), ("GET", get)):
+                    if not run["complete"] or run["non_2xx"] or run["wrong_length"]:
+                        res.problems.append(f"compare round {i + 1} {name} small {label}: {run['answered']}/{run['expected']} answered, statuses {run['statuses']}")
+                if put_status != "201" or get_status != "200" or moved != big or got != (200, big, sha256):
+                    res.problems.append(f"compare round {i + 1} {name} large: PUT {put_status}, GET {get_status}, {moved} bytes, sha256 ok {got[2] == sha256}")
+                row[name] = {
+                    "small_put_rps": put["req_per_s"],
+                    "small_get_rps": get["req_per_s"],
+                    "small_put_cpu_us": put["server_cpu_us_per_request"],
+                    "small_get_cpu_us": get["server_cpu_us_per_request"],
+                    "large_put_mibs": big / MIB / put_s if put_status == "201" else 0.0,
+                    "large_get_mibs": big / MIB / get_s if get_status == "200" else 0.0,
+                    "peak_rss_mib": server.hwm_mib(),
+                }
+                res.problems += [f"compare round {i + 1} {name}: server log: {line}" for line in server.problems()[:10]]
+        rows.append(row)
+    keys = ["small_put_rps", "small_get_rps", "small_put_cpu_us", "small_get_cpu_us", "large_put_mibs", "large_get_mibs"]
+    ratios = {k: [r["after"][k] / r["before"][k] if r["before"][k] else float("nan") for r in rows] for k in keys}
+    res.compare = {
+        "before": str(before),
+        "after": str(BINARY),
+        "rounds": rows,
+        "ratios": {k: [round(x, 3) for x in v] for k, v in ratios.items()},
+        "median_ratios": {k: median(v) for k, v in ratios.items()},
+        "medians": {name: {k: median([r[name][k] for r in rows]) for k in keys} for name in ("before", "after")},
+    }
+
+
+def compare_table(res: Results) -> str:
+    if not res.compare:
+        return ""
+    c = res.compare
+    names = {
+        "small_put_rps": "small PUT req/s",
+        "small_get_rps": "small GET req/s",
+        "small_put_cpu_us": "server CPU µs per small PUT",
+        "small_get_cpu_us": "server CPU µs per small GET",
+        "large_put_mibs": "large PUT MiB/s",
+        "large_get_mibs": "large GET MiB/s",
+    }
+    lines = [
+        f"## Before and after, interleaved ({len(c['rounds'])} rounds)",
+        "",
+        f"before: `{c['before']}`; after: `{c['after']}`. Ratio = after / before within each round "
+        "(for CPU per request, below 1 is better).",
+        "",
+        "| figure | before (median) | after (median) | ratio, median | ratio per round |",
+        "|---|---|---|---|---|",
+    ]
+    for k, label in names.items():
+        lines.append(
+            f"| {label} | {fmt(c['medians']['before'][k])} | {fmt(c['medians']['after'][k])} | "
+            f"{c['median_ratios'][k]:.2f} | {', '.join(f'{x:.2f}' for x in c['ratios'][k])} |"
+        )
+    return "\n".join(lines)
+
+
 def phase_sweep(res: Results, plan: Plan, workdir: Path) -> None:
     log(f"sweep: {plan.sweep_count} PUTs and GETs of {plan.small_bytes // 1024} KiB at c = {', '.join(map(str, plan.sweep_concurrency))}")
     size = plan.small_bytes
@@ -1293,6 +1382,9 @@ def markdown(res: Results, plot_name: str | None) -> str:
     ]
     if plot_name:
         lines += [f"![throughput against concurrency]({plot_name})", ""]
+    compared = compare_table(res)
+    if compared:
+        lines += [compared, ""]
     perf = perf_section(res)
     if perf:
         lines += [perf, ""]
@@ -1322,8 +1414,12 @@ def main() -> int:
         "--store-root", default="/dev/shm", metavar="DIR",
         help="put the stores, the source file and the writer's files under DIR instead of /dev/shm (e.g. a tmpfs mounted with huge=within_size)",
     )
+    parser.add_argument(
+        "--compare", metavar="OLD_BINARY",
+        help="also run the compare phase: this binary (e.g. the build before a change) against the one under test, interleaved",
+    )
     parser.add_argument("--out", default=str(REPO / "bench-results"), help="folder for the results (default: bench-results/)")
-    parser.add_argument("--only", default="", help="comma-separated phases to run (ceilings,small,large,big,checksum,resumable,many,sweep)")
+    parser.add_argument("--only", default="", help="comma-separated phases to run (ceilings,small,large,big,checksum,resumable,many,sweep,compare)")
     args = parser.parse_args()
 
     STORE_ROOT = Path(args.store_root).resolve()
@@ -1331,6 +1427,10 @@ def main() -> int:
         sys.exit(f"bench: needs Linux and the folder {STORE_ROOT}")
     plan = Plan.quick() if args.quick else Plan()
     phases = set(args.only.split(",")) if args.only else {"ceilings", "small", "large", "big", "checksum", "resumable", "many", "sweep"}
+    if args.compare:
+        phases.add("compare")
+    elif "compare" in phases:
+        sys.exit("bench: the compare phase needs --compare OLD_BINARY")
     EXTRA_CONFIG.extend(args.config_line)
     WAIT_QUIET_SECONDS = args.wait_quiet
     tools = ensure_tools()
@@ -1378,6 +1478,7 @@ def main() -> int:
             ("resumable", lambda: phase_resumable(res, plan, workdir, source, sha256)),
             ("many", lambda: phase_many(res, plan, workdir)),
             ("sweep", lambda: phase_sweep(res, plan, workdir)),
+            ("compare", lambda: phase_compare(res, plan, workdir, source, sha256, Path(args.compare or "."))),
         ]
         for name, step in steps:
             if name in phases:

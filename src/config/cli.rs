@@ -31,6 +31,9 @@ pub enum Command {
     Run,
     /// Parse and validate the configuration; print every problem and exit 2, or exit 0.
     CheckConfig,
+    /// Print every configuration key: kind, default, whether SIGHUP applies a change, its
+    /// environment variable and what it does. Reads no configuration.
+    Keys,
     /// Lift the ban of a client address (in the ban file, or in Redis when RedisAddr is set);
     /// then reload the running server (SIGHUP) if it uses the embedded state.
     Unban {

@@ -4,20 +4,32 @@
 //! Every problem is collected with the key it belongs to, so `check-config` can print them all
 //! at once. Unknown keys are errors naming the closest known key (a typo must not silently drop
 //! a limit); keys of later Go servers that we do not implement are warnings.
+//!
+//! Each key is described once, in [`keys`]; the rest follows from that table: `sources` merges
+//! file, environment and `--set` into one table, `reader` reads it by key, one builder per group
+//! (`groups/`) checks and types its keys, and `pinned` keeps what a reload must not change.
+//! Adding a key: its line in [`keys`], its field and read in its group, its line in
+//! `config.example.toml` (a test checks the example against the table).
 
 pub mod cli;
+mod groups;
 pub mod keys;
+mod pinned;
+mod reader;
+mod sources;
 pub mod units;
 
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
-use std::time::Duration;
 
-use ipnet::IpNet;
-use toml::{Table, Value};
-
-use keys::Kind;
+pub use groups::{
+    AuthSettings, BanSettings, Limits, LogFormat, LogSettings, MetricsSettings, RedisSettings, RetentionSettings,
+    ServerSettings, StoreSettings,
+};
+use pinned::Pinned;
+use reader::Reader;
+use sources::Merged;
+pub use sources::Sources;
 
 /// One problem with one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -26,6 +38,16 @@ pub struct Problem {
     pub key: String,
     /// What is wrong, for a human.
     pub message: String,
+}
+
+impl Problem {
+    /// A problem with `key`.
+    pub fn new(key: &str, message: impl Into<String>) -> Self {
+        Self {
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
 }
 
 impl fmt::Display for Problem {
@@ -97,216 +119,67 @@ impl ListenAddr {
     }
 }
 
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Text,
-    /// One JSON object per line.
-    Json,
-}
-
-/// Redis connection settings (resumable state shared between instances).
-#[derive(Debug, Clone)]
-pub struct RedisSettings {
-    /// `host:port`.
-    pub addr: String,
-    /// Password, if any.
-    pub password: Option<Secret>,
-    /// Database number.
-    pub db: i64,
-}
-
-/// The validated, immutable server settings.
+/// The validated, immutable server settings, by group.
 #[derive(Debug, Clone)]
 pub struct Config {
-    /// TCP listener.
-    pub listen: ListenAddr,
-    /// Unix socket path, when `UnixSocket = true`.
-    pub unix_socket: Option<PathBuf>,
-    /// The HMAC key for upload tokens.
-    pub secret: Secret,
-    /// Where the secret came from, when read from a file.
-    pub secret_file: Option<PathBuf>,
-    /// Metronome's `http_file_delete_secret`; `None`: the same as the upload secret.
-    pub delete_secret: Option<Secret>,
-    /// Root of the local store.
-    pub store_dir: PathBuf,
-    /// URL prefix and folder under the store; empty = served at `/`.
-    pub upload_sub_dir: String,
-    /// `debug`, `info`, `warn` or `error`.
-    pub log_level: String,
-    /// Log file; `None` = standard error.
-    pub log_file: Option<PathBuf>,
-    /// Log line format.
-    pub log_format: LogFormat,
-    /// Largest accepted upload.
-    pub max_upload_bytes: u64,
-    /// Retries of transient storage errors.
-    pub max_retries: u32,
-    /// Pause between retries.
-    pub retry_delay: Duration,
-    /// Retry GET's storage reads too.
-    pub enable_get_retries: bool,
-    /// Failed authentications before a ban.
-    pub block_after_fails: u32,
-    /// Window in which failures are counted.
-    pub block_duration: Duration,
-    /// Lift bans by themselves.
-    pub auto_unban: bool,
-    /// How long a ban lasts.
-    pub auto_ban_time: Duration,
-    /// Proxies whose forwarding headers are believed.
-    pub trusted_proxies: Vec<IpNet>,
-    /// Delete files older than `delete_files_after`.
-    pub delete_files: bool,
-    /// Age after which files are deleted.
-    pub delete_files_after: Duration,
-    /// Size and age limits on the store.
-    pub retention_enabled: bool,
-    /// Store size limit (0 = none).
-    pub max_retention_bytes: u64,
-    /// Store age limit.
-    pub max_retention_time: Duration,
-    /// Where deletions are reported.
-    pub deletion_report_file: Option<PathBuf>,
-    /// How often sweeps run.
-    pub cleanup_interval: Duration,
-    /// Worker threads; `None` = one per core.
-    pub num_cores: Option<usize>,
-    /// Re-read the secret periodically.
-    pub reask_secret: bool,
-    /// How often the secret is re-read.
-    pub reask_secret_interval: Duration,
-    /// Second listener with `/metrics` and `/health`.
-    pub metrics_enabled: bool,
-    /// Its address.
-    pub metrics_listen: ListenAddr,
-    /// Verify client digests and record SHA-256.
-    pub checksum_verification: bool,
+    /// Listener and worker threads.
+    pub server: ServerSettings,
+    /// The keys that sign tokens.
+    pub auth: AuthSettings,
+    /// The local store.
+    pub store: StoreSettings,
+    /// Request limits.
+    pub limits: Limits,
+    /// Logging.
+    pub logging: LogSettings,
+    /// Bans and trusted proxies.
+    pub bans: BanSettings,
+    /// Retention and sweeps.
+    pub retention: RetentionSettings,
+    /// The metrics listener.
+    pub metrics: MetricsSettings,
     /// Shared state in Redis; `None` = embedded.
     pub redis: Option<RedisSettings>,
-    /// Header read timeout and idle body read timeout.
-    pub read_timeout: Duration,
-    /// Idle response write timeout.
-    pub write_timeout: Duration,
-    /// I/O buffer per upload.
-    pub buffer_bytes: usize,
-    /// How long unfinished uploads and temporaries are kept.
-    pub upload_expiry: Duration,
     /// Warnings found while loading (foreign keys, short secret).
     pub warnings: Vec<String>,
-}
-
-/// Where configuration text comes from; tests pass their own environment.
-#[derive(Debug, Default, Clone)]
-pub struct Sources {
-    /// The TOML file, if any.
-    pub file: Option<PathBuf>,
-    /// `(name, value)` pairs of the process environment.
-    pub env: Vec<(String, String)>,
-    /// `Key=Value` from `--set`.
-    pub overrides: Vec<String>,
+    /// The values of the keys a reload keeps, as read (its `Debug` shows names only).
+    pinned: Pinned,
 }
 
 impl Config {
     /// Loads and validates from the given sources.
     pub fn load(sources: &Sources) -> Result<Config, ConfigError> {
-        let mut problems = Vec::new();
-        let mut warnings = Vec::new();
-        let mut table = Table::new();
+        Self::from_merged(sources::merge(sources))
+    }
 
-        if let Some(path) = &sources.file {
-            match std::fs::read_to_string(path) {
-                Ok(text) => match text.parse::<Table>() {
-                    Ok(parsed) => table = parsed,
-                    Err(e) => problems.push(problem("config", format!("{}: {e}", path.display()))),
-                },
-                Err(e) => problems.push(problem("config", format!("cannot read {}: {e}", path.display()))),
-            }
-        }
+    /// Reads the sources again for a running server: the fresh configuration, with the
+    /// running values of the restart-only keys, and the keys a restart would change (the
+    /// restart-only ones, and those like ReadTimeout that SIGHUP applies only in part).
+    ///
+    /// The sources must load as they are, restart-only keys included: a mistake that would
+    /// stop the next start fails the reload, and the running configuration stays.
+    pub fn reload(&self, sources: &Sources) -> Result<(Config, Vec<&'static keys::Key>), ConfigError> {
+        let merged = sources::merge(sources);
+        let mut kept = merged.clone();
+        Self::from_merged(merged)?;
+        let changed = self.pinned.changed(&kept.table);
+        self.pinned.restore(&mut kept.table);
+        Ok((Self::from_merged(kept)?, changed))
+    }
 
-        let mut known = Table::new();
-        for (key, value) in table {
-            if keys::kind_of(&key).is_some() {
-                known.insert(key, value);
-            } else if let Some(canonical) = keys::KEYS
-                .iter()
-                .map(|(k, _)| *k)
-                .find(|k| k.eq_ignore_ascii_case(&key))
-            {
-                // prosody-filer writes `listenport`, `storeDir`: Go's TOML readers ignore case.
-                if known.contains_key(canonical) {
-                    problems.push(problem(&key, format!("given twice (also as `{canonical}`)")));
-                } else {
-                    known.insert(canonical.to_string(), value);
-                }
-            } else if keys::FOREIGN_KEYS.iter().any(|k| k.eq_ignore_ascii_case(&key)) {
-                warnings.push(format!(
-                    "{key}: used by other hmac-file-server versions, not by this one; ignored"
-                ));
-            } else {
-                let hint = keys::closest(&key)
-                    .map(|k| format!("; did you mean `{k}`?"))
-                    .unwrap_or_default();
-                problems.push(problem(&key, format!("unknown key{hint}")));
-            }
-        }
-
-        for (var, _) in &sources.env {
-            if let Some(rest) = var.strip_prefix("HMAC_FILE_SERVER_")
-                && !keys::KEYS.iter().any(|(k, _)| keys::env_var_name(k) == *var)
-            {
-                let hint = keys::closest(&rest.replace('_', ""))
-                    .map(|k| format!("; did you mean {}?", keys::env_var_name(k)))
-                    .unwrap_or_default();
-                problems.push(problem(var, format!("unknown environment variable{hint}")));
-            }
-        }
-
-        for (name, kind) in keys::KEYS {
-            let var = keys::env_var_name(name);
-            if let Some((_, text)) = sources.env.iter().find(|(k, _)| *k == var) {
-                match value_from_text(*kind, text) {
-                    Ok(v) => {
-                        known.insert((*name).to_string(), v);
-                    }
-                    Err(e) => problems.push(problem(name, format!("from {var}: {e}"))),
-                }
-            }
-        }
-
-        for entry in &sources.overrides {
-            let Some((key, text)) = entry.split_once('=') else {
-                problems.push(problem("--set", format!("`{entry}` is not KEY=VALUE")));
-                continue;
-            };
-            let key = key.trim();
-            match keys::kind_of(key) {
-                Some(kind) => match value_from_text(kind, text) {
-                    Ok(v) => {
-                        known.insert(key.to_string(), v);
-                    }
-                    Err(e) => problems.push(problem(key, format!("from --set: {e}"))),
-                },
-                None => {
-                    let hint = keys::closest(key)
-                        .map(|k| format!("; did you mean `{k}`?"))
-                        .unwrap_or_default();
-                    problems.push(problem(key, format!("unknown key in --set{hint}")));
-                }
-            }
-        }
-
-        let mut r = Reader {
-            table: &known,
-            problems: &mut problems,
-        };
-        let config = build(&mut r, &mut warnings);
+    fn from_merged(merged: Merged) -> Result<Config, ConfigError> {
+        let mut r = Reader::new(&merged.table);
+        let config = build(&mut r);
+        let (found, found_warnings) = r.finish();
+        let mut problems = merged.problems;
+        problems.extend(found);
         problems.sort_by(|a, b| a.key.cmp(&b.key));
+        let mut warnings = merged.warnings;
+        warnings.extend(found_warnings);
         match config {
             Some(mut config) if problems.is_empty() => {
                 config.warnings = warnings;
+                config.pinned = Pinned::from_table(&merged.table);
                 Ok(config)
             }
             _ => Err(ConfigError { problems, warnings }),
@@ -315,611 +188,39 @@ impl Config {
 
     /// The URL prefix uploads live under: `/upload/` or `/`.
     pub fn url_prefix(&self) -> String {
-        if self.upload_sub_dir.is_empty() {
+        if self.store.upload_sub_dir.is_empty() {
             "/".to_string()
         } else {
-            format!("/{}/", self.upload_sub_dir)
+            format!("/{}/", self.store.upload_sub_dir)
         }
     }
 }
 
-fn problem(key: &str, message: impl Into<String>) -> Problem {
-    Problem {
-        key: key.to_string(),
-        message: message.into(),
-    }
-}
-
-/// Turns override text into a TOML value of the key's kind.
-fn value_from_text(kind: Kind, text: &str) -> Result<Value, String> {
-    let text = text.trim();
-    Ok(match kind {
-        Kind::Text | Kind::Duration | Kind::Size | Kind::TextOrInteger => Value::String(text.to_string()),
-        Kind::Bool => match text.to_ascii_lowercase().as_str() {
-            "true" | "1" | "yes" | "on" => Value::Boolean(true),
-            "false" | "0" | "no" | "off" => Value::Boolean(false),
-            _ => return Err(format!("`{text}` is not true or false")),
-        },
-        Kind::Integer => Value::Integer(text.parse().map_err(|_| format!("`{text}` is not a whole number"))?),
-        Kind::List => Value::Array(
-            text.split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(|s| Value::String(s.to_string()))
-                .collect(),
-        ),
-    })
-}
-
-/// Typed access to the merged table; every failure is recorded with its key.
-struct Reader<'a> {
-    table: &'a Table,
-    problems: &'a mut Vec<Problem>,
-}
-
-impl Reader<'_> {
-    fn fail<T>(&mut self, key: &str, message: impl Into<String>, fallback: T) -> T {
-        self.problems.push(problem(key, message));
-        fallback
-    }
-
-    fn text(&mut self, key: &str, default: &str) -> String {
-        match self.table.get(key) {
-            None => default.to_string(),
-            Some(Value::String(s)) => s.clone(),
-            Some(Value::Integer(i)) => i.to_string(),
-            Some(other) => self.fail(
-                key,
-                format!("expected a string, found {}", other.type_str()),
-                default.to_string(),
-            ),
-        }
-    }
-
-    fn boolean(&mut self, key: &str, default: bool) -> bool {
-        match self.table.get(key) {
-            None => default,
-            Some(Value::Boolean(b)) => *b,
-            Some(other) => self.fail(
-                key,
-                format!("expected true or false, found {}", other.type_str()),
-                default,
-            ),
-        }
-    }
-
-    fn integer(&mut self, key: &str, default: i64, min: i64, max: i64) -> i64 {
-        let value = match self.table.get(key) {
-            None => return default,
-            Some(Value::Integer(i)) => *i,
-            Some(Value::String(s)) => match s.trim().parse() {
-                Ok(i) => i,
-                Err(_) => return self.fail(key, format!("`{s}` is not a whole number"), default),
-            },
-            Some(other) => return self.fail(key, format!("expected a number, found {}", other.type_str()), default),
-        };
-        if value < min || value > max {
-            return self.fail(key, format!("{value} is out of range {min}..={max}"), default);
-        }
-        value
-    }
-
-    fn duration(&mut self, key: &str, default: Duration) -> Duration {
-        match self.table.get(key) {
-            None => default,
-            Some(Value::Integer(i)) if *i >= 0 => Duration::from_secs(*i as u64),
-            Some(Value::String(s)) => match units::parse_duration(s) {
-                Ok(d) => d,
-                Err(e) => self.fail(key, e, default),
-            },
-            Some(other) => self.fail(
-                key,
-                format!("expected seconds or a duration string, found {other}"),
-                default,
-            ),
-        }
-    }
-
-    fn size(&mut self, key: &str, default: u64) -> u64 {
-        match self.table.get(key) {
-            None => default,
-            Some(Value::Integer(i)) if *i >= 0 => *i as u64,
-            Some(Value::String(s)) => match units::parse_size(s) {
-                Ok(n) => n,
-                Err(e) => self.fail(key, e, default),
-            },
-            Some(other) => self.fail(key, format!("expected bytes or a size string, found {other}"), default),
-        }
-    }
-
-    fn list(&mut self, key: &str) -> Vec<String> {
-        match self.table.get(key) {
-            None => Vec::new(),
-            Some(Value::Array(items)) => {
-                let mut out = Vec::new();
-                for item in items {
-                    match item {
-                        Value::String(s) => out.push(s.clone()),
-                        other => self.fail(key, format!("expected strings, found {other}"), ()),
-                    }
-                }
-                out
-            }
-            Some(Value::String(s)) => s
-                .split(',')
-                .map(str::trim)
-                .filter(|s| !s.is_empty())
-                .map(String::from)
-                .collect(),
-            Some(other) => self.fail(
-                key,
-                format!("expected a list of strings, found {}", other.type_str()),
-                Vec::new(),
-            ),
-        }
-    }
-
-    /// A path, taken as written (relative to the working directory, as the Go server does);
-    /// empty = `None`.
-    fn path(&mut self, key: &str) -> Option<PathBuf> {
-        let text = self.text(key, "");
-        (!text.is_empty()).then(|| PathBuf::from(text))
-    }
-}
-
-fn build(r: &mut Reader<'_>, warnings: &mut Vec<String>) -> Option<Config> {
-    let listen_text = r.text("ListenPort", ":8080");
-    let listen = ListenAddr::parse(&listen_text).unwrap_or_else(|e| r.fail("ListenPort", e, ListenAddr::AnyHost(8080)));
-
-    let unix_enabled = r.boolean("UnixSocket", false);
-    let unix_path = r.path("UnixSocketPath");
-    let unix_socket = match (unix_enabled, unix_path) {
-        (true, Some(p)) => Some(p),
-        (true, None) => r.fail("UnixSocketPath", "UnixSocket = true needs UnixSocketPath", None),
-        (false, _) => None,
-    };
-
-    let inline = r.text("Secret", "");
-    let secret_file = r.path("SecretFile");
-    let secret = match (&inline[..], &secret_file) {
-        ("", None) => r.fail(
-            "Secret",
-            "no Secret or SecretFile: refusing to run with no HMAC key",
-            None,
-        ),
-        (s, None) => Some(Secret::new(s.as_bytes())),
-        ("", Some(path)) => match read_secret_file(path) {
-            Ok(s) => Some(s),
-            Err(e) => r.fail("SecretFile", e, None),
-        },
-        (_, Some(_)) => r.fail("SecretFile", "set Secret or SecretFile, not both", None),
-    };
-    if let Some(s) = &secret
-        && s.expose().len() < 16
-    {
-        warnings.push(format!(
-            "Secret: only {} bytes; use at least 16 random bytes (e.g. `openssl rand -hex 32`)",
-            s.expose().len()
-        ));
-    }
-    let delete_text = r.text("DeleteSecret", "");
-    let delete_secret = (!delete_text.is_empty()).then(|| Secret::new(delete_text.as_bytes()));
-
-    let store_dir = PathBuf::from(r.text("StoreDir", "./data"));
-    if store_dir.as_os_str().is_empty() {
-        r.fail("StoreDir", "must not be empty", ());
-    }
-    let upload_sub_dir = r.text("UploadSubDir", "upload").trim_matches('/').to_string();
-    if !upload_sub_dir.is_empty()
-        && let Err(e) = crate::key::FileKey::parse_decoded(&upload_sub_dir)
-    {
-        r.fail(
-            "UploadSubDir",
-            format!("`{upload_sub_dir}` is not a usable folder name: {e}"),
-            (),
-        );
-    }
-
-    let log_level = r.text("LogLevel", "info").to_ascii_lowercase();
-    let log_level = match log_level.as_str() {
-        "debug" | "info" | "warn" | "error" | "trace" => log_level,
-        "warning" => "warn".to_string(),
-        other => r.fail(
-            "LogLevel",
-            format!("`{other}` is not debug, info, warn or error"),
-            "info".to_string(),
-        ),
-    };
-    let log_file = r.path("LogFile");
-    let log_format = match r.text("LogFormat", "text").to_ascii_lowercase().as_str() {
-        "text" => LogFormat::Text,
-        "json" => LogFormat::Json,
-        other => r.fail("LogFormat", format!("`{other}` is not text or json"), LogFormat::Text),
-    };
-
-    let max_upload_bytes = r.size("MaxUploadSize", 100 << 20);
-    if max_upload_bytes == 0 {
-        r.fail("MaxUploadSize", "must be more than 0", ());
-    }
-    let max_retries = r.integer("MaxRetries", 5, 0, 100) as u32;
-    let retry_delay = r.duration("RetryDelay", Duration::from_secs(2));
-    let enable_get_retries = r.boolean("EnableGetRetries", true);
-    let block_after_fails = r.integer("BlockAfterFails", 3, 0, 1_000_000) as u32;
-    let block_duration = r.duration("BlockDuration", Duration::from_secs(300));
-    let auto_unban = r.boolean("AutoUnban", true);
-    let auto_ban_time = r.duration("AutoBanTime", Duration::from_secs(600));
-    let mut trusted_proxies = Vec::new();
-    for text in r.list("TrustedProxies") {
-        let parsed = text
-            .parse::<IpNet>()
-            .or_else(|_| text.parse::<std::net::IpAddr>().map(IpNet::from));
-        match parsed {
-            Ok(net) => trusted_proxies.push(net),
-            Err(_) => r.fail("TrustedProxies", format!("`{text}` is not an address or CIDR"), ()),
-        }
-    }
-
-    let delete_files = r.boolean("DeleteFiles", false);
-    let delete_files_after = r.duration("DeleteFilesAfterPeriod", Duration::from_secs(30 * 86_400));
-    let retention_enabled = r.boolean("RetentionPolicyEnabled", false);
-    let max_retention_bytes = r.size("MaxRetentionSize", 0);
-    let max_retention_time = r.duration("MaxRetentionTime", Duration::from_secs(30 * 86_400));
-    let deletion_report_file = r.path("DeletionReportFile");
-    let cleanup_interval = r.duration("CleanupInterval", Duration::from_secs(3600));
-    if cleanup_interval < Duration::from_secs(1) {
-        r.fail("CleanupInterval", "must be at least 1s", ());
-    }
-
-    let num_cores = match r.table.get("NumCores") {
-        None => None,
-        Some(Value::Integer(n)) if *n >= 1 && *n <= 1024 => Some(*n as usize),
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("auto") => None,
-        Some(Value::String(s)) => match s.trim().parse::<usize>() {
-            Ok(n) if (1..=1024).contains(&n) => Some(n),
-            _ => r.fail(
-                "NumCores",
-                format!("`{s}` is not \"auto\" or a number of threads"),
-                None,
-            ),
-        },
-        Some(other) => r.fail(
-            "NumCores",
-            format!("`{other}` is not \"auto\" or a number of threads"),
-            None,
-        ),
-    };
-
-    let reask_secret = r.boolean("ReaskSecretEnabled", false);
-    let reask_secret_interval = r.duration("ReaskSecretInterval", Duration::from_secs(86_400));
-    let metrics_enabled = r.boolean("MetricsEnabled", true);
-    let metrics_text = r.text("MetricsPort", ":9090");
-    let metrics_listen =
-        ListenAddr::parse(&metrics_text).unwrap_or_else(|e| r.fail("MetricsPort", e, ListenAddr::AnyHost(9090)));
-    let checksum_verification = r.boolean("ChecksumVerification", false);
-
-    let redis_addr = r.text("RedisAddr", "");
-    let redis_password = r.text("RedisPassword", "");
-    let redis_db = r.integer("RedisDB", 0, 0, 1_000_000);
-    let redis = (!redis_addr.is_empty()).then(|| RedisSettings {
-        addr: redis_addr,
-        password: (!redis_password.is_empty()).then(|| Secret::new(redis_password.as_bytes())),
-        db: redis_db,
-    });
-
-    let read_timeout = r.duration("ReadTimeout", Duration::from_secs(900));
-    let write_timeout = r.duration("WriteTimeout", Duration::from_secs(900));
-    for (key, value) in [("ReadTimeout", read_timeout), ("WriteTimeout", write_timeout)] {
-        if value.is_zero() {
-            r.fail(key, "must be more than 0", ());
-        }
-    }
-    let buffer_bytes = r.size("BufferSize", 65_536);
-    let buffer_bytes = if !(4096..=64 << 20).contains(&buffer_bytes) {
-        r.fail(
-            "BufferSize",
-            format!("{buffer_bytes} is outside 4 KiB ..= 64 MiB"),
-            65_536,
-        )
-    } else {
-        buffer_bytes as usize
-    };
-    let upload_expiry = r.duration("UploadExpiry", Duration::from_secs(86_400));
-    if upload_expiry < Duration::from_secs(60) {
-        r.fail("UploadExpiry", "must be at least 60s", ());
-    }
-
+/// Reads every group (all of them, so every problem is found); `None` without a secret.
+fn build(r: &mut Reader<'_>) -> Option<Config> {
+    let server = ServerSettings::read(r);
+    let auth = AuthSettings::read(r);
+    let store = StoreSettings::read(r);
+    let logging = LogSettings::read(r);
+    let limits = Limits::read(r);
+    let bans = BanSettings::read(r);
+    let retention = RetentionSettings::read(r);
+    let metrics = MetricsSettings::read(r);
+    let redis = RedisSettings::read(r);
     Some(Config {
-        listen,
-        unix_socket,
-        secret: secret?,
-        secret_file,
-        delete_secret,
-        store_dir,
-        upload_sub_dir,
-        log_level,
-        log_file,
-        log_format,
-        max_upload_bytes,
-        max_retries,
-        retry_delay,
-        enable_get_retries,
-        block_after_fails,
-        block_duration,
-        auto_unban,
-        auto_ban_time,
-        trusted_proxies,
-        delete_files,
-        delete_files_after,
-        retention_enabled,
-        max_retention_bytes,
-        max_retention_time,
-        deletion_report_file,
-        cleanup_interval,
-        num_cores,
-        reask_secret,
-        reask_secret_interval,
-        metrics_enabled,
-        metrics_listen,
-        checksum_verification,
+        server,
+        auth: auth?,
+        store,
+        limits,
+        logging,
+        bans,
+        retention,
+        metrics,
         redis,
-        read_timeout,
-        write_timeout,
-        buffer_bytes,
-        upload_expiry,
         warnings: Vec::new(),
+        pinned: Pinned::default(),
     })
-}
-
-/// Reads a secret file, stripping one trailing newline.
-fn read_secret_file(path: &Path) -> Result<Secret, String> {
-    let mut bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
-    if bytes.ends_with(b"\n") {
-        bytes.pop();
-        if bytes.ends_with(b"\r") {
-            bytes.pop();
-        }
-    }
-    if bytes.is_empty() {
-        return Err(format!("{} is empty", path.display()));
-    }
-    Ok(Secret::new(bytes))
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use std::io::Write;
-
-    fn load_str(toml: &str, env: &[(&str, &str)], overrides: &[&str]) -> Result<Config, ConfigError> {
-        let mut file = tempfile::NamedTempFile::new().unwrap();
-        file.write_all(toml.as_bytes()).unwrap();
-        Config::load(&Sources {
-            file: Some(file.path().to_path_buf()),
-            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
-            overrides: overrides.iter().map(|s| s.to_string()).collect(),
-        })
-    }
-
-    fn keys_of(err: ConfigError) -> Vec<String> {
-        err.problems.into_iter().map(|p| p.key).collect()
-    }
-
-    #[test]
-    fn defaults() {
-        let c = load_str("Secret = \"0123456789abcdef\"", &[], &[]).unwrap();
-        assert_eq!(c.listen, ListenAddr::AnyHost(8080));
-        assert_eq!(c.upload_sub_dir, "upload");
-        assert_eq!(c.max_upload_bytes, 100 << 20);
-        assert_eq!(c.read_timeout, Duration::from_secs(900));
-        assert_eq!(c.buffer_bytes, 65_536);
-        assert_eq!(c.upload_expiry, Duration::from_secs(86_400));
-        assert!(c.metrics_enabled);
-        assert!(c.warnings.is_empty());
-        assert_eq!(c.url_prefix(), "/upload/");
-    }
-
-    #[test]
-    fn seed_config_loads() {
-        let seed = r#"
-ListenPort = ":8080"
-UnixSocket = false
-Secret = "mysecret"
-StoreDir = "/data/uploads"
-UploadSubDir = "uploads"
-LogLevel = "info"
-LogFile = "/var/log/hmac-file-server.log"
-MaxRetries = 5
-RetryDelay = 2
-EnableGetRetries = true
-BlockAfterFails = 3
-BlockDuration = 300
-AutoUnban = true
-AutoBanTime = 600
-DeleteFiles = true
-DeleteFilesAfterPeriod = "30d"
-NumCores = "auto"
-ReaskSecretEnabled = true
-ReaskSecretInterval = "24h"
-MetricsEnabled = true
-MetricsPort = ":9090"
-ChecksumVerification = true
-RetentionPolicyEnabled = true
-MaxRetentionSize = 10737418240
-MaxRetentionTime = "30d"
-RedisAddr = "localhost:6379"
-RedisPassword = ""
-RedisDB = 0
-ReadTimeout = 900
-WriteTimeout = 900
-BufferSize = 65536
-"#;
-        let c = load_str(seed, &[], &[]).unwrap();
-        assert_eq!(c.max_retention_bytes, 10 << 30);
-        assert_eq!(c.delete_files_after, Duration::from_secs(30 * 86_400));
-        assert_eq!(c.block_duration, Duration::from_secs(300));
-        assert_eq!(c.upload_sub_dir, "uploads");
-        assert_eq!(c.redis.as_ref().unwrap().addr, "localhost:6379");
-        assert!(c.redis.as_ref().unwrap().password.is_none());
-        assert_eq!(c.warnings.len(), 1, "short secret warns: {:?}", c.warnings);
-    }
-
-    #[test]
-    fn unknown_key_names_the_closest() {
-        let err = load_str("Secret = \"0123456789abcdef\"\nMaxUploadSzie = \"1GB\"", &[], &[]).unwrap_err();
-        assert_eq!(err.problems.len(), 1);
-        assert_eq!(err.problems[0].key, "MaxUploadSzie");
-        assert!(
-            err.problems[0].message.contains("MaxUploadSize"),
-            "{}",
-            err.problems[0].message
-        );
-    }
-
-    #[test]
-    fn prosody_filer_spelling_is_accepted() {
-        let c = load_str(
-            "listenport = \"127.0.0.1:5050\"\nsecret = \"0123456789abcdef\"\nstoreDir = \"/srv/x\"\nuploadSubDir = \"up\"",
-            &[],
-            &[],
-        )
-        .unwrap();
-        assert_eq!(c.listen, ListenAddr::Socket("127.0.0.1:5050".parse().unwrap()));
-        assert_eq!(c.store_dir, PathBuf::from("/srv/x"));
-        assert_eq!(c.upload_sub_dir, "up");
-        let err = load_str("Secret = \"0123456789abcdef\"\nsecret = \"x\"", &[], &[]).unwrap_err();
-        assert_eq!(err.problems.len(), 1);
-    }
-
-    #[test]
-    fn unknown_environment_variables_are_errors() {
-        let err = load_str(
-            "Secret = \"0123456789abcdef\"",
-            &[("HMAC_FILE_SERVER_MAX_UPLOAD_SIZ", "1")],
-            &[],
-        )
-        .unwrap_err();
-        assert_eq!(err.problems[0].key, "HMAC_FILE_SERVER_MAX_UPLOAD_SIZ");
-        assert!(
-            err.problems[0].message.contains("HMAC_FILE_SERVER_MAX_UPLOAD_SIZE"),
-            "{}",
-            err.problems[0].message
-        );
-        load_str("Secret = \"0123456789abcdef\"", &[("OTHER_VAR", "1")], &[]).unwrap();
-    }
-
-    #[test]
-    fn warnings_come_with_errors() {
-        let err = load_str("EnableVersioning = true\n[server]\nlisten_address = \"8080\"", &[], &[]).unwrap_err();
-        assert_eq!(err.problems[0].key, "Secret");
-        assert_eq!(err.warnings.len(), 2, "{:?}", err.warnings);
-    }
-
-    #[test]
-    fn foreign_keys_warn() {
-        let c = load_str(
-            "Secret = \"0123456789abcdef\"\nEnableVersioning = true\n[clamav]\nx = 1",
-            &[],
-            &[],
-        )
-        .unwrap();
-        assert_eq!(c.warnings.len(), 2, "{:?}", c.warnings);
-    }
-
-    #[test]
-    fn every_problem_is_reported() {
-        let err = load_str(
-            "ListenPort = \"nope\"\nMaxUploadSize = \"lots\"\nReadTimeout = \"soon\"\nLogFormat = \"xml\"\nBufferSize = 1",
-            &[],
-            &[],
-        )
-        .unwrap_err();
-        assert_eq!(
-            keys_of(err),
-            [
-                "BufferSize",
-                "ListenPort",
-                "LogFormat",
-                "MaxUploadSize",
-                "ReadTimeout",
-                "Secret"
-            ]
-        );
-    }
-
-    #[test]
-    fn precedence_file_env_cli() {
-        let toml = "Secret = \"0123456789abcdef\"\nListenPort = \":1000\"\nMaxUploadSize = 10";
-        let c = load_str(toml, &[("HMAC_FILE_SERVER_LISTEN_PORT", "127.0.0.1:2000")], &[]).unwrap();
-        assert_eq!(c.listen, ListenAddr::Socket("127.0.0.1:2000".parse().unwrap()));
-        let c = load_str(
-            toml,
-            &[
-                ("HMAC_FILE_SERVER_LISTEN_PORT", "127.0.0.1:2000"),
-                ("HMAC_FILE_SERVER_MAX_UPLOAD_SIZE", "2KiB"),
-            ],
-            &["ListenPort=[::1]:3000"],
-        )
-        .unwrap();
-        assert_eq!(c.listen, ListenAddr::Socket("[::1]:3000".parse().unwrap()));
-        assert_eq!(c.max_upload_bytes, 2048);
-        let err = load_str(toml, &[("HMAC_FILE_SERVER_UNIX_SOCKET", "maybe")], &[]).unwrap_err();
-        assert_eq!(keys_of(err), ["UnixSocket"]);
-    }
-
-    #[test]
-    fn listen_forms() {
-        assert_eq!(ListenAddr::parse(":8080").unwrap(), ListenAddr::AnyHost(8080));
-        assert_eq!(ListenAddr::parse("8080").unwrap(), ListenAddr::AnyHost(8080));
-        assert_eq!(
-            ListenAddr::parse("127.0.0.1:0").unwrap(),
-            ListenAddr::Socket("127.0.0.1:0".parse().unwrap())
-        );
-        assert_eq!(
-            ListenAddr::parse("[::1]:8080").unwrap(),
-            ListenAddr::Socket("[::1]:8080".parse().unwrap())
-        );
-        assert_eq!(
-            ListenAddr::parse("localhost:80").unwrap(),
-            ListenAddr::Host("localhost".into(), 80)
-        );
-        assert!(ListenAddr::parse("8080000").is_err());
-        assert!(ListenAddr::parse("host").is_err());
-    }
-
-    #[test]
-    fn secret_file_strips_newline() {
-        let mut secret = tempfile::NamedTempFile::new().unwrap();
-        secret.write_all(b"from-a-file-0123456789\n").unwrap();
-        let toml = format!("SecretFile = \"{}\"", secret.path().display());
-        let c = load_str(&toml, &[], &[]).unwrap();
-        assert_eq!(c.secret.expose(), b"from-a-file-0123456789");
-        assert!(
-            !format!("{c:?}").contains("from-a-file"),
-            "Debug must not print the secret"
-        );
-        let both = format!("{toml}\nSecret = \"x\"");
-        assert_eq!(keys_of(load_str(&both, &[], &[]).unwrap_err()), ["SecretFile"]);
-    }
-
-    #[test]
-    fn example_config_lists_every_key_and_loads() {
-        let example = include_str!("../../config.example.toml");
-        for (key, _) in keys::KEYS {
-            let listed = example.lines().any(|l| {
-                let l = l.trim_start_matches("# ");
-                l.starts_with(&format!("{key} =")) || l.starts_with(&format!("{key}="))
-            });
-            assert!(listed, "config.example.toml does not list {key}");
-        }
-        let c = load_str(example, &[], &[]).unwrap();
-        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
-    }
-
-    #[test]
-    fn bad_upload_sub_dir() {
-        let err = load_str("Secret = \"0123456789abcdef\"\nUploadSubDir = \"../up\"", &[], &[]).unwrap_err();
-        assert_eq!(keys_of(err), ["UploadSubDir"]);
-        let c = load_str("Secret = \"0123456789abcdef\"\nUploadSubDir = \"\"", &[], &[]).unwrap();
-        assert_eq!(c.url_prefix(), "/");
-    }
-}
+mod tests;

@@ -14,7 +14,12 @@ use crate::config::Config;
 pub async fn delete(state: &AppState, config: &Config, slot: Slot) -> Result<Response, ApiError> {
     let keys = state.keys();
     let secrets = keys.valid_at(SystemTime::now());
-    auth::verify_delete(&slot.query, &secrets, slot.key.as_str(), config.delete_secret.as_ref())?;
+    auth::verify_delete(
+        &slot.query,
+        &secrets,
+        slot.key.as_str(),
+        config.auth.delete_secret.as_ref(),
+    )?;
     let size = state.store().delete(&slot.key).await?;
     crate::metrics::store_changed(-1, -(size as i64));
     tracing::info!(path = %slot.key, "file deleted");

@@ -57,6 +57,7 @@ where
         if !closing && !expects_continue && !http_body::Body::is_end_stream(&body) {
             let limit = state
                 .config()
+                .limits
                 .max_upload_bytes
                 .saturating_mul(2)
                 .saturating_add(1 << 20);
@@ -114,7 +115,7 @@ where
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .unwrap_or(0);
     let config = state.config();
-    let client = client_ip(peer, request.headers(), &config.trusted_proxies);
+    let client = client_ip(peer, request.headers(), &config.bans.trusted_proxies);
     let is_upload = matches!(method, Method::PUT | Method::POST | Method::PATCH);
     let _active = is_upload.then(metrics::ActiveUpload::start);
 
@@ -219,6 +220,6 @@ fn options(config: &Config) -> Response {
     let mut r = body::empty(StatusCode::NO_CONTENT);
     r.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(error::ALLOW));
-    tus::options_headers(r.headers_mut(), config.max_upload_bytes);
+    tus::options_headers(r.headers_mut(), config.limits.max_upload_bytes);
     r
 }

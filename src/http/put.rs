@@ -51,31 +51,31 @@ where
     };
     let content_type = headers::signed_content_type(headers)?;
     authorize(state, &slot, &token, size, content_type, &["PUT"])?;
-    if size > config.max_upload_bytes {
+    if size > config.limits.max_upload_bytes {
         return Err(ApiError::TooLarge {
             size,
-            max: config.max_upload_bytes,
+            max: config.limits.max_upload_bytes,
         });
     }
-    let expected = if config.checksum_verification {
+    let expected = if config.store.checksum_verification {
         digest::expected(headers).map_err(|e| ApiError::BadRequest(e.0))?
     } else {
         digest::Expected::default()
     };
     // Answer 409 before reading a body worth the trip; a small one is refused at the commit
     // (the no-overwrite commit) without a separate look.
-    if size > config.buffer_bytes as u64 && state.store().exists(&slot.key).await {
+    if size > config.store.buffer_bytes as u64 && state.store().exists(&slot.key).await {
         return Err(ApiError::Exists);
     }
 
     let hashing = Hashing {
-        sha256: config.checksum_verification,
-        sha512: config.checksum_verification && expected.sha512.is_some(),
+        sha256: config.store.checksum_verification,
+        sha512: config.store.checksum_verification && expected.sha512.is_some(),
         ..Hashing::NONE
     };
     let mut staged = state.store().stage(hashing);
     let watch = Watch {
-        read_timeout: config.read_timeout,
+        read_timeout: config.limits.read_timeout,
         shutdown: state.engine().shutdown(),
         holder: None,
     };

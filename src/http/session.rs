@@ -90,7 +90,11 @@ pub async fn keep_partial(
         metadata: None,
         concat: Concat::None,
     };
-    match state.engine().keep_broken_off(staged, new, config.upload_expiry).await {
+    match state
+        .engine()
+        .keep_broken_off(staged, new, config.limits.upload_expiry)
+        .await
+    {
         Ok(offset) => tracing::info!(path = %slot.key, offset, size, "broken-off upload kept for resumption"),
         Err(e) => tracing::warn!(error = %e, "cannot keep a broken-off upload; its bytes are dropped"),
     }
@@ -166,10 +170,10 @@ where
     } = resume;
     let content_type = headers::signed_content_type(headers)?;
     authorize(state, slot, token, total, content_type, &["PUT"])?;
-    if total > config.max_upload_bytes {
+    if total > config.limits.max_upload_bytes {
         return Err(ApiError::TooLarge {
             size: total,
-            max: config.max_upload_bytes,
+            max: config.limits.max_upload_bytes,
         });
     }
     if content_length.is_some_and(|n| n != total - first) {
@@ -195,8 +199,8 @@ where
             let bounds = Append {
                 max_bytes: total - first,
                 checksum: None,
-                read_timeout: config.read_timeout,
-                expiry: config.upload_expiry,
+                read_timeout: config.limits.read_timeout,
+                expiry: config.limits.upload_expiry,
             };
             match engine.append(&mut record, held, body, bounds).await? {
                 Ended::Complete if record.offset == total => {}
@@ -208,7 +212,7 @@ where
                     return Err(ApiError::BadRequest("request body ended early"));
                 }
             }
-            engine.finish(&record, config.checksum_verification).await?;
+            engine.finish(&record, config.store.checksum_verification).await?;
             Ok(())
         })
         .await?;

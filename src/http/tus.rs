@@ -110,11 +110,11 @@ where
         (_, n) => authorize(state, &slot, &token, n.unwrap_or(0), &content_type, CREATE_METHODS)?,
     }
     if let Some(n) = length
-        && n > config.max_upload_bytes
+        && n > config.limits.max_upload_bytes
     {
         return Err(ApiError::TooLarge {
             size: n,
-            max: config.max_upload_bytes,
+            max: config.limits.max_upload_bytes,
         });
     }
     if concat == Concat::None && state.store().exists(&slot.key).await {
@@ -130,7 +130,7 @@ where
         metadata: metadata_raw.filter(|m| !m.trim().is_empty()),
         concat,
     };
-    let mut record = engine.create(new, config.upload_expiry).await?;
+    let mut record = engine.create(new, config.limits.upload_expiry).await?;
     tracing::info!(path = %record.key, id = %record.id, length = ?record.length, "tus upload created");
 
     let mut response = tus_response(StatusCode::CREATED);
@@ -167,14 +167,14 @@ async fn concatenate(
     let records = engine.parts(parts, &slot.key).await?;
     let total: u64 = records.iter().map(|r| r.offset).sum();
     authorize(state, slot, token, total, &content_type, CREATE_METHODS)?;
-    if total > config.max_upload_bytes {
+    if total > config.limits.max_upload_bytes {
         return Err(ApiError::TooLarge {
             size: total,
-            max: config.max_upload_bytes,
+            max: config.limits.max_upload_bytes,
         });
     }
     engine
-        .concatenate(&records, &slot.key, content_type, config.checksum_verification)
+        .concatenate(&records, &slot.key, content_type, config.store.checksum_verification)
         .await?;
     let mut response = tus_response(StatusCode::CREATED);
     response
@@ -202,7 +202,7 @@ pub async fn head(state: &AppState, id: &str, headers: &HeaderMap) -> Result<Res
     // and the commit) is finished now.
     state
         .engine()
-        .finish_if_complete(&record, state.config().checksum_verification)
+        .finish_if_complete(&record, state.config().store.checksum_verification)
         .await?;
     let mut response = tus_response(StatusCode::OK);
     let h = response.headers_mut();
@@ -278,21 +278,21 @@ where
             Some(existing) if existing != n => return Err(ApiError::BadRequest("Upload-Length cannot change")),
             Some(_) => {}
             None => {
-                if n > config.max_upload_bytes {
+                if n > config.limits.max_upload_bytes {
                     return Err(ApiError::TooLarge {
                         size: n,
-                        max: config.max_upload_bytes,
+                        max: config.limits.max_upload_bytes,
                     });
                 }
                 // Only a v3 slot (which signs no size) may defer the length: nothing to check.
                 if n < record.offset {
                     return Err(ApiError::BadRequest("Upload-Length is below the offset"));
                 }
-                engine.set_length(record, n, config.upload_expiry).await?;
+                engine.set_length(record, n, config.limits.upload_expiry).await?;
             }
         }
     }
-    let limit = record.length.unwrap_or(config.max_upload_bytes);
+    let limit = record.length.unwrap_or(config.limits.max_upload_bytes);
     let room = limit.saturating_sub(record.offset);
     if let Some(n) = headers::number(headers, header::CONTENT_LENGTH)?
         && n > room
@@ -306,14 +306,14 @@ where
     let bounds = Append {
         max_bytes: room,
         checksum: checksum.as_ref(),
-        read_timeout: config.read_timeout,
-        expiry: config.upload_expiry,
+        read_timeout: config.limits.read_timeout,
+        expiry: config.limits.upload_expiry,
     };
     let ended = engine.append(record, held, body, bounds).await?;
     // Whatever ended the chunk, an upload that has all its bytes is finished now: its last
     // byte may have come in a request that broke off or was stopped right after it.
     if record.length == Some(record.offset) && record.concat == Concat::None {
-        engine.finish(record, config.checksum_verification).await?;
+        engine.finish(record, config.store.checksum_verification).await?;
     }
     match ended {
         Ended::TooLong => Err(ApiError::TooLarge {

@@ -79,7 +79,7 @@ pub async fn pass(store: &Store, config: &Config) -> PassReport {
                 metrics::retention_deleted(reason.label());
                 let age = now.duration_since(file.modified).unwrap_or_default();
                 tracing::info!(path = %file.key, size, age_seconds = age.as_secs(), reason = reason.label(), "retention deleted a file");
-                if let Some(path) = &config.deletion_report_file {
+                if let Some(path) = &config.retention.deletion_report_file {
                     append_report(path, &file, age, reason, now);
                 }
             }
@@ -97,20 +97,20 @@ fn plan(mut seen: Vec<Seen>, config: &Config, now: SystemTime) -> Vec<(Seen, Rea
     let mut doomed = Vec::new();
     let mut keep = Vec::with_capacity(seen.len());
     for s in seen.drain(..) {
-        if config.delete_files && age(&s) > config.delete_files_after {
+        if config.retention.delete_files && age(&s) > config.retention.delete_files_after {
             doomed.push((s, Reason::DeleteAfterPeriod));
-        } else if config.retention_enabled && age(&s) > config.max_retention_time {
+        } else if config.retention.retention_enabled && age(&s) > config.retention.max_retention_time {
             doomed.push((s, Reason::MaxRetentionTime));
         } else {
             keep.push(s);
         }
     }
-    if config.retention_enabled && config.max_retention_bytes > 0 {
+    if config.retention.retention_enabled && config.retention.max_retention_bytes > 0 {
         let mut total: u64 = keep.iter().map(|s| s.size).sum();
-        if total > config.max_retention_bytes {
+        if total > config.retention.max_retention_bytes {
             keep.sort_by_key(|s| s.modified);
             for s in keep {
-                if total <= config.max_retention_bytes {
+                if total <= config.retention.max_retention_bytes {
                     break;
                 }
                 total -= s.size;

@@ -96,7 +96,7 @@ pub async fn sweep_loop(state: AppState, leadership: Arc<Leadership>) {
         if leadership.is_leader() {
             let started = Instant::now();
             let report = crate::ops::retention::pass(state.store(), &config).await;
-            match state.engine().sweep(config.upload_expiry).await {
+            match state.engine().sweep(config.limits.upload_expiry).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(removed = n, "swept expired resumable uploads"),
                 Err(e) => tracing::warn!(error = %e, "sweeping resumable uploads failed"),
@@ -108,7 +108,7 @@ pub async fn sweep_loop(state: AppState, leadership: Arc<Leadership>) {
                 ms = started.elapsed().as_millis() as u64,
                 "retention pass done"
             );
-            match state.store().sweep_staging(config.upload_expiry).await {
+            match state.store().sweep_staging(config.limits.upload_expiry).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(removed = n, "swept stale temporaries"),
                 Err(e) => tracing::warn!(error = %e, "sweeping temporaries failed"),
@@ -116,7 +116,7 @@ pub async fn sweep_loop(state: AppState, leadership: Arc<Leadership>) {
         } else {
             tracing::debug!("periodic work skipped: another instance leads it");
         }
-        tokio::time::sleep(config.cleanup_interval).await;
+        tokio::time::sleep(config.retention.cleanup_interval).await;
     }
 }
 
@@ -125,7 +125,7 @@ pub async fn ban_loop(state: AppState) {
     let mut ticker = tokio::time::interval(BAN_SWEEP_INTERVAL);
     loop {
         ticker.tick().await;
-        state.bans().sweep(Instant::now(), state.config().block_duration);
+        state.bans().sweep(Instant::now(), state.config().bans.block_duration);
         if let Some(redis) = state.upload_state().as_redis() {
             match redis.bans().await {
                 Ok(bans) => {

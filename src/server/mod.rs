@@ -25,7 +25,6 @@ use tokio_io_timeout::TimeoutStream;
 use crate::app::AppState;
 use crate::config::{Config, Sources};
 use crate::http::handle;
-use crate::key::INTERNAL_DIR;
 use crate::ops::logging::LogHandle;
 use crate::resumable::Engine;
 use crate::state::embedded::EmbeddedState;
@@ -88,21 +87,19 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
         }
     })?;
     let retry = RetryPolicy {
-        max_retries: config.max_retries,
-        delay: config.retry_delay,
-        on_reads: config.enable_get_retries,
+        max_retries: config.store.max_retries,
+        delay: config.store.retry_delay,
+        on_reads: config.store.enable_get_retries,
     };
     let store = Store::Local(LocalStore::open(
-        &config.store_dir,
-        &config.upload_sub_dir,
-        config.buffer_bytes,
+        &config.store.store_dir,
+        &config.store.upload_sub_dir,
+        config.store.buffer_bytes,
         retry,
     )?);
     tracing::info!(capabilities = %store.capabilities(), "store opened");
     let upload_state = match &config.redis {
-        None => UploadState::Embedded(EmbeddedState::open(
-            &config.store_dir.join(INTERNAL_DIR).join("uploads"),
-        )?),
+        None => UploadState::Embedded(EmbeddedState::open(&config.store.state_dir.join("uploads"))?),
         Some(redis) => {
             let r = RedisState::connect(redis)?;
             let state = UploadState::Redis(r);
@@ -121,9 +118,9 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
     let engine = Engine::new(upload_state.clone(), store.clone(), shutdown_uploads.clone());
     let state = AppState::new(Arc::clone(&config), store, upload_state, engine);
 
-    let metrics_task = match (&launch.metrics, config.metrics_enabled) {
+    let metrics_task = match (&launch.metrics, config.metrics.metrics_enabled) {
         (Some(handle), true) => {
-            let listener = listener::bind_tcp(&config.metrics_listen).await?;
+            let listener = listener::bind_tcp(&config.metrics.metrics_listen).await?;
             let addr = listener.local_addr().map_err(|source| StartupError::Bind {
                 addr: "metrics".into(),
                 source,
@@ -138,14 +135,14 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
         _ => None,
     };
 
-    let listener = match &config.unix_socket {
+    let listener = match &config.server.unix_socket {
         Some(path) => {
             let socket = listener::bind_unix(path)?;
             tracing::info!("listening on unix:{}", path.display());
             Listener::Unix(socket)
         }
         None => {
-            let tcp = listener::bind_tcp(&config.listen).await?;
+            let tcp = listener::bind_tcp(&config.server.listen).await?;
             let local = tcp.local_addr().map_err(|source| StartupError::Bind {
                 addr: "listener".into(),
                 source,
@@ -155,9 +152,9 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
         }
     };
     tracing::info!(
-        store = %config.store_dir.display(),
+        store = %config.store.store_dir.display(),
         prefix = %config.url_prefix(),
-        max_upload_bytes = config.max_upload_bytes,
+        max_upload_bytes = config.limits.max_upload_bytes,
         "serving uploads"
     );
 
@@ -202,11 +199,11 @@ pub async fn serve(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .header_read_timeout(config.read_timeout)
+        .header_read_timeout(config.limits.read_timeout)
         .max_buf_size(READ_BUF_BYTES)
         .max_headers(MAX_HEADERS)
         .keep_alive(true);
-    let write_timeout = config.write_timeout;
+    let write_timeout = config.limits.write_timeout;
     let reads = Arc::new(ReadShare::default());
     tokio::pin!(shutdown);
     loop {

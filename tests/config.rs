@@ -1,0 +1,107 @@
+//! The configuration through the real binary: `keys` prints the key table, `check-config`
+//! answers as before, and StateDir moves the embedded state (records of unfinished resumable
+//! uploads, the ban list) out of StoreDir, where `unban` finds it too.
+
+mod common;
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use common::{TestServer, client, wait_until};
+use reqwest::StatusCode;
+
+#[tokio::test]
+async fn embedded_state_lives_in_state_dir() {
+    let state = tempfile::tempdir().unwrap();
+    let state_dir = state.path().join("state");
+    let server = TestServer::start(&format!(
+        "StateDir = \"{}\"\nBlockAfterFails = 1\nBlockDuration = 60\n",
+        state_dir.display()
+    ));
+    let http = client();
+
+    let r = http
+        .post(server.signed_v("s/a.bin", "s/a.bin", 10))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "10")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "tus creation");
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let id = location.rsplit('/').next().unwrap();
+    assert!(
+        state_dir.join("uploads").join(format!("{id}.json")).is_file(),
+        "the upload's record is in StateDir/uploads"
+    );
+    assert!(
+        !server.store().join(".hmac-file-server/uploads").exists(),
+        "and not under StoreDir"
+    );
+
+    let bad = format!("{}?v={}", server.url("s/b.bin"), "cd".repeat(32));
+    let r = http.put(bad).body("x").send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::FORBIDDEN);
+    let bans = state_dir.join("bans.json");
+    assert!(
+        wait_until(Duration::from_secs(5), || std::fs::read_to_string(&bans)
+            .is_ok_and(|t| t.contains("127.0.0.1"))),
+        "the ban is saved in StateDir/bans.json"
+    );
+    assert!(!server.store().join(".hmac-file-server/bans.json").exists());
+
+    let unban = Command::new(env!("CARGO_BIN_EXE_hmac-file-server"))
+        .arg("--config")
+        .arg(server.dir.path().join("config.toml"))
+        .args(["unban", "127.0.0.1"])
+        .output()
+        .unwrap();
+    assert!(unban.status.success(), "{unban:?}");
+    assert!(
+        String::from_utf8_lossy(&unban.stdout).contains(&bans.display().to_string()),
+        "unban edits StateDir/bans.json: {unban:?}"
+    );
+    assert!(!std::fs::read_to_string(&bans).unwrap().contains("127.0.0.1"));
+}
+
+fn run(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hmac-file-server"))
+        .args(args)
+        .env_remove("HMAC_FILE_SERVER_SECRET")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn keys_prints_the_table_without_a_configuration() {
+    let out = run(&["keys"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(text, hmac_file_server::config::keys::describe());
+    for key in hmac_file_server::config::keys::KEYS {
+        assert!(text.contains(key.name), "{} missing", key.name);
+    }
+    let max = text.lines().find(|l| l.starts_with("MaxUploadSize ")).unwrap();
+    assert!(max.contains("\"100MiB\"") && max.contains("live"), "{max}");
+}
+
+#[test]
+fn check_config_answers_as_before() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.toml");
+    std::fs::write(&good, "Secret = \"0123456789abcdef\"\n").unwrap();
+    let out = run(&["--config", good.to_str().unwrap(), "check-config"]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "configuration OK\n");
+
+    let bad = dir.path().join("bad.toml");
+    std::fs::write(&bad, "EnableVersioning = true\nMaxUploadSzie = 1\n").unwrap();
+    let out = run(&["--config", bad.to_str().unwrap(), "check-config"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "warning: EnableVersioning: used by other hmac-file-server versions, not by this one; ignored\n\
+         config error: MaxUploadSzie: unknown key; did you mean `MaxUploadSize`?\n\
+         config error: Secret: no Secret or SecretFile: refusing to run with no HMAC key\n"
+    );
+}
