@@ -467,3 +467,166 @@ async fn redis_down_at_start_up() {
     let _redis = RedisServer::start_on(port);
     tus_works_again(&server, "boot/after.bin").await;
 }
+
+/// The library's state over this test's Redis, database `db`, with locks that live `lock_ttl`.
+fn redis_state(redis: &RedisServer, db: i64, lock_ttl: Duration) -> hmac_file_server::state::UploadState {
+    let settings = hmac_file_server::config::RedisSettings {
+        addr: redis.addr(),
+        password: None,
+        db,
+    };
+    let state = hmac_file_server::state::redis::RedisState::connect(&settings).unwrap();
+    hmac_file_server::state::UploadState::Redis(state.with_lock_ttl(lock_ttl))
+}
+
+/// A lease has one holder at a time, its holder keeps it by renewing, and it passes on when it
+/// lapses or is given up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_has_one_holder_and_passes_on() {
+    let redis = RedisServer::start();
+    let state = redis_state(&redis, 0, Duration::from_secs(30));
+    let ttl = Duration::from_millis(500);
+    assert!(state.lease("job", "a", ttl).await.unwrap(), "a free lease is taken");
+    assert!(!state.lease("job", "b", ttl).await.unwrap(), "held by another");
+    assert!(
+        state.lease("other-job", "b", ttl).await.unwrap(),
+        "leases are independent"
+    );
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(state.lease("job", "a", ttl).await.unwrap(), "the holder renews");
+    }
+    assert!(
+        !state.lease("job", "b", ttl).await.unwrap(),
+        "renewed past its first TTL, still a's"
+    );
+    let lapsed = eventually(Duration::from_secs(5), || async {
+        state.lease("job", "b", ttl).await.unwrap()
+    })
+    .await;
+    assert!(lapsed, "a lease not renewed lapses and another takes it");
+    assert!(
+        !state.lease("job", "a", ttl).await.unwrap(),
+        "and the old holder has lost it"
+    );
+    state.release_lease("job", "a").await.unwrap();
+    assert!(
+        !state.lease("job", "a", ttl).await.unwrap(),
+        "only the holder can give it up"
+    );
+    state.release_lease("job", "b").await.unwrap();
+    assert!(
+        state.lease("job", "a", ttl).await.unwrap(),
+        "given up, it is free at once"
+    );
+    let db = redis.client(0);
+    let pttl = db.cmd(&["PTTL", "hmac-file-server:lease:job"]).int();
+    assert!((1..=500).contains(&pttl), "namespaced, with its TTL: {pttl} ms");
+}
+
+/// A lock held past its TTL stays held while its holder lives (renewed in the background),
+/// and goes when released, also when the holder is dropped without a release.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn held_locks_are_renewed_and_always_released() {
+    let redis = RedisServer::start();
+    let state = redis_state(&redis, 0, Duration::from_millis(600));
+    let dir = tempfile::tempdir().unwrap();
+    let store = hmac_file_server::store::Store::Local(
+        hmac_file_server::store::LocalStore::open(
+            dir.path(),
+            "upload",
+            4096,
+            hmac_file_server::store::RetryPolicy::NONE,
+        )
+        .unwrap(),
+    );
+    let engine = hmac_file_server::resumable::Engine::new(state.clone(), store, Default::default());
+    let id = "0123456789abcdef0123456789abcdef";
+    let lock_key = format!("{PREFIX}lock:{id}");
+    let db = redis.client(0);
+
+    let held = engine.lock(id).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1800)).await;
+    let ttl = db.cmd(&["PTTL", &lock_key]).int();
+    assert!(
+        (1..=600).contains(&ttl),
+        "held for three TTLs and still there: {ttl} ms"
+    );
+    assert!(state.try_lock(id).await.unwrap().is_none(), "nobody else gets it");
+    engine.unlock(held).await;
+    assert_eq!(db.cmd(&["EXISTS", &lock_key]).int(), 0, "released");
+
+    let held = engine.lock(id).await.unwrap();
+    drop(held);
+    let released = eventually(Duration::from_secs(2), || async {
+        db.cmd(&["EXISTS", &lock_key]).int() == 0
+    })
+    .await;
+    assert!(
+        released,
+        "a dropped holder's lock is released in the background, not left to expire"
+    );
+    let again = engine.lock(id).await.unwrap();
+    engine.unlock(again).await;
+}
+
+/// With several instances one leads periodic work (retention, sweeps): only it lists the
+/// store and deletes; when it shuts down it gives the lease up and another takes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_instance_leads_periodic_work() {
+    let redis = RedisServer::start();
+    let extra = format!(
+        "{}DeleteFiles = true\nDeleteFilesAfterPeriod = \"1s\"\nCleanupInterval = \"1s\"\n",
+        redis.toml()
+    );
+    let a = TestServer::start(&extra);
+    let b = TestServer::start_sharing(&a, &extra);
+    let leads = |s: &TestServer| s.log().contains("this instance leads periodic work");
+    let passes = |s: &TestServer| s.log().matches("retention pass done").count();
+    let http = client();
+    let data = payload(1000, 43);
+    let r = http
+        .put(a.signed_v("lead/one.bin", "lead/one.bin", 1000))
+        .body(data.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let deleted = eventually(Duration::from_secs(10), || async {
+        http.get(a.url("lead/one.bin")).send().await.unwrap().status() == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(deleted, "retention ran");
+    assert!(
+        leads(&a) != leads(&b),
+        "exactly one leads:\n{}\n---\n{}",
+        a.log(),
+        b.log()
+    );
+    let (leader, other) = if leads(&a) { (a, b) } else { (b, a) };
+    assert!(passes(&leader) >= 1);
+    assert_eq!(
+        passes(&other),
+        0,
+        "the other instance never lists the store:\n{}",
+        other.log()
+    );
+    assert!(other.log().contains("another instance leads periodic work"));
+
+    // The leader's folder holds the store both share: keep it.
+    let _store = leader.stop_keep_dir("TERM");
+    let took_over = eventually(Duration::from_secs(20), || async { leads(&other) }).await;
+    assert!(took_over, "the lease passes on when the leader stops:\n{}", other.log());
+    let r = http
+        .put(other.signed_v("lead/two.bin", "lead/two.bin", 1000))
+        .body(data)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let deleted = eventually(Duration::from_secs(10), || async {
+        http.get(other.url("lead/two.bin")).send().await.unwrap().status() == StatusCode::NOT_FOUND
+    })
+    .await;
+    assert!(deleted, "the new leader runs retention");
+}

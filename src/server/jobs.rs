@@ -2,12 +2,12 @@
 //! uploads run at start and every CleanupInterval, on one instance at a time: the holder of
 //! the `periodic` lease in the upload state (Redis; with the embedded state the only instance
 //! always holds it), renewed every [`LEASE_RENEW`], so with several instances there is one
-//! store listing per interval and one line per deletion in the report, and when the leader
-//! dies another takes over within [`LEASE_TTL`]. Bans are lifted (and shared bans taken
+//! store listing per interval. A leader that shuts down gives the lease up, and another takes
+//! over at its next renewal; when a leader dies, another takes over within [`LEASE_TTL`]. Bans are lifted (and shared bans taken
 //! over) on every instance every [`BAN_SWEEP_INTERVAL`].
 
 use std::collections::HashSet;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -29,8 +29,13 @@ pub struct Leadership {
     instance: String,
     /// Until when the last successful renewal holds.
     until: Mutex<Option<Instant>>,
-    leading: AtomicBool,
+    /// What was last logged: [`UNKNOWN`], [`LEADING`] or [`FOLLOWING`].
+    logged: AtomicU8,
 }
+
+const UNKNOWN: u8 = 0;
+const LEADING: u8 = 1;
+const FOLLOWING: u8 = 2;
 
 impl Leadership {
     /// Tries for the lease once, so the first pass at start knows who runs it.
@@ -38,7 +43,7 @@ impl Leadership {
         let leadership = Arc::new(Self {
             instance: random_id(),
             until: Mutex::new(None),
-            leading: AtomicBool::new(false),
+            logged: AtomicU8::new(UNKNOWN),
         });
         leadership.try_lead(state).await;
         leadership
@@ -50,6 +55,14 @@ impl Leadership {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .is_some_and(|until| Instant::now() < until)
+    }
+
+    /// Gives the lease up (at shutdown), so another instance leads from its next renewal.
+    pub async fn resign(&self, state: &AppState) {
+        *self.until.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Err(e) = state.upload_state().release_lease(LEASE, &self.instance).await {
+            tracing::debug!(error = %e, "cannot give up the lease of periodic work; it lapses by itself");
+        }
     }
 
     async fn try_lead(&self, state: &AppState) {
@@ -68,10 +81,14 @@ impl Leadership {
             // Unreachable: keep what the last renewal gave, until it lapses.
             None => {}
         }
-        let leading = until.is_some_and(|u| Instant::now() < u);
+        let now = if until.is_some_and(|u| Instant::now() < u) {
+            LEADING
+        } else {
+            FOLLOWING
+        };
         drop(until);
-        if self.leading.swap(leading, Ordering::Relaxed) != leading {
-            if leading {
+        if self.logged.swap(now, Ordering::Relaxed) != now {
+            if now == LEADING {
                 tracing::info!("this instance leads periodic work (retention, sweeps)");
             } else {
                 tracing::info!("another instance leads periodic work (retention, sweeps)");

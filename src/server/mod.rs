@@ -161,7 +161,7 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
     let leadership = jobs::Leadership::new(&state).await;
     let jobs = [
         tokio::spawn(jobs::lead(state.clone(), Arc::clone(&leadership))),
-        tokio::spawn(jobs::sweep_loop(state.clone(), leadership)),
+        tokio::spawn(jobs::sweep_loop(state.clone(), Arc::clone(&leadership))),
         tokio::spawn(jobs::ban_loop(state.clone())),
         tokio::spawn(reload::signal_loop(
             hangup,
@@ -171,10 +171,11 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
         )),
         tokio::spawn(reload::reask_loop(state.clone(), launch.sources)),
     ];
-    serve(listener, state, shutdown, shutdown_uploads).await;
+    serve(listener, state.clone(), shutdown, shutdown_uploads).await;
     for job in jobs.iter().chain(metrics_task.iter()) {
         job.abort();
     }
+    leadership.resign(&state).await;
     Ok(())
 }
 

@@ -9,7 +9,7 @@
 //! record's `offset` only ever moves forward after those bytes were made durable, so the
 //! offset is the durable byte count.
 //!
-//! Locks expire by themselves (Redis: after [`redis::LOCK_TTL`]) unless renewed: a holder
+//! Locks expire by themselves (Redis: after [`redis::LOCK_TTL`] by default) unless renewed: a holder
 //! renews while it works ([`UploadState::renew_lock`]), so a crashed instance cannot hold an
 //! upload for long. A lease ([`UploadState::lease`]) names one instance the leader of
 //! periodic work.
@@ -171,7 +171,7 @@ impl UploadState {
     pub fn lock_renewal(&self) -> Option<Duration> {
         match self {
             UploadState::Embedded(_) => None,
-            UploadState::Redis(_) => Some(redis::LOCK_TTL / 3),
+            UploadState::Redis(r) => Some(r.lock_ttl() / 3),
         }
     }
 
@@ -181,6 +181,14 @@ impl UploadState {
         match self {
             UploadState::Embedded(_) => Ok(true),
             UploadState::Redis(r) => r.lease(name, holder, ttl).await,
+        }
+    }
+
+    /// Gives up the lease `name` if `holder` has it (so another instance takes over at once).
+    pub async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StateError> {
+        match self {
+            UploadState::Embedded(_) => Ok(()),
+            UploadState::Redis(r) => r.release_lease(name, holder).await,
         }
     }
 

@@ -19,7 +19,7 @@ use crate::config::RedisSettings;
 
 /// Key prefix of everything this server writes.
 pub const PREFIX: &str = "hmac-file-server";
-/// How long a lock lives without a renewal.
+/// How long a lock lives without a renewal, by default.
 pub const LOCK_TTL: Duration = Duration::from_secs(30);
 /// How long a stop request waits for the holder.
 const STOP_TTL: Duration = Duration::from_secs(10);
@@ -29,6 +29,7 @@ const STOP_TTL: Duration = Duration::from_secs(10);
 pub struct RedisState {
     manager: ConnectionManager,
     addr: String,
+    lock_ttl: Duration,
 }
 
 impl std::fmt::Debug for RedisState {
@@ -60,7 +61,20 @@ impl RedisState {
         Ok(Self {
             manager,
             addr: settings.addr.clone(),
+            lock_ttl: LOCK_TTL,
         })
+    }
+
+    /// The same connection with locks that live `ttl` without a renewal (holders renew every
+    /// third of it); for tests that watch a renewal happen.
+    pub fn with_lock_ttl(mut self, ttl: Duration) -> Self {
+        self.lock_ttl = ttl;
+        self
+    }
+
+    /// How long a lock lives without a renewal.
+    pub fn lock_ttl(&self) -> Duration {
+        self.lock_ttl
     }
 
     fn check(id: &str) -> Result<(), StateError> {
@@ -110,7 +124,7 @@ impl RedisState {
             .arg(&token)
             .arg("NX")
             .arg("PX")
-            .arg(LOCK_TTL.as_millis() as u64)
+            .arg(self.lock_ttl.as_millis() as u64)
             .query_async(&mut self.manager.clone())
             .await
             .map_err(unavailable)?;
@@ -159,7 +173,7 @@ impl RedisState {
             .key(key("lock", id))
             .key(key("stop", id))
             .arg(&token.0)
-            .arg(LOCK_TTL.as_millis() as u64)
+            .arg(self.lock_ttl.as_millis() as u64)
             .invoke_async(&mut self.manager.clone())
             .await
             .map_err(unavailable)?;
@@ -176,7 +190,7 @@ impl RedisState {
         let held: i64 = script
             .key(key("lock", id))
             .arg(&token.0)
-            .arg(LOCK_TTL.as_millis() as u64)
+            .arg(self.lock_ttl.as_millis() as u64)
             .invoke_async(&mut self.manager.clone())
             .await
             .map_err(unavailable)?;
@@ -201,6 +215,20 @@ impl RedisState {
             .await
             .map_err(unavailable)?;
         Ok(held == 1)
+    }
+
+    /// Gives up the lease `name` if `holder` has it.
+    pub(super) async fn release_lease(&self, name: &str, holder: &str) -> Result<(), StateError> {
+        let script = redis::Script::new(
+            r"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1",
+        );
+        let _: i64 = script
+            .key(key("lease", name))
+            .arg(holder)
+            .invoke_async(&mut self.manager.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     /// Counts a failed authentication of `client` across all instances; returns true when it
