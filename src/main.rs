@@ -175,7 +175,7 @@ fn run(config: Config, sources: Sources) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let metrics = if config.metrics.metrics_enabled {
+    let metrics = if config.metrics.enabled {
         match metrics::install() {
             Ok(handle) => Some(handle),
             Err(e) => {

@@ -29,7 +29,7 @@ fn defaults() {
     assert_eq!(c.limits.read_timeout, Duration::from_secs(900));
     assert_eq!(c.store.buffer_bytes, 65_536);
     assert_eq!(c.limits.upload_expiry, Duration::from_secs(86_400));
-    assert!(c.metrics.metrics_enabled);
+    assert!(c.metrics.enabled);
     assert!(c.warnings.is_empty());
     assert_eq!(c.url_prefix(), "/upload/");
 }
@@ -100,7 +100,7 @@ fn prosody_filer_spelling_is_accepted() {
     )
     .unwrap();
     assert_eq!(c.server.listen, ListenAddr::Socket("127.0.0.1:5050".parse().unwrap()));
-    assert_eq!(c.store.store_dir, PathBuf::from("/srv/x"));
+    assert_eq!(c.store.dir, PathBuf::from("/srv/x"));
     assert_eq!(c.store.upload_sub_dir, "up");
     let err = load_str("Secret = \"0123456789abcdef\"\nsecret = \"x\"", &[], &[]).unwrap_err();
     assert_eq!(err.problems.len(), 1);

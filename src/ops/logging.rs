@@ -91,8 +91,8 @@ fn open_append(path: &PathBuf) -> io::Result<File> {
 pub fn init(config: &Config) -> Result<LogHandle, String> {
     let env_filter = std::env::var("RUST_LOG").ok().and_then(|v| EnvFilter::try_new(v).ok());
     let env_override = env_filter.is_some();
-    let (filter, handle) = reload::Layer::new(env_filter.unwrap_or_else(|| filter_for(&config.logging.log_level)));
-    let file = match &config.logging.log_file {
+    let (filter, handle) = reload::Layer::new(env_filter.unwrap_or_else(|| filter_for(&config.logging.level)));
+    let file = match &config.logging.file {
         None => None,
         Some(path) => {
             let f = open_append(path).map_err(|e| format!("LogFile: cannot open {}: {e}", path.display()))?;
@@ -104,7 +104,7 @@ pub fn init(config: &Config) -> Result<LogHandle, String> {
     };
     let ansi = file.is_none() && io::stderr().is_terminal();
     let base = tracing_subscriber::fmt::layer().with_target(false).with_ansi(ansi);
-    let layer: Box<dyn Layer<Registry> + Send + Sync> = match (&file, config.logging.log_format) {
+    let layer: Box<dyn Layer<Registry> + Send + Sync> = match (&file, config.logging.format) {
         (None, LogFormat::Text) => base.with_writer(io::stderr).boxed(),
         (None, LogFormat::Json) => base.json().with_writer(io::stderr).boxed(),
         (Some(f), LogFormat::Text) => base.with_writer(f.clone()).boxed(),

@@ -99,13 +99,13 @@ fn plan(mut seen: Vec<Seen>, config: &Config, now: SystemTime) -> Vec<(Seen, Rea
     for s in seen.drain(..) {
         if config.retention.delete_files && age(&s) > config.retention.delete_files_after {
             doomed.push((s, Reason::DeleteAfterPeriod));
-        } else if config.retention.retention_enabled && age(&s) > config.retention.max_retention_time {
+        } else if config.retention.enabled && age(&s) > config.retention.max_retention_time {
             doomed.push((s, Reason::MaxRetentionTime));
         } else {
             keep.push(s);
         }
     }
-    if config.retention.retention_enabled && config.retention.max_retention_bytes > 0 {
+    if config.retention.enabled && config.retention.max_retention_bytes > 0 {
         let mut total: u64 = keep.iter().map(|s| s.size).sum();
         if total > config.retention.max_retention_bytes {
             keep.sort_by_key(|s| s.modified);

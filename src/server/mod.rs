@@ -92,7 +92,7 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
         on_reads: config.store.enable_get_retries,
     };
     let store = Store::Local(LocalStore::open(
-        &config.store.store_dir,
+        &config.store.dir,
         &config.store.upload_sub_dir,
         config.store.buffer_bytes,
         retry,
@@ -118,9 +118,9 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
     let engine = Engine::new(upload_state.clone(), store.clone(), shutdown_uploads.clone());
     let state = AppState::new(Arc::clone(&config), store, upload_state, engine);
 
-    let metrics_task = match (&launch.metrics, config.metrics.metrics_enabled) {
+    let metrics_task = match (&launch.metrics, config.metrics.enabled) {
         (Some(handle), true) => {
-            let listener = listener::bind_tcp(&config.metrics.metrics_listen).await?;
+            let listener = listener::bind_tcp(&config.metrics.listen).await?;
             let addr = listener.local_addr().map_err(|source| StartupError::Bind {
                 addr: "metrics".into(),
                 source,
@@ -152,7 +152,7 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
         }
     };
     tracing::info!(
-        store = %config.store.store_dir.display(),
+        store = %config.store.dir.display(),
         prefix = %config.url_prefix(),
         max_upload_bytes = config.limits.max_upload_bytes,
         "serving uploads"

@@ -71,9 +71,9 @@ pub fn reload(state: &AppState, sources: &Sources, log: Option<&LogHandle>) {
         }
     }
     if let Some(log) = log
-        && fresh.logging.log_level != old.logging.log_level
+        && fresh.logging.level != old.logging.level
     {
-        log.set_level(&fresh.logging.log_level);
+        log.set_level(&fresh.logging.level);
     }
     if state.rotate_secret(fresh.auth.secret.clone(), fresh.auth.reask_secret_interval) {
         tracing::info!(

@@ -18,11 +18,11 @@ pub enum LogFormat {
 #[derive(Debug, Clone)]
 pub struct LogSettings {
     /// `debug`, `info`, `warn` or `error`.
-    pub log_level: String,
+    pub level: String,
     /// Log file; `None` = standard error.
-    pub log_file: Option<PathBuf>,
+    pub file: Option<PathBuf>,
     /// Log line format.
-    pub log_format: LogFormat,
+    pub format: LogFormat,
 }
 
 impl LogSettings {
@@ -49,9 +49,9 @@ impl LogSettings {
             ),
         };
         Self {
-            log_level,
-            log_file,
-            log_format,
+            level: log_level,
+            file: log_file,
+            format: log_format,
         }
     }
 }

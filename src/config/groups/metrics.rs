@@ -8,9 +8,9 @@ use crate::config::reader::Reader;
 #[derive(Debug, Clone)]
 pub struct MetricsSettings {
     /// Second listener with `/metrics` and `/health`.
-    pub metrics_enabled: bool,
+    pub enabled: bool,
     /// Its address.
-    pub metrics_listen: ListenAddr,
+    pub listen: ListenAddr,
 }
 
 impl MetricsSettings {
@@ -20,8 +20,8 @@ impl MetricsSettings {
         let metrics_listen = ListenAddr::parse(&r.text(&keys::METRICS_PORT))
             .unwrap_or_else(|e| r.fail(&keys::METRICS_PORT, e, ListenAddr::AnyHost(9090)));
         Self {
-            metrics_enabled,
-            metrics_listen,
+            enabled: metrics_enabled,
+            listen: metrics_listen,
         }
     }
 }

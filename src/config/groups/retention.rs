@@ -14,7 +14,7 @@ pub struct RetentionSettings {
     /// Age after which files are deleted.
     pub delete_files_after: Duration,
     /// Size and age limits on the store.
-    pub retention_enabled: bool,
+    pub enabled: bool,
     /// Store size limit (0 = none).
     pub max_retention_bytes: u64,
     /// Store age limit.
@@ -35,7 +35,7 @@ impl RetentionSettings {
         Self {
             delete_files: r.boolean(&keys::DELETE_FILES),
             delete_files_after: r.duration(&keys::DELETE_FILES_AFTER_PERIOD),
-            retention_enabled: r.boolean(&keys::RETENTION_POLICY_ENABLED),
+            enabled: r.boolean(&keys::RETENTION_POLICY_ENABLED),
             max_retention_bytes: r.size(&keys::MAX_RETENTION_SIZE),
             max_retention_time: r.duration(&keys::MAX_RETENTION_TIME),
             deletion_report_file: r.path(&keys::DELETION_REPORT_FILE),

@@ -11,7 +11,7 @@ use crate::key::INTERNAL_DIR;
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
     /// Root of the local store.
-    pub store_dir: PathBuf,
+    pub dir: PathBuf,
     /// URL prefix and folder under the store; empty = served at `/`.
     pub upload_sub_dir: String,
     /// Where the embedded state lives (records of unfinished resumable uploads in `uploads/`,
@@ -62,7 +62,7 @@ impl StoreSettings {
             )
         };
         Self {
-            store_dir,
+            dir: store_dir,
             upload_sub_dir,
             state_dir,
             buffer_bytes,
