@@ -17,6 +17,9 @@ pub mod session;
 pub mod slot;
 pub mod tus;
 
+#[cfg(test)]
+mod tests_put;
+
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 

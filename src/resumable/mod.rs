@@ -459,3 +459,6 @@ impl Engine {
         Ok(removed)
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -159,3 +159,204 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| StateError::Io(std::io::Error::other(e)))?
 }
+
+#[cfg(test)]
+mod tests {
+    //! The embedded state through [`UploadState::Embedded`]: records on disk, locks in memory.
+
+    use super::*;
+    use crate::state::{Concat, UploadKind, UploadState};
+    use crate::store::PartialHandle;
+
+    const ID: &str = "0123456789abcdef0123456789abcdef";
+    const OTHER_ID: &str = "fedcba9876543210fedcba9876543210";
+    const HOUR: Duration = Duration::from_secs(3600);
+
+    fn state(dir: &Path) -> UploadState {
+        UploadState::Embedded(EmbeddedState::open(dir).unwrap())
+    }
+
+    fn record(id: &str, expires_unix: u64) -> UploadRecord {
+        UploadRecord {
+            id: id.to_string(),
+            kind: UploadKind::Tus,
+            key: "a/b c.txt".into(),
+            length: Some(1000),
+            offset: 400,
+            content_type: "text/plain".into(),
+            metadata: Some("filename YS50eHQ=".into()),
+            created_unix: 1_700_000_000,
+            expires_unix,
+            concat: Concat::Final(vec![OTHER_ID.to_string(), ID.to_string()]),
+            handle: PartialHandle::Local,
+        }
+    }
+
+    fn files_in(dir: &Path) -> Vec<String> {
+        let mut names: Vec<String> = fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        names
+    }
+
+    #[tokio::test]
+    async fn a_record_put_is_got_back_whole_with_handle_and_concat() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        assert_eq!(state.get(ID).await.unwrap(), None);
+        let mut r = record(ID, u64::MAX);
+        state.put(&r, HOUR).await.unwrap();
+        assert_eq!(state.get(ID).await.unwrap(), Some(r.clone()));
+        r.offset = 1000;
+        r.concat = Concat::Partial;
+        r.length = None;
+        state.put(&r, HOUR).await.unwrap();
+        assert_eq!(state.get(ID).await.unwrap(), Some(r), "replaced");
+        assert_eq!(files_in(dir.path()), vec![format!("{ID}.json")], "no temporary left");
+    }
+
+    #[tokio::test]
+    async fn a_deleted_record_is_gone_and_deleting_again_is_fine() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        state.put(&record(ID, u64::MAX), HOUR).await.unwrap();
+        state.put(&record(OTHER_ID, u64::MAX), HOUR).await.unwrap();
+        state.delete(ID).await.unwrap();
+        assert_eq!(state.get(ID).await.unwrap(), None);
+        assert!(state.get(OTHER_ID).await.unwrap().is_some(), "only that one");
+        state.delete(ID).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn expired_lists_expired_and_unreadable_records_but_not_fresh_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let now = 1_800_000_000;
+        state.put(&record(ID, now - 1), HOUR).await.unwrap();
+        state.put(&record(OTHER_ID, now), HOUR).await.unwrap();
+        let fresh_later = "00000000000000000000000000000001";
+        state.put(&record(fresh_later, now + 3600), HOUR).await.unwrap();
+        let unreadable = "00000000000000000000000000000002";
+        fs::write(dir.path().join(format!("{unreadable}.json")), b"{\"id\": \"0000").unwrap();
+        let mut expired = state.expired(now).await.unwrap();
+        expired.sort();
+        assert_eq!(expired, vec![unreadable.to_string(), ID.to_string()]);
+        assert_eq!(state.expired(now - 10).await.unwrap(), vec![unreadable.to_string()]);
+    }
+
+    #[tokio::test]
+    async fn an_invalid_id_is_refused_before_it_reaches_a_file_name() {
+        let parent = tempfile::tempdir().unwrap();
+        let dir = parent.path().join("uploads");
+        let state = state(&dir);
+        let mut evil = record(ID, u64::MAX);
+        evil.id = "../x".into();
+        assert!(matches!(state.put(&evil, HOUR).await, Err(StateError::Corrupt(_))));
+        assert!(matches!(state.get("../x").await, Err(StateError::Corrupt(_))));
+        assert!(matches!(state.delete("../x").await, Err(StateError::Corrupt(_))));
+        for bad in [
+            "",
+            "0123456789ABCDEF0123456789ABCDEF",
+            "x.json",
+            "0123/../../../etc/passwd",
+        ] {
+            evil.id = bad.into();
+            assert!(state.put(&evil, HOUR).await.is_err(), "{bad:?}");
+        }
+        assert!(files_in(&dir).is_empty());
+        assert_eq!(
+            files_in(parent.path()),
+            vec!["uploads".to_string()],
+            "nothing beside it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_record_survives_reopening_the_folder() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = record(ID, u64::MAX);
+        state(dir.path()).put(&r, HOUR).await.unwrap();
+        let reopened = state(dir.path());
+        assert_eq!(reopened.get(ID).await.unwrap(), Some(r));
+    }
+
+    #[tokio::test]
+    async fn a_torn_temporary_left_by_a_crash_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = record(ID, 100);
+        state(dir.path()).put(&r, HOUR).await.unwrap();
+        // A crash while replacing the record: the temporary is half written, the record whole.
+        fs::write(dir.path().join(format!(".{OTHER_ID}.tmp")), b"{\"id\":\"0123").unwrap();
+        let reopened = state(dir.path());
+        assert_eq!(reopened.get(ID).await.unwrap(), Some(r));
+        assert_eq!(reopened.expired(1_000).await.unwrap(), vec![ID.to_string()]);
+        assert_eq!(reopened.get(OTHER_ID).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn a_held_lock_cannot_be_taken_twice_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let token = state.try_lock(ID).await.unwrap().unwrap();
+        assert_eq!(state.try_lock(ID).await.unwrap(), None);
+        assert!(
+            state.try_lock(OTHER_ID).await.unwrap().is_some(),
+            "locks are per upload"
+        );
+        state.unlock(ID, &token).await.unwrap();
+        let again = state.try_lock(ID).await.unwrap().unwrap();
+        assert_ne!(again, token, "a fresh token each time");
+    }
+
+    #[tokio::test]
+    async fn request_stop_is_seen_by_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let token = state.try_lock(ID).await.unwrap().unwrap();
+        assert!(!state.stop_requested(ID, &token).await.unwrap());
+        state.request_stop(ID).await.unwrap();
+        assert!(state.stop_requested(ID, &token).await.unwrap());
+        // A stranger's token, or a lock no longer held, also says stop.
+        let stranger = LockToken(random_id());
+        assert!(state.stop_requested(ID, &stranger).await.unwrap());
+        assert!(state.stop_requested(OTHER_ID, &stranger).await.unwrap());
+        // The stop request belongs to that lock: the next holder starts clean.
+        state.unlock(ID, &token).await.unwrap();
+        let next = state.try_lock(ID).await.unwrap().unwrap();
+        assert!(!state.stop_requested(ID, &next).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn unlock_with_a_wrong_token_keeps_the_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let token = state.try_lock(ID).await.unwrap().unwrap();
+        state.unlock(ID, &LockToken(random_id())).await.unwrap();
+        assert_eq!(state.try_lock(ID).await.unwrap(), None);
+        assert!(state.renew_lock(ID, &token).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn renew_lock_is_true_for_the_holder_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        let token = state.try_lock(ID).await.unwrap().unwrap();
+        assert!(state.renew_lock(ID, &token).await.unwrap());
+        assert!(!state.renew_lock(ID, &LockToken(random_id())).await.unwrap());
+        assert!(!state.renew_lock(OTHER_ID, &token).await.unwrap());
+        state.unlock(ID, &token).await.unwrap();
+        assert!(!state.renew_lock(ID, &token).await.unwrap(), "released");
+        assert_eq!(state.lock_renewal(), None, "embedded locks do not expire");
+    }
+
+    #[tokio::test]
+    async fn the_single_instance_always_holds_every_lease() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        assert!(state.lease("sweep", "one", HOUR).await.unwrap());
+        assert!(state.lease("sweep", "another", HOUR).await.unwrap());
+        assert!(state.lease("retention", "one", Duration::ZERO).await.unwrap());
+    }
+}
