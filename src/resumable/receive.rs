@@ -77,6 +77,10 @@ where
         match taken {
             Ok(()) => {}
             Err(TakeError::TooLong) => return Ok(Ended::TooLong),
+            Err(TakeError::BrokenOff) => {
+                tracing::debug!("request body broken off");
+                return Ok(Ended::BrokenOff);
+            }
             Err(TakeError::Store(e)) => return Err(e),
         }
         if let Some(held) = watch.holder

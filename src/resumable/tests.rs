@@ -271,8 +271,10 @@ async fn a_body_that_fails_midway_keeps_and_counts_what_arrived() {
     f.assert_durable(&record, b"abcdefghi").await;
 }
 
+/// Found by this test: the read-ahead of `StagedFile::take_frame` took the error out of the
+/// body and dropped it, so the append ended `Complete` (and a tus chunk with a checksum lost
+/// its bytes as a mismatch).
 #[tokio::test]
-#[ignore = "bug: StagedFile::take_frame swallows a body error that follows a frame filling the buffer (src/store/local/staged.rs, take_frame's greedy loop)"]
 async fn a_body_that_fails_right_after_a_large_frame_ends_broken_off() {
     let f = fixture();
     let mut record = f.upload_with(upload("broken-big", Some(100_000)), b"").await;

@@ -94,6 +94,10 @@ pub enum TakeError {
     /// The body went past its limit (Content-Length, Upload-Length).
     #[error("body longer than allowed")]
     TooLong,
+    /// The body failed (the client went away) while it was read ahead; what came before it
+    /// was taken.
+    #[error("request body broken off")]
+    BrokenOff,
     /// Writing failed.
     #[error(transparent)]
     Store(StoreError),

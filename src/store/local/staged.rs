@@ -228,13 +228,21 @@ impl StagedFile {
         if !self.wants_flush() {
             return Ok(());
         }
+        let mut broken_off = false;
         while self.pending_bytes < WRITE_BATCH_BYTES {
-            let Some(Some(Ok(frame))) = body.frame().now_or_never() else {
-                break;
-            };
-            self.take_data(frame, limit)?;
+            match body.frame().now_or_never() {
+                Some(Some(Ok(frame))) => self.take_data(frame, limit)?,
+                // The error is the body's last word (hyper's body ends after it): say so, or
+                // the caller would take the end of the body for a complete one.
+                Some(Some(Err(_))) => {
+                    broken_off = true;
+                    break;
+                }
+                _ => break,
+            }
         }
-        self.flush().await.map_err(TakeError::Store)
+        self.flush().await.map_err(TakeError::Store)?;
+        if broken_off { Err(TakeError::BrokenOff) } else { Ok(()) }
     }
 
     fn take_data(&mut self, frame: http_body::Frame<Bytes>, limit: u64) -> Result<(), TakeError> {
