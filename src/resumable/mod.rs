@@ -26,7 +26,7 @@ use crate::clock::now_unix;
 use crate::key::FileKey;
 use crate::metrics;
 use crate::state::{Concat, StateError, UploadKind, UploadRecord, UploadState, valid_id};
-use crate::store::{FileMeta, Hashing, Partials, Staged, Store, StoreError};
+use crate::store::{FileMeta, Hashing, PartialHandle, Partials, Staged, Store, StoreError};
 
 /// Why an operation of the engine failed, in the terms of the upload protocols.
 #[derive(Debug, thiserror::Error)]
@@ -171,31 +171,24 @@ impl Engine {
     /// at bytes that do not exist.
     pub async fn create(&self, new: NewUpload, expiry: Duration) -> Result<UploadRecord, EngineError> {
         let handle = self.partials.create(&new.id).await?;
-        let now = now_unix();
-        let record = UploadRecord {
-            id: new.id,
-            kind: new.kind,
-            key: new.key.as_str().to_string(),
-            length: new.length,
-            offset: 0,
-            content_type: new.content_type,
-            metadata: new.metadata,
-            created_unix: now,
-            expires_unix: now + expiry.as_secs(),
-            concat: new.concat,
-            handle,
-        };
-        if let Err(e) = self.state.put(&record, expiry).await {
-            let _ = self.partials.remove(&record.id, &record.handle).await;
-            return Err(e.into());
-        }
-        Ok(record)
+        self.record(new, 0, handle, expiry).await
     }
 
     /// Keeps the bytes of a broken-off whole-file upload as upload `new` (its length is the
     /// whole file's), so the client can resume it; returns the durable offset.
     pub async fn keep_broken_off(&self, staged: Staged, new: NewUpload, expiry: Duration) -> Result<u64, EngineError> {
         let (offset, handle) = self.partials.keep(staged, &new.id).await?;
+        self.record(new, offset, handle, expiry).await.map(|r| r.offset)
+    }
+
+    /// Saves the record of an upload whose bytes exist; without a record, the bytes go.
+    async fn record(
+        &self,
+        new: NewUpload,
+        offset: u64,
+        handle: PartialHandle,
+        expiry: Duration,
+    ) -> Result<UploadRecord, EngineError> {
         let now = now_unix();
         let record = UploadRecord {
             id: new.id,
@@ -214,7 +207,7 @@ impl Engine {
             let _ = self.partials.remove(&record.id, &record.handle).await;
             return Err(e.into());
         }
-        Ok(offset)
+        Ok(record)
     }
 
     /// The record of upload `id` when it exists, is valid and of `kind`; an expired one is
