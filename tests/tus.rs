@@ -38,6 +38,7 @@ on_both_backends!(
     restart_resumes,
     patch_cut_after_its_last_byte_still_completes,
     completion_never_replaces_a_file,
+    kill_mid_patch_keeps_checkpointed_bytes,
 );
 
 fn b64(s: &str) -> String {
@@ -934,4 +935,46 @@ async fn error_answers_carry_tus_resumable() {
         r.headers().get("tus-version").and_then(|v| v.to_str().ok()),
         Some("1.0.0")
     );
+}
+
+/// A `kill -9` in the middle of one long PATCH keeps what the PATCH brought up to its last
+/// checkpoint (the offset moves during a PATCH, at most once a second), and the next PATCH
+/// gets through: with Redis once the dead writer's lock has expired (10 s), not 30 s later.
+async fn kill_mid_patch_keeps_checkpointed_bytes(extra: &str) {
+    let extra = format!("{extra}ReadTimeout = 120\nMaxUploadSize = \"8MiB\"\n");
+    let server = TestServer::start(&extra);
+    let len = 3 << 20;
+    let first = 3 << 19;
+    let data = payload(len, 44);
+    let path = "kill/long.bin";
+    let tus = Tus::new(&server);
+    let loc = tus
+        .create_ok(&server.signed_v(path, path, len as u64), len as u64)
+        .await;
+    let id = id_of(&loc);
+    let mut patch = resumable::Streaming::patch(server.addr, &loc, 0, len as u64, &data[..first]);
+    // A checkpoint needs a MiB and a second since the PATCH began, then a frame.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(patch.send(&data[first..first + 65_536]));
+    let saved = eventually(Duration::from_secs(10), || async {
+        tus.offset(&loc).await >= first as u64
+    })
+    .await;
+    assert!(saved, "the offset moves during a long PATCH:\n{}", server.log());
+
+    let dir = server.stop_keep_dir("KILL");
+    drop(patch);
+    let server = TestServer::start_in(dir, &extra);
+    let tus = Tus::new(&server);
+    let o = tus.offset(&loc).await as usize;
+    assert!(o >= first, "kept after kill -9: {o}");
+    assert!(partial_starts_with(&server, &id, &data[..o]));
+    let started = std::time::Instant::now();
+    let finished = eventually(Duration::from_secs(25), || async {
+        tus.patch(&loc, o as u64, data[o..].to_vec()).await.status() == StatusCode::NO_CONTENT
+    })
+    .await;
+    assert!(finished, "the upload is writable again:\n{}", server.log());
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert_served(&tus, &server.url(path), &data, "after kill -9 and resume").await;
 }

@@ -18,7 +18,7 @@ pub mod slot;
 pub mod tus;
 
 #[cfg(test)]
-mod tests_put;
+mod tests;
 
 use std::net::IpAddr;
 use std::time::{Duration, Instant};

@@ -121,12 +121,27 @@ async fn find(state: &AppState, session: &SessionToken, slot: &Slot) -> Result<O
 }
 
 /// `HEAD <slot url + query>` with X-Session-Token: the partial upload's offset and length.
+///
+/// The token is checked before anything is said about the upload, and before an expired one
+/// is removed: a v3 token (which signs no size) always, a v, v2 or Metronome token against
+/// the kept upload's size (with no upload kept there is no size to check it against: 404).
 pub async fn head(state: &AppState, slot: &Slot, headers: &HeaderMap) -> Result<Response, ApiError> {
     let session = SessionToken::from_headers(headers)?;
     let token = slot.token()?;
-    let record = find(state, &session, slot).await?.ok_or(ApiError::NotFound)?;
+    let engine = state.engine();
+    let id = session.upload_id(slot.key.as_str());
+    let Some(record) = engine.peek(&id, UploadKind::Session).await? else {
+        if !token.protocol.signs_size() {
+            authorize(state, slot, &token, 0, headers::signed_content_type(headers)?, &["PUT"])?;
+        }
+        return Err(ApiError::NotFound);
+    };
     let length = record.length.unwrap_or(0);
     authorize(state, slot, &token, length, &record.content_type, &["PUT"])?;
+    if record.expired(crate::clock::now_unix()) {
+        engine.forget(&record).await?;
+        return Err(ApiError::NotFound);
+    }
     let mut response = body::empty(StatusCode::OK);
     let h = response.headers_mut();
     h.insert("upload-offset", HeaderValue::from(record.offset));

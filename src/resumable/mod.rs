@@ -14,7 +14,7 @@ pub mod lock;
 pub mod receive;
 
 pub use lock::Held;
-pub use receive::{Watch, receive};
+pub use receive::{Checkpoint, Watch, receive};
 
 use std::time::Duration;
 
@@ -105,6 +105,14 @@ pub struct NewUpload {
     /// Concatenation role.
     pub concat: Concat,
 }
+
+/// How often a long append (without a chunk checksum) makes its bytes durable and moves the
+/// recorded offset, so a crash (`kill -9`) in the middle of a long PATCH or resumed PUT loses
+/// at most the last second or MiB of it: at most once a second, so fast uploads pay nothing.
+pub const CHECKPOINT: Checkpoint = Checkpoint {
+    bytes: 1 << 20,
+    every: Duration::from_secs(1),
+};
 
 /// The bounds of one append.
 #[derive(Debug, Clone, Copy)]
@@ -210,18 +218,20 @@ impl Engine {
         Ok(record)
     }
 
-    /// The record of upload `id` when it exists, is valid and of `kind`; an expired one is
-    /// forgotten and answers [`EngineError::Expired`].
-    pub async fn load(&self, id: &str, kind: UploadKind) -> Result<Option<UploadRecord>, EngineError> {
+    /// The record of upload `id` when it exists, is valid and of `kind`, expired or not.
+    pub async fn peek(&self, id: &str, kind: UploadKind) -> Result<Option<UploadRecord>, EngineError> {
         if !valid_id(id) {
             return Ok(None);
         }
-        let Some(record) = self.state.get(id).await? else {
+        Ok(self.state.get(id).await?.filter(|r| r.kind == kind))
+    }
+
+    /// The record of upload `id` when it exists, is valid and of `kind`; an expired one is
+    /// forgotten and answers [`EngineError::Expired`].
+    pub async fn load(&self, id: &str, kind: UploadKind) -> Result<Option<UploadRecord>, EngineError> {
+        let Some(record) = self.peek(id, kind).await? else {
             return Ok(None);
         };
-        if record.kind != kind {
-            return Ok(None);
-        }
         if record.expired(now_unix()) {
             self.forget(&record).await?;
             return Err(EngineError::Expired);
@@ -280,7 +290,20 @@ impl Engine {
             shutdown: &self.shutdown,
             holder: Some(held),
         };
-        let mut ended = receive(&mut appender, body, bounds.max_bytes, watch).await?;
+        // A chunk with a checksum is all or nothing: no checkpoints in it.
+        let checkpoint = bounds.checksum.is_none().then_some(CHECKPOINT);
+        let mut ended = loop {
+            match receive::receive_until(&mut appender, body, bounds.max_bytes, watch, checkpoint).await? {
+                Some(ended) => break ended,
+                None => {
+                    let (offset, handle) = self.partials.checkpoint(&mut appender, start).await?;
+                    record.offset = offset;
+                    record.handle = handle;
+                    record.expires_unix = now_unix() + bounds.expiry.as_secs();
+                    self.state.put(record, bounds.expiry).await?;
+                }
+            }
+        };
         if ended == Ended::Complete
             && let Some(c) = bounds.checksum
         {
@@ -295,7 +318,8 @@ impl Engine {
             }
         }
         match ended {
-            Ended::TooLong | Ended::ChecksumMismatch => self.partials.discard(appender, start).await?,
+            // What came since the last checkpoint goes (with a checksum there is none).
+            Ended::TooLong | Ended::ChecksumMismatch => self.partials.discard(appender, record.offset).await?,
             _ => {
                 let (offset, handle) = self.partials.persist(appender, start).await?;
                 record.offset = offset;
@@ -354,7 +378,18 @@ impl Engine {
             return Ok(());
         }
         self.with_lock(&record.id, async |_| match self.state.get(&record.id).await? {
-            Some(fresh) if fresh.length == Some(fresh.offset) => self.finish(&fresh, checksum_verification).await,
+            Some(fresh) if fresh.length == Some(fresh.offset) => {
+                match self.finish(&fresh, checksum_verification).await {
+                    // The path was taken meanwhile, maybe by this very upload, committed just
+                    // before a crash that kept its record: either way it is over, and to its
+                    // client complete.
+                    Err(EngineError::Store(StoreError::Exists)) => {
+                        tracing::info!(path = %fresh.key, id = %fresh.id, "a complete upload found its path taken; it is over");
+                        Ok(())
+                    }
+                    other => other,
+                }
+            }
             _ => Ok(()),
         })
         .await

@@ -29,6 +29,16 @@ pub struct Watch<'a> {
     pub holder: Option<&'a Held>,
 }
 
+/// When an append stops to make what it took so far durable: once at least `bytes` arrived
+/// and `every` passed since it started or last stopped.
+#[derive(Debug, Clone, Copy)]
+pub struct Checkpoint {
+    /// Least bytes between two checkpoints.
+    pub bytes: u64,
+    /// Least time between two checkpoints.
+    pub every: Duration,
+}
+
 /// Takes `body` into `staged` until it ends, goes past `limit` bytes in all, or one of the
 /// watched things happens. Write failures are errors; everything else is an [`Ended`]. What
 /// was taken stays in `staged` for the caller to commit, keep or discard.
@@ -37,6 +47,24 @@ where
     B: http_body::Body<Data = Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    let ended = receive_until(staged, body, limit, watch, None).await?;
+    Ok(ended.unwrap_or(Ended::Complete))
+}
+
+/// [`receive`], but returning `None` (the body not ended) when `checkpoint` is due, so the
+/// caller can make the bytes durable and call again.
+pub(super) async fn receive_until<B>(
+    staged: &mut Staged,
+    body: &mut B,
+    limit: u64,
+    watch: Watch<'_>,
+    checkpoint: Option<Checkpoint>,
+) -> Result<Option<Ended>, StoreError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let started = (tokio::time::Instant::now(), staged.len());
     let mut idle_since = tokio::time::Instant::now();
     let mut next_poll = idle_since + STOP_POLL;
     loop {
@@ -52,22 +80,22 @@ where
                 if let Some(held) = watch.holder {
                     next_poll = tokio::time::Instant::now() + STOP_POLL;
                     if held.must_stop().await {
-                        return Ok(Ended::Stopped);
+                        return Ok(Some(Ended::Stopped));
                     }
                 }
                 if idle_since.elapsed() >= watch.read_timeout {
-                    return Ok(Ended::TimedOut);
+                    return Ok(Some(Ended::TimedOut));
                 }
                 continue;
             }
-            () = watch.shutdown.cancelled() => return Ok(Ended::ShuttingDown),
+            () = watch.shutdown.cancelled() => return Ok(Some(Ended::ShuttingDown)),
         };
         idle_since = tokio::time::Instant::now();
         let frame = match frame {
-            None => return Ok(Ended::Complete),
+            None => return Ok(Some(Ended::Complete)),
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "request body broken off");
-                return Ok(Ended::BrokenOff);
+                return Ok(Some(Ended::BrokenOff));
             }
             Some(Ok(frame)) => frame,
         };
@@ -76,19 +104,25 @@ where
         metrics::upload_bytes(staged.len() - before);
         match taken {
             Ok(()) => {}
-            Err(TakeError::TooLong) => return Ok(Ended::TooLong),
+            Err(TakeError::TooLong) => return Ok(Some(Ended::TooLong)),
             Err(TakeError::BrokenOff) => {
                 tracing::debug!("request body broken off");
-                return Ok(Ended::BrokenOff);
+                return Ok(Some(Ended::BrokenOff));
             }
             Err(TakeError::Store(e)) => return Err(e),
+        }
+        if let Some(c) = checkpoint
+            && staged.len() - started.1 >= c.bytes
+            && started.0.elapsed() >= c.every
+        {
+            return Ok(None);
         }
         if let Some(held) = watch.holder
             && tokio::time::Instant::now() >= next_poll
         {
             next_poll = tokio::time::Instant::now() + STOP_POLL;
             if held.must_stop().await {
-                return Ok(Ended::Stopped);
+                return Ok(Some(Ended::Stopped));
             }
         }
     }

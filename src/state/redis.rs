@@ -20,7 +20,7 @@ use crate::config::RedisSettings;
 /// Key prefix of everything this server writes.
 pub const PREFIX: &str = "hmac-file-server";
 /// How long a lock lives without a renewal, by default.
-pub const LOCK_TTL: Duration = Duration::from_secs(30);
+pub const LOCK_TTL: Duration = Duration::from_secs(10);
 /// How long a stop request waits for the holder.
 const STOP_TTL: Duration = Duration::from_secs(10);
 

@@ -381,14 +381,21 @@ impl Partials {
         }
     }
 
-    /// Makes what `appender` took durable; returns the upload's new durable length and handle.
-    pub async fn persist(&self, appender: Staged, offset: u64) -> Result<(u64, PartialHandle), StoreError> {
+    /// Makes what `appender` (opened at `offset`) took so far durable, and goes on taking;
+    /// returns the upload's new durable length and handle.
+    pub async fn checkpoint(&self, appender: &mut Staged, offset: u64) -> Result<(u64, PartialHandle), StoreError> {
         match (self, appender) {
-            (Partials::Local(_), Staged::Local(mut file)) => {
+            (Partials::Local(_), Staged::Local(file)) => {
                 file.sync().await?;
                 Ok((offset + file.len(), PartialHandle::Local))
             }
         }
+    }
+
+    /// Makes what `appender` (opened at `offset`) took durable, and closes it; returns the
+    /// upload's new durable length and handle.
+    pub async fn persist(&self, mut appender: Staged, offset: u64) -> Result<(u64, PartialHandle), StoreError> {
+        self.checkpoint(&mut appender, offset).await
     }
 
     /// Drops everything `appender` took: the upload stays at `offset`, durably.
