@@ -39,6 +39,10 @@ pub const RETENTION_DELETIONS: &str = "hmac_file_server_retention_deletions_tota
 pub const STORE_FILES: &str = "hmac_file_server_store_files";
 /// Bytes in the store.
 pub const STORE_BYTES: &str = "hmac_file_server_store_bytes";
+/// Unfinished resumable uploads with bytes kept.
+pub const UNFINISHED_UPLOADS: &str = "hmac_file_server_unfinished_uploads";
+/// Bytes unfinished resumable uploads hold.
+pub const UNFINISHED_BYTES: &str = "hmac_file_server_unfinished_bytes";
 /// Seconds per request, by method and status.
 pub const REQUEST_DURATION: &str = "hmac_file_server_request_duration_seconds";
 
@@ -114,6 +118,12 @@ fn describe() {
     describe_counter!(RETENTION_DELETIONS, "Files deleted by retention, by reason.");
     describe_gauge!(STORE_FILES, "Files in the store.");
     describe_gauge!(STORE_BYTES, ::metrics::Unit::Bytes, "Bytes in the store.");
+    describe_gauge!(UNFINISHED_UPLOADS, "Unfinished resumable uploads with bytes kept.");
+    describe_gauge!(
+        UNFINISHED_BYTES,
+        ::metrics::Unit::Bytes,
+        "Bytes held by unfinished resumable uploads (bounded by MaxUnfinishedSize)."
+    );
     describe_histogram!(
         REQUEST_DURATION,
         ::metrics::Unit::Seconds,
@@ -156,6 +166,12 @@ pub fn store_changed(files: i64, bytes: i64) {
 pub fn store_counted(files: u64, bytes: u64) {
     gauge!(STORE_FILES).set(files as f64);
     gauge!(STORE_BYTES).set(bytes as f64);
+}
+
+/// The unfinished uploads were counted.
+pub fn unfinished_counted(uploads: u64, bytes: u64) {
+    gauge!(UNFINISHED_UPLOADS).set(uploads as f64);
+    gauge!(UNFINISHED_BYTES).set(bytes as f64);
 }
 
 /// A download was answered with `bytes` of body.

@@ -35,6 +35,19 @@ fn upload_keys(db: &redis_fixture::RedisClient) -> Vec<String> {
     keys.into_iter().filter(|k| k != LEASE_KEY).collect()
 }
 
+/// The key that names the one unfinished upload of a slot (path).
+fn redis_slot_key(path: &str) -> String {
+    use sha2::Digest;
+    format!("{PREFIX}slot:{}", hex::encode(sha2::Sha256::digest(path.as_bytes())))
+}
+
+/// An upload's keys: its record and its slot's claim, sorted as `keys` sorts.
+fn record_and_slot(id: &str, path: &str) -> Vec<String> {
+    let mut keys = vec![redis_record_key(id), redis_slot_key(path)];
+    keys.sort();
+    keys
+}
+
 /// A log line that says the server does not run Redis at all would be a lie.
 #[track_caller]
 fn assert_no_inactive_redis_note(server: &TestServer) {
@@ -68,8 +81,17 @@ async fn keys_are_namespaced_expire_and_hold_the_lock() {
     let key = redis_record_key(&id);
     assert_eq!(
         upload_keys(&db),
-        vec![key.clone()],
-        "one namespaced record in RedisDB 2"
+        record_and_slot(&id, path),
+        "one namespaced record, and its slot's claim, in RedisDB 2"
+    );
+    assert_eq!(
+        db.cmd(&["GET", &redis_slot_key(path)]).text().as_deref(),
+        Some(id.as_str())
+    );
+    let slot_ttl = db.cmd(&["PTTL", &redis_slot_key(path)]).int();
+    assert!(
+        (3_500_000..=3_600_000).contains(&slot_ttl),
+        "the claim expires with the upload: {slot_ttl} ms"
     );
     assert!(redis.client(0).keys("*").is_empty(), "nothing in database 0");
     let ttl = db.cmd(&["PTTL", &key]).int();
@@ -185,7 +207,7 @@ async fn password_and_database_are_used() {
         StatusCode::NO_CONTENT
     );
     let db = redis.client(5);
-    assert_eq!(upload_keys(&db), vec![redis_record_key(&id_of(&loc))]);
+    assert_eq!(upload_keys(&db), record_and_slot(&id_of(&loc), "pw/a.bin"));
     assert_eq!(
         tus.patch(&loc, 1000, data[1000..].to_vec()).await.status(),
         StatusCode::NO_CONTENT

@@ -25,6 +25,7 @@ on_both_backends!(
     expired_partial_is_gone,
     session_survives_restart,
     resume_never_replaces_a_file,
+    a_slot_keeps_one_broken_off_upload,
 );
 
 fn valid_token(t: &str) -> bool {
@@ -488,4 +489,38 @@ async fn resume_never_replaces_a_file(extra: &str) {
     let got = client().get(server.url(path)).send().await.unwrap();
     assert!(got.bytes().await.unwrap() == other, "the stored file is untouched");
     assert_eq!(server.temporaries(), 0);
+}
+
+/// One slot keeps one unfinished upload: a broken-off PUT with another session token replaces
+/// the bytes the first one kept (one slot token cannot pile up partial files).
+async fn a_slot_keeps_one_broken_off_upload(extra: &str) {
+    let server = TestServer::start(extra);
+    let data = payload(100_000, 35);
+    let total = data.len() as u64;
+    let path = "sess/one-per-slot.bin";
+    let url = server.signed_v(path, path, total);
+    let first = "first-session-token-0123456789";
+    let second = "second-session-token-0123456789";
+    broken_off_put(&server, &url, first, &data, 40_000);
+    assert_eq!(wait_kept(&server, &url, first).await, 40_000);
+    broken_off_put(&server, &url, second, &data, 30_000);
+    assert_eq!(wait_kept(&server, &url, second).await, 30_000);
+    assert_eq!(session_head(&url, first).await.0, StatusCode::NOT_FOUND, "replaced");
+    assert_eq!(partial_count(&server), 1, "one partial file for the slot");
+    // Another slot keeps its own.
+    let other = server.signed_v("sess/other.bin", "sess/other.bin", total);
+    broken_off_put(&server, &other, first, &data, 20_000);
+    assert_eq!(wait_kept(&server, &other, first).await, 20_000);
+    assert_eq!(partial_count(&server), 2);
+    let r = resume(&url, second, 30_000, total, data[30_000..].to_vec()).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let got = client()
+        .get(server.url(path))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got, data);
 }

@@ -39,6 +39,8 @@ on_both_backends!(
     patch_cut_after_its_last_byte_still_completes,
     completion_never_replaces_a_file,
     kill_mid_patch_keeps_checkpointed_bytes,
+    a_new_creation_replaces_the_unfinished_upload_of_its_slot,
+    unfinished_uploads_are_bounded_by_max_unfinished_size,
 );
 
 fn b64(s: &str) -> String {
@@ -977,4 +979,103 @@ async fn kill_mid_patch_keeps_checkpointed_bytes(extra: &str) {
     assert!(finished, "the upload is writable again:\n{}", server.log());
     assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
     assert_served(&tus, &server.url(path), &data, "after kill -9 and resume").await;
+}
+
+/// One slot, one unfinished upload: a second creation for the same path replaces the first
+/// (its bytes go), so one slot token cannot fill the disk with creations.
+async fn a_new_creation_replaces_the_unfinished_upload_of_its_slot(extra: &str) {
+    let server = TestServer::start(&format!("{extra}BufferSize = 4096\n"));
+    let tus = Tus::new(&server);
+    let data = payload(100_000, 45);
+    let len = data.len() as u64;
+    let path = "slot/one.bin";
+    let url = server.signed_v(path, path, len);
+    let first = tus.create_ok(&url, len).await;
+    assert_eq!(
+        tus.patch(&first, 0, data[..30_000].to_vec()).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let mut later = Vec::new();
+    for _ in 0..5 {
+        later.push(tus.create_ok(&url, len).await);
+    }
+    assert_eq!(
+        tus.head(&first).await.status(),
+        StatusCode::NOT_FOUND,
+        "the first is replaced"
+    );
+    for loc in &later[..4] {
+        assert_eq!(
+            tus.head(loc).await.status(),
+            StatusCode::NOT_FOUND,
+            "so is each later one"
+        );
+    }
+    assert_eq!(partial_count(&server), 1, "one partial file for the slot");
+    let last = &later[4];
+    assert_eq!(tus.patch(last, 0, data.clone()).await.status(), StatusCode::NO_CONTENT);
+    assert_served(&tus, &server.url(path), &data, "the last creation completes").await;
+    assert_eq!(partial_count(&server), 0);
+}
+
+/// MaxUnfinishedSize bounds what unfinished uploads hold together: a creation that does not
+/// fit gets 507 with Retry-After, as does a broken-off PUT's keeping (its bytes dropped);
+/// finishing an upload makes room again.
+async fn unfinished_uploads_are_bounded_by_max_unfinished_size(extra: &str) {
+    let server = TestServer::start(&format!("{extra}BufferSize = 4096\nMaxUnfinishedSize = 100000\n"));
+    let tus = Tus::new(&server);
+    let data = payload(80_000, 46);
+    let a = tus
+        .create_ok(&server.signed_v("bound/a.bin", "bound/a.bin", 80_000), 80_000)
+        .await;
+    assert_eq!(
+        tus.patch(&a, 0, data[..79_999].to_vec()).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    let r = tus
+        .create(
+            &server.signed_v("bound/b.bin", "bound/b.bin", 30_000),
+            Some(30_000),
+            &[],
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.status(),
+        StatusCode::INSUFFICIENT_STORAGE,
+        "79,999 + 30,000 > 100,000"
+    );
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("60"));
+    let c = tus
+        .create_ok(&server.signed_v("bound/c.bin", "bound/c.bin", 20_000), 20_000)
+        .await;
+    assert_eq!(partial_count(&server), 2, "the refused creation left nothing");
+    // A kept broken-off PUT that does not fit is dropped.
+    let url = server.signed_v("bound/d.bin", "bound/d.bin", 80_000);
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: {}\r\nContent-Length: 80000\r\nX-Session-Token: bounded-session-0123456789",
+        server.target(&url),
+        server.addr
+    );
+    resumable::Streaming::start(server.addr, &head, &data[..30_000]).cut();
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            server.log().contains("MaxUnfinishedSize reached")
+        })
+        .await,
+        "{}",
+        server.log()
+    );
+    assert_eq!(partial_count(&server), 2, "its bytes were not kept");
+    // Finishing uploads makes room.
+    assert_eq!(
+        tus.patch(&a, 79_999, data[79_999..].to_vec()).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    assert_eq!(
+        tus.patch(&c, 0, data[..20_000].to_vec()).await.status(),
+        StatusCode::NO_CONTENT
+    );
+    tus.create_ok(&server.signed_v("bound/b.bin", "bound/b.bin", 30_000), 30_000)
+        .await;
 }

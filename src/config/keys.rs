@@ -224,6 +224,8 @@ keys! {
         "I/O buffer per upload, 4 KiB-64 MiB.";
     UPLOAD_EXPIRY: "UploadExpiry", Duration, "24h", Live,
         "How long an unfinished resumable upload is kept after its last write (at least 60s).";
+    MAX_UNFINISHED_SIZE: "MaxUnfinishedSize", Size, "10GiB", Live,
+        "Most bytes all unfinished resumable uploads may hold together; more gets 507; 0 = no limit.";
 }
 
 /// Keys (and sections) that later versions of the Go hmac-file-server use and this server

@@ -94,6 +94,14 @@ pub enum ApiError {
     /// The store is full.
     #[error("insufficient storage: {0}")]
     Full(#[source] StoreError),
+    /// Unfinished uploads hold MaxUnfinishedSize.
+    #[error("too much unfinished upload data on this server ({held} of {max} bytes); try again later")]
+    TooMuchUnfinished {
+        /// What unfinished uploads hold now.
+        held: u64,
+        /// MaxUnfinishedSize.
+        max: u64,
+    },
     /// The store failed.
     #[error("storage failure: {0}")]
     Internal(#[source] StoreError),
@@ -108,6 +116,7 @@ impl From<EngineError> for ApiError {
             EngineError::Locked => ApiError::Locked,
             EngineError::Expired => ApiError::Gone,
             EngineError::BadParts(reason) => ApiError::BadRequest(reason),
+            EngineError::TooMuchUnfinished { held, max } => ApiError::TooMuchUnfinished { held, max },
             EngineError::State(s) => s.into(),
             EngineError::Store(s) => s.into(),
         }
@@ -163,7 +172,7 @@ impl ApiError {
             ApiError::Locked => StatusCode::LOCKED,
             ApiError::ChecksumMismatch => StatusCode::from_u16(460).unwrap_or(StatusCode::BAD_REQUEST),
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
-            ApiError::Full(_) => StatusCode::INSUFFICIENT_STORAGE,
+            ApiError::Full(_) | ApiError::TooMuchUnfinished { .. } => StatusCode::INSUFFICIENT_STORAGE,
             ApiError::Internal(_) | ApiError::State(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -198,6 +207,9 @@ impl ApiError {
             }
             ApiError::OffsetMismatch { offset } => {
                 headers.insert("upload-offset", HeaderValue::from(offset));
+            }
+            ApiError::TooMuchUnfinished { .. } => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("60"));
             }
             ApiError::Locked | ApiError::Unavailable(_) => {
                 headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

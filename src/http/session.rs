@@ -92,7 +92,7 @@ pub async fn keep_partial(
     };
     match state
         .engine()
-        .keep_broken_off(staged, new, config.limits.upload_expiry)
+        .keep_broken_off(staged, new, (&config.limits).into())
         .await
     {
         Ok(offset) => tracing::info!(path = %slot.key, offset, size, "broken-off upload kept for resumption"),
@@ -216,6 +216,7 @@ where
                 checksum: None,
                 read_timeout: config.limits.read_timeout,
                 expiry: config.limits.upload_expiry,
+                max_unfinished_bytes: config.limits.max_unfinished_bytes,
             };
             match engine.append(&mut record, held, body, bounds).await? {
                 Ended::Complete if record.offset == total => {}

@@ -130,7 +130,7 @@ where
         metadata: metadata_raw.filter(|m| !m.trim().is_empty()),
         concat,
     };
-    let mut record = engine.create(new, config.limits.upload_expiry).await?;
+    let mut record = engine.create(new, (&config.limits).into()).await?;
     tracing::info!(path = %record.key, id = %record.id, length = ?record.length, "tus upload created");
 
     let mut response = tus_response(StatusCode::CREATED);
@@ -308,6 +308,7 @@ where
         checksum: checksum.as_ref(),
         read_timeout: config.limits.read_timeout,
         expiry: config.limits.upload_expiry,
+        max_unfinished_bytes: config.limits.max_unfinished_bytes,
     };
     let ended = engine.append(record, held, body, bounds).await?;
     // Whatever ended the chunk, an upload that has all its bytes is finished now: its last

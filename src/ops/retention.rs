@@ -27,6 +27,10 @@ pub struct PassReport {
     pub deleted: u64,
     /// Bytes freed.
     pub freed: u64,
+    /// Unfinished resumable uploads with bytes kept.
+    pub unfinished_uploads: u64,
+    /// Their bytes: they count against MaxRetentionSize with the finished files.
+    pub unfinished_bytes: u64,
 }
 
 /// Why a file was deleted.
@@ -64,13 +68,23 @@ pub async fn pass(store: &Store, config: &Config) -> PassReport {
             }
         }
     }
+    let unfinished = match store.partials().usage().await {
+        Ok(usage) => usage,
+        Err(e) => {
+            tracing::warn!(error = %e, "retention cannot count the unfinished uploads");
+            Default::default()
+        }
+    };
+    metrics::unfinished_counted(unfinished.uploads, unfinished.bytes);
     let mut report = PassReport {
         files: seen.len() as u64,
         bytes: seen.iter().map(|s| s.size).sum(),
+        unfinished_uploads: unfinished.uploads,
+        unfinished_bytes: unfinished.bytes,
         ..PassReport::default()
     };
     let now = SystemTime::now();
-    let plan = plan(seen, config, now);
+    let plan = plan(seen, config, now, unfinished.bytes);
     for (file, reason) in plan {
         match store.delete(&file.key).await {
             Ok(size) => {
@@ -91,8 +105,10 @@ pub async fn pass(store: &Store, config: &Config) -> PassReport {
     report
 }
 
-/// Which files go, and why, in deletion order.
-fn plan(mut seen: Vec<Seen>, config: &Config, now: SystemTime) -> Vec<(Seen, Reason)> {
+/// Which files go, and why, in deletion order. `unfinished_bytes`, what unfinished uploads
+/// hold, counts against MaxRetentionSize too (they are left to UploadExpiry and
+/// MaxUnfinishedSize, not deleted here).
+fn plan(mut seen: Vec<Seen>, config: &Config, now: SystemTime, unfinished_bytes: u64) -> Vec<(Seen, Reason)> {
     let age = |s: &Seen| now.duration_since(s.modified).unwrap_or(Duration::ZERO);
     let mut doomed = Vec::new();
     let mut keep = Vec::with_capacity(seen.len());
@@ -106,7 +122,7 @@ fn plan(mut seen: Vec<Seen>, config: &Config, now: SystemTime) -> Vec<(Seen, Rea
         }
     }
     if config.retention.enabled && config.retention.max_retention_bytes > 0 {
-        let mut total: u64 = keep.iter().map(|s| s.size).sum();
+        let mut total: u64 = keep.iter().map(|s| s.size).sum::<u64>() + unfinished_bytes;
         if total > config.retention.max_retention_bytes {
             keep.sort_by_key(|s| s.modified);
             for s in keep {
@@ -175,7 +191,7 @@ mod tests {
             seen("d/older", 40, 5 * 86_400, now),
         ];
         let c = config("RetentionPolicyEnabled = true\nMaxRetentionTime = \"30d\"\nMaxRetentionSize = 50");
-        let doomed: Vec<_> = plan(files.clone(), &c, now)
+        let doomed: Vec<_> = plan(files.clone(), &c, now, 0)
             .into_iter()
             .map(|(s, r)| (s.key.to_string(), r))
             .collect();
@@ -188,12 +204,28 @@ mod tests {
             ]
         );
         let c = config("DeleteFiles = true\nDeleteFilesAfterPeriod = \"4d\"");
-        let doomed: Vec<_> = plan(files.clone(), &c, now)
+        let doomed: Vec<_> = plan(files.clone(), &c, now, 0)
             .into_iter()
             .map(|(s, _)| s.key.to_string())
             .collect();
         assert_eq!(doomed, ["a/old", "d/older"]);
-        assert!(plan(files, &config(""), now).is_empty(), "nothing goes by default");
+        assert!(
+            plan(files.clone(), &config(""), now, 0).is_empty(),
+            "nothing goes by default"
+        );
+        // Unfinished uploads' bytes count against the size limit: 45 of them leave room for
+        // only "c/new" (40) of the 50.
+        let c = config("RetentionPolicyEnabled = true\nMaxRetentionSize = 50");
+        let young: Vec<_> = files.into_iter().filter(|s| s.key.as_str() != "a/old").collect();
+        let doomed: Vec<_> = plan(young, &c, now, 45)
+            .into_iter()
+            .map(|(s, _)| s.key.to_string())
+            .collect();
+        assert_eq!(
+            doomed,
+            ["d/older", "b/mid", "c/new"],
+            "50 - 45 leaves room for nothing of 40"
+        );
     }
 
     #[tokio::test]
@@ -228,7 +260,9 @@ mod tests {
                 files: 2,
                 bytes: 13,
                 deleted: 1,
-                freed: 10
+                freed: 10,
+                unfinished_uploads: 0,
+                unfinished_bytes: 0,
             }
         );
         assert!(!old.exists() && !dir.path().join("upload/x").exists());

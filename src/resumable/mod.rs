@@ -23,6 +23,7 @@ use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use crate::clock::now_unix;
+use crate::config::Limits;
 use crate::key::FileKey;
 use crate::metrics;
 use crate::state::{Concat, StateError, UploadKind, UploadRecord, UploadState, valid_id};
@@ -40,6 +41,14 @@ pub enum EngineError {
     /// A part named for a concatenation is unknown, not a part of this slot, or incomplete.
     #[error("{0}")]
     BadParts(&'static str),
+    /// Unfinished uploads hold MaxUnfinishedSize already.
+    #[error("unfinished uploads hold {held} bytes, the limit is {max}")]
+    TooMuchUnfinished {
+        /// What they hold now.
+        held: u64,
+        /// MaxUnfinishedSize.
+        max: u64,
+    },
     /// The state backend failed.
     #[error(transparent)]
     State(#[from] StateError),
@@ -125,6 +134,27 @@ pub struct Append<'a> {
     pub read_timeout: Duration,
     /// How long the upload lives after this append, unfinished.
     pub expiry: Duration,
+    /// MaxUnfinishedSize: no append starts while unfinished uploads hold this much (0: no
+    /// limit).
+    pub max_unfinished_bytes: u64,
+}
+
+/// How the engine keeps a new unfinished upload.
+#[derive(Debug, Clone, Copy)]
+pub struct Keep {
+    /// How long it lives unfinished after its last write (UploadExpiry).
+    pub expiry: Duration,
+    /// Most bytes all unfinished uploads may hold together (MaxUnfinishedSize; 0: no limit).
+    pub max_unfinished_bytes: u64,
+}
+
+impl From<&Limits> for Keep {
+    fn from(limits: &Limits) -> Self {
+        Keep {
+            expiry: limits.upload_expiry,
+            max_unfinished_bytes: limits.max_unfinished_bytes,
+        }
+    }
 }
 
 /// The upload engine; see the module documentation.
@@ -175,18 +205,98 @@ impl Engine {
         result
     }
 
-    /// Starts an upload: its (empty) bytes first, then its record, so a record never points
-    /// at bytes that do not exist.
-    pub async fn create(&self, new: NewUpload, expiry: Duration) -> Result<UploadRecord, EngineError> {
-        let handle = self.partials.create(&new.id).await?;
-        self.record(new, 0, handle, expiry).await
+    /// Starts an upload: it becomes its slot's unfinished upload (replacing an older one),
+    /// then, if unfinished uploads have room for its length, its (empty) bytes are made and then
+    /// its record, so a record never points at bytes that do not exist.
+    pub async fn create(&self, new: NewUpload, keep: Keep) -> Result<UploadRecord, EngineError> {
+        self.claim_slot(&new, keep.expiry).await?;
+        let created = async {
+            self.admit(new.length.unwrap_or(0), keep.max_unfinished_bytes).await?;
+            let handle = self.partials.create(&new.id).await?;
+            self.record(new.clone(), 0, handle, keep.expiry).await
+        }
+        .await;
+        if created.is_err() {
+            self.release_slot(&new).await;
+        }
+        created
     }
 
     /// Keeps the bytes of a broken-off whole-file upload as upload `new` (its length is the
-    /// whole file's), so the client can resume it; returns the durable offset.
-    pub async fn keep_broken_off(&self, staged: Staged, new: NewUpload, expiry: Duration) -> Result<u64, EngineError> {
-        let (offset, handle) = self.partials.keep(staged, &new.id).await?;
-        self.record(new, offset, handle, expiry).await.map(|r| r.offset)
+    /// whole file's), so the client can resume it; returns the durable offset. Like a
+    /// creation, it replaces an older unfinished upload of its slot; when unfinished uploads
+    /// have no room for its bytes, they are dropped.
+    pub async fn keep_broken_off(&self, staged: Staged, new: NewUpload, keep: Keep) -> Result<u64, EngineError> {
+        self.claim_slot(&new, keep.expiry).await?;
+        let kept = async {
+            self.admit(staged.len(), keep.max_unfinished_bytes).await?;
+            let (offset, handle) = self.partials.keep(staged, &new.id).await?;
+            self.record(new.clone(), offset, handle, keep.expiry)
+                .await
+                .map(|r| r.offset)
+        }
+        .await;
+        if kept.is_err() {
+            self.release_slot(&new).await;
+        }
+        kept
+    }
+
+    /// Refuses `more` bytes when unfinished uploads would then hold more than `max` (0: no
+    /// limit).
+    async fn admit(&self, more: u64, max: u64) -> Result<(), EngineError> {
+        if max == 0 {
+            return Ok(());
+        }
+        let usage = self.partials.usage().await?;
+        metrics::unfinished_counted(usage.uploads, usage.bytes);
+        let held = usage.bytes;
+        if held.saturating_add(more) > max || held >= max {
+            tracing::warn!(
+                held,
+                more,
+                max,
+                "MaxUnfinishedSize reached: an unfinished upload is refused"
+            );
+            return Err(EngineError::TooMuchUnfinished { held, max });
+        }
+        Ok(())
+    }
+
+    /// Makes `new` its slot's one unfinished upload (not for the parts of a concatenation,
+    /// which a slot may have several of), and removes the one it replaces: one slot token
+    /// cannot pile up unfinished uploads. The replaced upload's writer is asked to stop first.
+    async fn claim_slot(&self, new: &NewUpload, expiry: Duration) -> Result<(), EngineError> {
+        if new.concat != Concat::None {
+            return Ok(());
+        }
+        let Some(previous) = self.state.claim_slot(new.key.as_str(), &new.id, expiry).await? else {
+            return Ok(());
+        };
+        let replaced = self
+            .with_lock(&previous, async |_| match self.state.get(&previous).await? {
+                Some(old) => self.forget(&old).await.map(|()| true),
+                None => Ok::<_, EngineError>(false),
+            })
+            .await;
+        match replaced {
+            Ok(true) => {
+                tracing::info!(path = %new.key, replaced = %previous, id = %new.id, "a new upload replaced the unfinished one of its path")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(path = %new.key, error = %e, "cannot remove the unfinished upload a new one replaces; it expires by itself")
+            }
+        }
+        Ok(())
+    }
+
+    async fn release_slot(&self, new: &NewUpload) {
+        if new.concat == Concat::None
+            && let Err(e) = self.state.release_slot(new.key.as_str(), &new.id).await
+        {
+            tracing::debug!(error = %e, "cannot release a slot; it expires by itself");
+        }
     }
 
     /// Saves the record of an upload whose bytes exist; without a record, the bytes go.
@@ -280,6 +390,7 @@ impl Engine {
                 ..Hashing::NONE
             },
         };
+        self.admit(0, bounds.max_unfinished_bytes).await?;
         let start = record.offset;
         let mut appender = self
             .partials
@@ -329,6 +440,9 @@ impl Engine {
         if record.offset != start {
             record.expires_unix = now_unix() + bounds.expiry.as_secs();
             self.state.put(record, bounds.expiry).await?;
+            if record.concat == Concat::None {
+                self.state.touch_slot(&record.key, &record.id, bounds.expiry).await?;
+            }
         }
         Ok(ended)
     }
@@ -456,6 +570,9 @@ impl Engine {
     pub async fn forget(&self, record: &UploadRecord) -> Result<(), EngineError> {
         self.state.delete(&record.id).await?;
         self.partials.remove(&record.id, &record.handle).await?;
+        if record.concat == Concat::None {
+            self.state.release_slot(&record.key, &record.id).await?;
+        }
         Ok(())
     }
 

@@ -22,6 +22,11 @@ use crate::state::random_id;
 use crate::store::{LocalStore, RetryPolicy};
 
 const HOUR: Duration = Duration::from_secs(3600);
+/// An hour's expiry and no MaxUnfinishedSize.
+const KEEP: Keep = Keep {
+    expiry: HOUR,
+    max_unfinished_bytes: 0,
+};
 /// The store's write buffer: a frame larger than this is written while the body is read.
 const BUFFER_BYTES: usize = 4096;
 
@@ -72,6 +77,7 @@ fn bounds(max_bytes: u64) -> Append<'static> {
         checksum: None,
         read_timeout: Duration::from_secs(30),
         expiry: HOUR,
+        max_unfinished_bytes: 0,
     }
 }
 
@@ -158,7 +164,7 @@ impl Fixture {
 
     /// A new upload to `key_text` with `bytes` already received.
     async fn upload_with(&self, new: NewUpload, bytes: &[u8]) -> UploadRecord {
-        let mut record = self.engine.create(new, HOUR).await.unwrap();
+        let mut record = self.engine.create(new, KEEP).await.unwrap();
         if !bytes.is_empty() {
             let ended = self
                 .append(&mut record, Full::new(Bytes::copy_from_slice(bytes)), bounds(u64::MAX))
@@ -172,7 +178,7 @@ impl Fixture {
 #[tokio::test]
 async fn create_append_twice_finish_stores_exactly_the_bytes_and_forgets_the_upload() {
     let f = fixture();
-    let mut record = f.engine.create(upload("a/b.txt", Some(11_000)), HOUR).await.unwrap();
+    let mut record = f.engine.create(upload("a/b.txt", Some(11_000)), KEEP).await.unwrap();
     assert_eq!(record.offset, 0);
     assert_eq!(f.state.get(&record.id).await.unwrap(), Some(record.clone()));
     assert!(
@@ -506,7 +512,7 @@ async fn kept_broken_off_bytes_load_as_a_session_upload_at_their_offset() {
         ..upload("resumed", Some(10_000))
     };
     let id = new.id.clone();
-    assert_eq!(f.engine.keep_broken_off(staged, new, HOUR).await.unwrap(), 6000);
+    assert_eq!(f.engine.keep_broken_off(staged, new, KEEP).await.unwrap(), 6000);
 
     let mut record = f.engine.load(&id, UploadKind::Session).await.unwrap().unwrap();
     assert_eq!(record.kind, UploadKind::Session);

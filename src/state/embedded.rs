@@ -11,13 +11,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use super::{LockToken, StateError, UploadRecord, random_id, valid_id};
+use super::{Concat, LockToken, StateError, UploadRecord, random_id, valid_id};
 
 /// See the module documentation.
 #[derive(Debug, Clone)]
 pub struct EmbeddedState {
     dir: PathBuf,
     locks: Arc<Mutex<HashMap<String, Lock>>>,
+    /// Slot (path) → its unfinished upload; rebuilt from the records at open.
+    slots: Arc<Mutex<HashMap<String, String>>>,
 }
 
 #[derive(Debug)]
@@ -30,9 +32,19 @@ impl EmbeddedState {
     /// Opens (creating) the state folder.
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         DirBuilder::new().recursive(true).mode(0o750).create(dir)?;
+        // The newest upload of each slot holds it, as when they were created.
+        let mut records: Vec<UploadRecord> = fs::read_dir(dir)?
+            .flatten()
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".json")))
+            .filter_map(|e| serde_json::from_slice(&fs::read(e.path()).ok()?).ok())
+            .filter(|r: &UploadRecord| r.concat == Concat::None)
+            .collect();
+        records.sort_by_key(|r| r.created_unix);
+        let slots = records.into_iter().map(|r| (r.key, r.id)).collect();
         Ok(Self {
             dir: dir.to_path_buf(),
             locks: Arc::default(),
+            slots: Arc::new(Mutex::new(slots)),
         })
     }
 
@@ -104,6 +116,23 @@ impl EmbeddedState {
             Ok(out)
         })
         .await
+    }
+
+    pub(super) async fn claim_slot(&self, key: &str, id: &str, _ttl: Duration) -> Result<Option<String>, StateError> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(slots.insert(key.to_string(), id.to_string()))
+    }
+
+    pub(super) async fn touch_slot(&self, _key: &str, _id: &str, _ttl: Duration) -> Result<(), StateError> {
+        Ok(())
+    }
+
+    pub(super) async fn release_slot(&self, key: &str, id: &str) -> Result<(), StateError> {
+        let mut slots = self.slots.lock().unwrap_or_else(|e| e.into_inner());
+        if slots.get(key).is_some_and(|holder| holder == id) {
+            slots.remove(key);
+        }
+        Ok(())
     }
 
     pub(super) async fn try_lock(&self, id: &str) -> Result<Option<LockToken>, StateError> {

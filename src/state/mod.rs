@@ -141,6 +141,23 @@ impl UploadState {
         dispatch!(self, s => s.expired(now_unix).await)
     }
 
+    /// Makes `id` the unfinished upload of the slot `key` (the path it will be stored at), for
+    /// `ttl` where the backend expires things; returns the slot's previous upload, if another.
+    pub async fn claim_slot(&self, key: &str, id: &str, ttl: Duration) -> Result<Option<String>, StateError> {
+        let previous = dispatch!(self, s => s.claim_slot(key, id, ttl).await)?;
+        Ok(previous.filter(|p| p != id))
+    }
+
+    /// Keeps `id`'s claim on the slot `key` for another `ttl`, if it still has it.
+    pub async fn touch_slot(&self, key: &str, id: &str, ttl: Duration) -> Result<(), StateError> {
+        dispatch!(self, s => s.touch_slot(key, id, ttl).await)
+    }
+
+    /// Gives up `id`'s claim on the slot `key`, if it has it.
+    pub async fn release_slot(&self, key: &str, id: &str) -> Result<(), StateError> {
+        dispatch!(self, s => s.release_slot(key, id).await)
+    }
+
     /// Takes the lock of `id` if it is free.
     pub async fn try_lock(&self, id: &str) -> Result<Option<LockToken>, StateError> {
         dispatch!(self, s => s.try_lock(id).await)

@@ -46,6 +46,12 @@ fn key(kind: &str, id: &str) -> String {
     format!("{PREFIX}:{kind}:{id}")
 }
 
+/// The key of a slot (a path of any characters): `hmac-file-server:slot:<sha256 of the path>`.
+fn slot_key(slot: &str) -> String {
+    use sha2::Digest;
+    key("slot", &hex::encode(sha2::Sha256::digest(slot.as_bytes())))
+}
+
 impl RedisState {
     /// Prepares the connection (made on first use: a Redis that is down at start does not
     /// stop the server).
@@ -114,6 +120,45 @@ impl RedisState {
     pub(super) async fn expired(&self, _now_unix: u64) -> Result<Vec<String>, StateError> {
         // Records carry their expiry as a Redis TTL; only their bytes need sweeping.
         Ok(Vec::new())
+    }
+
+    pub(super) async fn claim_slot(&self, slot: &str, id: &str, ttl: Duration) -> Result<Option<String>, StateError> {
+        redis::cmd("SET")
+            .arg(slot_key(slot))
+            .arg(id)
+            .arg("PX")
+            .arg(ttl.as_millis().max(1) as u64)
+            .arg("GET")
+            .query_async(&mut self.manager.clone())
+            .await
+            .map_err(unavailable)
+    }
+
+    pub(super) async fn touch_slot(&self, slot: &str, id: &str, ttl: Duration) -> Result<(), StateError> {
+        let script = redis::Script::new(
+            r"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('PEXPIRE', KEYS[1], ARGV[2]) end return 1",
+        );
+        let _: i64 = script
+            .key(slot_key(slot))
+            .arg(id)
+            .arg(ttl.as_millis().max(1) as u64)
+            .invoke_async(&mut self.manager.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
+    }
+
+    pub(super) async fn release_slot(&self, slot: &str, id: &str) -> Result<(), StateError> {
+        let script = redis::Script::new(
+            r"if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end return 1",
+        );
+        let _: i64 = script
+            .key(slot_key(slot))
+            .arg(id)
+            .invoke_async(&mut self.manager.clone())
+            .await
+            .map_err(unavailable)?;
+        Ok(())
     }
 
     pub(super) async fn try_lock(&self, id: &str) -> Result<Option<LockToken>, StateError> {

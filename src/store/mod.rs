@@ -211,6 +211,15 @@ impl Opened {
     }
 }
 
+/// What the bytes of unfinished uploads take.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Uploads with bytes kept.
+    pub uploads: u64,
+    /// Their bytes together.
+    pub bytes: u64,
+}
+
 /// How a backend finds the bytes of one unfinished upload again; kept in its upload record.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "backend", rename_all = "snake_case")]
@@ -451,6 +460,13 @@ impl Partials {
     pub async fn remove(&self, id: &str, handle: &PartialHandle) -> Result<(), StoreError> {
         match (self, handle) {
             (Partials::Local(s), PartialHandle::Local) => s.remove_partial(id).await,
+        }
+    }
+
+    /// How many unfinished uploads have bytes, and how many bytes they hold together.
+    pub async fn usage(&self) -> Result<Usage, StoreError> {
+        match self {
+            Partials::Local(s) => s.partials_usage().await,
         }
     }
 

@@ -5,9 +5,11 @@ use std::time::{Duration, SystemTime};
 use reqwest::StatusCode;
 
 use crate::common::{TestServer, client, payload, put_typed, wait_until};
-use crate::helpers::{STORE_BYTES, STORE_FILES, count, metrics_addr, scrape};
+use crate::helpers::{STORE_BYTES, STORE_FILES, count, header, metrics_addr, scrape};
 
 const RETENTION_DELETIONS: &str = "hmac_file_server_retention_deletions_total";
+const UNFINISHED_UPLOADS: &str = "hmac_file_server_unfinished_uploads";
+const UNFINISHED_BYTES: &str = "hmac_file_server_unfinished_bytes";
 
 #[tokio::test]
 async fn retention_deletes_old_files_and_reports() {
@@ -83,4 +85,59 @@ async fn retention_deletes_old_files_and_reports() {
     assert_eq!(m.get(STORE_FILES, &[]), Some(1.0), "store_files after retention");
     assert_eq!(m.get(STORE_BYTES, &[]), Some(45.0), "store_bytes after retention");
     assert!(server.log().contains("retention deleted a file"));
+}
+
+/// Unfinished uploads' bytes count against MaxRetentionSize with the finished files (the
+/// oldest finished file goes to make room), and show in the metrics.
+#[tokio::test]
+async fn unfinished_uploads_count_against_the_store_size() {
+    let server = TestServer::start(
+        "RetentionPolicyEnabled = true\nMaxRetentionSize = 150000\nCleanupInterval = \"1s\"\nBufferSize = 4096\n",
+    );
+    let http = client();
+    let maddr = metrics_addr(&server.log());
+    let old = payload(100_000, 83);
+    let r = put_typed(
+        &http,
+        server.signed_v("keep/old.bin", "keep/old.bin", 100_000),
+        "text/plain",
+        old,
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = http
+        .post(server.signed_v("tus/big.bin", "tus/big.bin", 100_000))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "100000")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let location = format!("{}{}", server.base, header(&r, "location").unwrap());
+    let big = payload(100_000, 84);
+    let patch = |offset: usize, end: usize| {
+        http.patch(&location)
+            .header("tus-resumable", "1.0.0")
+            .header("content-type", "application/offset+octet-stream")
+            .header("upload-offset", offset.to_string())
+            .body(big[offset..end].to_vec())
+            .send()
+    };
+    assert_eq!(patch(0, 60_000).await.unwrap().status(), StatusCode::NO_CONTENT);
+    let gone = server.files_dir().join("keep/old.bin");
+    assert!(
+        wait_until(Duration::from_secs(10), || !gone.exists()),
+        "100,000 finished + 60,000 unfinished > 150,000: the oldest file goes\n{}",
+        server.log()
+    );
+    let m = scrape(&http, &maddr).await;
+    assert_eq!(m.get(UNFINISHED_UPLOADS, &[]), Some(1.0));
+    assert_eq!(m.get(UNFINISHED_BYTES, &[]), Some(60_000.0));
+    assert_eq!(patch(60_000, 100_000).await.unwrap().status(), StatusCode::NO_CONTENT);
+    let r = http.get(server.url("tus/big.bin")).send().await.unwrap();
+    assert_eq!(
+        r.bytes().await.unwrap(),
+        big,
+        "the unfinished upload itself is never touched"
+    );
 }

@@ -16,6 +16,8 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// How long unfinished uploads and temporaries are kept.
     pub upload_expiry: Duration,
+    /// Most bytes all unfinished uploads may hold together; 0 = no limit.
+    pub max_unfinished_bytes: u64,
 }
 
 impl Limits {
@@ -44,6 +46,7 @@ impl Limits {
             read_timeout,
             write_timeout,
             upload_expiry,
+            max_unfinished_bytes: r.size(&keys::MAX_UNFINISHED_SIZE),
         }
     }
 }

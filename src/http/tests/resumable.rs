@@ -4,7 +4,7 @@
 use super::*;
 use crate::auth::sign_v3;
 use crate::clock::now_unix;
-use crate::resumable::{Append, NewUpload};
+use crate::resumable::{Append, Keep, NewUpload};
 use crate::state::{Concat, UploadKind};
 
 fn new_upload(id: &str, kind: UploadKind, key: &str, length: u64) -> NewUpload {
@@ -16,6 +16,13 @@ fn new_upload(id: &str, kind: UploadKind, key: &str, length: u64) -> NewUpload {
         content_type: "application/octet-stream".to_string(),
         metadata: None,
         concat: Concat::None,
+    }
+}
+
+fn keep(expiry: Duration) -> Keep {
+    Keep {
+        expiry,
+        max_unfinished_bytes: 0,
     }
 }
 
@@ -39,7 +46,7 @@ async fn head_of_an_upload_committed_before_a_crash_answers_complete() {
     let mut record = engine
         .create(
             new_upload(id, UploadKind::Tus, "t/crash.bin", 5000),
-            Duration::from_secs(3600),
+            keep(Duration::from_secs(3600)),
         )
         .await
         .unwrap();
@@ -49,6 +56,7 @@ async fn head_of_an_upload_committed_before_a_crash_answers_complete() {
         checksum: None,
         read_timeout: Duration::from_secs(10),
         expiry: Duration::from_secs(3600),
+        max_unfinished_bytes: 0,
     };
     let mut body = Full::new(Bytes::from(bytes.clone()));
     engine.append(&mut record, &held, &mut body, bounds).await.unwrap();
@@ -82,7 +90,7 @@ async fn session_head_checks_the_token_before_removing_an_expired_upload() {
     let mut staged = server.store.stage(crate::store::Hashing::NONE);
     staged.write(Bytes::from(pattern(100))).await.unwrap();
     let new = new_upload(&id, UploadKind::Session, key, 1000);
-    engine.keep_broken_off(staged, new, Duration::ZERO).await.unwrap();
+    engine.keep_broken_off(staged, new, keep(Duration::ZERO)).await.unwrap();
     // Expired once a second has passed (expiry is in whole seconds).
     let start = now_unix();
     while now_unix() <= start + 1 {

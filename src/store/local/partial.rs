@@ -16,7 +16,7 @@ use sha2::Digest;
 use super::beneath::sync_dir;
 use super::staged::FILE_MODE;
 use super::{LocalStore, StagedFile, remove_older_than, run_blocking_store};
-use crate::store::{ByteStream, Hashing, PartialHandle, StoreError};
+use crate::store::{ByteStream, Hashing, PartialHandle, StoreError, Usage};
 
 /// Read size when a partial upload is read back (concatenation, checksum).
 const READ_BACK_BYTES: usize = 1 << 20;
@@ -141,6 +141,23 @@ impl LocalStore {
         run_blocking_store(move || match fs::remove_file(path) {
             Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
+        })
+        .await
+    }
+
+    /// How many partial uploads there are and their bytes together (one listing of the folder).
+    pub async fn partials_usage(&self) -> Result<Usage, StoreError> {
+        let dir = self.inner.partial_dir.clone();
+        run_blocking_store(move || {
+            let mut usage = Usage::default();
+            for entry in fs::read_dir(&dir)?.flatten() {
+                let Ok(meta) = entry.metadata() else { continue };
+                if meta.is_file() && entry.file_name().to_string_lossy().ends_with(".part") {
+                    usage.uploads += 1;
+                    usage.bytes += meta.len();
+                }
+            }
+            Ok(usage)
         })
         .await
     }
