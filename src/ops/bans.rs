@@ -5,7 +5,7 @@
 //! a ban made by one is taken over by the others within two seconds.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -269,7 +269,8 @@ fn prune(entries: &mut HashMap<IpAddr, Entry>, now: Instant, window: Duration) {
 
 /// The client's address: the peer's, unless the peer is a trusted proxy (or a Unix socket,
 /// `peer = None`, which only local processes reach); then the first untrusted address from
-/// the right of X-Forwarded-For, else X-Real-IP.
+/// the right of X-Forwarded-For, else X-Real-IP. Forwarded addresses are read as
+/// [`parse_forwarded_addr`] does, so every spelling of one address is one client.
 pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -> Option<IpAddr> {
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if let Some(ip) = peer
@@ -282,7 +283,7 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
-        .filter_map(|s| s.trim().parse().ok())
+        .filter_map(parse_forwarded_addr)
         .collect();
     if let Some(ip) = forwarded.iter().rev().find(|ip| !is_trusted(ip)) {
         return Some(*ip);
@@ -290,11 +291,27 @@ pub fn client_ip(peer: Option<IpAddr>, headers: &HeaderMap, trusted: &[IpNet]) -
     if let Some(ip) = headers
         .get("x-real-ip")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok())
+        .and_then(parse_forwarded_addr)
     {
         return Some(ip);
     }
     forwarded.first().copied().or(peer)
+}
+
+/// One address as a proxy forwards it: `IPv4`, `IPv6`, `IPv4:port`, `[IPv6]` or
+/// `[IPv6]:port`, with blanks around it. IPv4-mapped IPv6 addresses (`::ffff:9.9.9.9`) become
+/// IPv4, as accepted peers' addresses do, so a ban on 9.9.9.9 holds under every spelling.
+/// Anything else (`unknown`, RFC 7239 obfuscated names, a bracketed IPv4) is no address.
+pub fn parse_forwarded_addr(text: &str) -> Option<IpAddr> {
+    let text = text.trim();
+    let ip = if let Ok(ip) = text.parse::<IpAddr>() {
+        ip
+    } else if let Ok(socket) = text.parse::<SocketAddr>() {
+        socket.ip()
+    } else {
+        IpAddr::V6(text.strip_prefix('[')?.strip_suffix(']')?.parse::<Ipv6Addr>().ok()?)
+    };
+    Some(ip.to_canonical())
 }
 
 #[cfg(test)]
@@ -434,5 +451,44 @@ mod tests {
             Some("203.0.113.5".parse().unwrap()),
             "Unix socket peers are local"
         );
+    }
+
+    /// Issue #14: every spelling a proxy may use for one address is that address.
+    #[test]
+    fn forwarded_addresses_are_normalised() {
+        let trusted: Vec<IpNet> = vec!["10.0.0.0/8".parse().unwrap()];
+        let proxy: Option<IpAddr> = Some("10.1.1.2".parse().unwrap());
+        let cases = [
+            ("9.9.9.9", "9.9.9.9"),
+            ("::ffff:9.9.9.9", "9.9.9.9"),
+            ("9.9.9.9:1234", "9.9.9.9"),
+            (" 9.9.9.9:1234 ", "9.9.9.9"),
+            ("[::ffff:9.9.9.9]", "9.9.9.9"),
+            ("[::ffff:9.9.9.9]:1234", "9.9.9.9"),
+            ("2001:db8::7", "2001:db8::7"),
+            ("[2001:db8::7]", "2001:db8::7"),
+            ("[2001:db8::7]:443", "2001:db8::7"),
+        ];
+        for (value, want) in cases {
+            let want: IpAddr = want.parse().unwrap();
+            for name in ["x-forwarded-for", "x-real-ip"] {
+                let mut h = HeaderMap::new();
+                h.insert(name, HeaderValue::from_str(value).unwrap());
+                assert_eq!(client_ip(proxy, &h, &trusted), Some(want), "{name}: {value:?}");
+            }
+        }
+        // Trusted hops are recognised in any spelling and skipped.
+        let mut h = HeaderMap::new();
+        h.insert(
+            "x-forwarded-for",
+            HeaderValue::from_static("203.0.113.9:5000, ::ffff:10.1.1.1, 10.2.2.2:80, [::ffff:10.3.3.3]:81"),
+        );
+        assert_eq!(client_ip(proxy, &h, &trusted), Some("203.0.113.9".parse().unwrap()));
+        // Forms that are no address stay ignored: the proxy is the client.
+        for junk in ["unknown", "[9.9.9.9]", "9.9.9.9:", "[2001:db8::7", "_hidden"] {
+            let mut h = HeaderMap::new();
+            h.insert("x-forwarded-for", HeaderValue::from_str(junk).unwrap());
+            assert_eq!(client_ip(proxy, &h, &trusted), proxy, "{junk:?}");
+        }
     }
 }

@@ -221,3 +221,97 @@ async fn untrusted_forwarded_for_is_ignored() {
         lines[0]
     );
 }
+
+/// A GET of `path` with one extra header, if any; returns the status.
+async fn get_with(http: &reqwest::Client, server: &TestServer, path: &str, header: Option<(&str, &str)>) -> StatusCode {
+    let mut req = http.get(server.url(path));
+    if let Some((name, value)) = header {
+        req = req.header(name, value);
+    }
+    req.send().await.unwrap().status()
+}
+
+/// A PUT with a bad token and one extra header, if any; returns the status.
+async fn bad_put_with(
+    http: &reqwest::Client,
+    server: &TestServer,
+    path: &str,
+    header: Option<(&str, &str)>,
+) -> StatusCode {
+    let mut req = http.put(bad_v_url(server, path)).body(b"x".to_vec());
+    if let Some((name, value)) = header {
+        req = req.header(name, value);
+    }
+    req.send().await.unwrap().status()
+}
+
+/// Issue #14: a trusted proxy may write the client's address as IPv4-mapped IPv6, with a
+/// port, or in brackets; each spelling is the same client, so a ban holds under all.
+#[tokio::test]
+async fn a_forwarded_ban_holds_under_every_spelling_of_the_address() {
+    let server = TestServer::start(
+        "BlockAfterFails = 3\nBlockDuration = 60\nAutoBanTime = 60\nTrustedProxies = [\"127.0.0.1/32\"]",
+    );
+    let http = client();
+    for i in 0..3 {
+        let status = bad_put_with(&http, &server, &format!("n/{i}"), Some(("x-forwarded-for", "9.9.9.9"))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+    for spelling in [
+        ("x-forwarded-for", "9.9.9.9"),
+        ("x-forwarded-for", "::ffff:9.9.9.9"),
+        ("x-forwarded-for", "9.9.9.9:1234"),
+        ("x-forwarded-for", "[::ffff:9.9.9.9]"),
+        ("x-forwarded-for", "[::ffff:9.9.9.9]:1234"),
+        ("x-forwarded-for", "198.51.100.1, 9.9.9.9:1234"),
+        ("x-real-ip", "9.9.9.9:1234"),
+        ("x-real-ip", "::ffff:9.9.9.9"),
+    ] {
+        assert_eq!(
+            get_with(&http, &server, "n/none", Some(spelling)).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "the ban on 9.9.9.9 under {spelling:?}"
+        );
+    }
+    for other in [
+        ("x-forwarded-for", "9.9.9.8:1234"),
+        ("x-forwarded-for", "::ffff:9.9.9.8"),
+        ("x-real-ip", "[::ffff:9.9.9.8]:80"),
+    ] {
+        assert_eq!(
+            get_with(&http, &server, "n/none", Some(other)).await,
+            StatusCode::NOT_FOUND,
+            "another client, {other:?}"
+        );
+    }
+    assert_eq!(
+        get_with(&http, &server, "n/none", None).await,
+        StatusCode::NOT_FOUND,
+        "the proxy"
+    );
+
+    // IPv6 with a port in brackets: the ban is on the address.
+    for i in 0..3 {
+        let status = bad_put_with(
+            &http,
+            &server,
+            &format!("n6/{i}"),
+            Some(("x-forwarded-for", "[2001:db8::7]:443")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+    for spelling in ["2001:db8::7", "[2001:db8::7]", "[2001:db8::7]:8443"] {
+        assert_eq!(
+            get_with(&http, &server, "n/none", Some(("x-forwarded-for", spelling))).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "the ban on 2001:db8::7 under {spelling:?}"
+        );
+    }
+    let log = server.log();
+    wait_until(Duration::from_secs(5), || ban_lines(&server.log()).len() >= 2);
+    let lines = ban_lines(&server.log());
+    assert_eq!(lines.len(), 2, "{lines:?}\n{log}");
+    assert!(lines[0].contains("client=9.9.9.9 "), "{}", lines[0]);
+    assert!(lines[1].contains("client=2001:db8::7 "), "{}", lines[1]);
+}
