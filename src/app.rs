@@ -2,7 +2,6 @@
 //! secrets (rotated with a grace period), the store, the upload engine, the upload state
 //! (for shared bans) and the ban list.
 
-use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -12,7 +11,7 @@ use arc_swap::ArcSwap;
 use crate::auth::KeyRing;
 use crate::config::{Config, Secret};
 use crate::metrics;
-use crate::ops::bans::{BanPolicy, Bans};
+use crate::ops::bans::{BanPolicy, Bans, Client};
 use crate::resumable::Engine;
 use crate::state::UploadState;
 use crate::store::Store;
@@ -99,10 +98,18 @@ impl AppState {
     }
 
     /// Counts a failed authentication: across all instances through Redis when it is set
-    /// (falling back to this instance's count when Redis does not answer), else here.
-    pub async fn record_auth_failure(&self, ip: IpAddr) {
+    /// (falling back to this instance's count when Redis does not answer), else here. A
+    /// client that may not be banned ([`Client::may_ban`]) is counted here only, and a ban
+    /// it earns is withheld.
+    pub async fn record_auth_failure(&self, client: &Client) {
+        let Some(ip) = client.ip else { return };
         let policy = self.ban_policy();
         if policy.after_fails == 0 {
+            return;
+        }
+        if !client.may_ban {
+            // Not through Redis: that would ban the address on every instance.
+            self.bans().record_failure_without_ban(ip, &policy, Instant::now());
             return;
         }
         if let Some(redis) = self.upload_state().as_redis() {

@@ -31,6 +31,10 @@ pub const ACTIVE_UPLOADS: &str = "hmac_file_server_active_uploads";
 pub const AUTH_FAILURES: &str = "hmac_file_server_auth_failures_total";
 /// Bans imposed.
 pub const BANS: &str = "hmac_file_server_bans_total";
+/// Bans withheld from a loopback peer that sends forwarding headers while no proxy is trusted.
+pub const BANS_WITHHELD: &str = "hmac_file_server_bans_withheld_total";
+/// Requests whose forwarding headers were ignored: their peer is not a trusted proxy.
+pub const UNTRUSTED_FORWARDED: &str = "hmac_file_server_untrusted_forwarded_total";
 /// Client addresses banned now.
 pub const BANNED_CLIENTS: &str = "hmac_file_server_banned_clients";
 /// Files removed by retention, by reason.
@@ -73,6 +77,8 @@ pub fn install() -> Result<PrometheusHandle, String> {
         DOWNLOAD_BYTES,
         AUTH_FAILURES,
         BANS,
+        BANS_WITHHELD,
+        UNTRUSTED_FORWARDED,
     ] {
         counter!(name).absolute(0);
     }
@@ -114,6 +120,14 @@ fn describe() {
         "Requests refused for a missing, malformed, wrong or expired token."
     );
     describe_counter!(BANS, "Client addresses banned.");
+    describe_counter!(
+        BANS_WITHHELD,
+        "Bans withheld from a loopback peer that sends forwarding headers while TrustedProxies is empty."
+    );
+    describe_counter!(
+        UNTRUSTED_FORWARDED,
+        "Requests whose forwarding headers (X-Forwarded-For, X-Real-IP, Forwarded) were ignored: their peer is not in TrustedProxies."
+    );
     describe_gauge!(BANNED_CLIENTS, "Client addresses banned now.");
     describe_counter!(RETENTION_DELETIONS, "Files deleted by retention, by reason.");
     describe_gauge!(STORE_FILES, "Files in the store.");
@@ -195,6 +209,16 @@ pub fn banned(banned_now: usize) {
 /// instance whose request tipped it.
 pub fn ban_counted() {
     counter!(BANS).increment(1);
+}
+
+/// A ban was withheld (see `ops::bans`).
+pub fn ban_withheld() {
+    counter!(BANS_WITHHELD).increment(1);
+}
+
+/// A request's forwarding headers were ignored: its peer is not a trusted proxy.
+pub fn untrusted_forwarded() {
+    counter!(UNTRUSTED_FORWARDED).increment(1);
 }
 
 /// The number of bans in force changed (a ban lifted).

@@ -1023,7 +1023,12 @@ fn retry_after_secs(r: &RawResponse) -> u64 {
 
 #[tokio::test]
 async fn banned_client_gets_429_with_retry_after() {
-    let server = TestServer::start("BlockAfterFails = 3\nBlockDuration = 300\nAutoBanTime = 600");
+    // A proxy is trusted, but not 127.0.0.1: its forwarding headers are spoofs, and it is
+    // banned like any client. (With no proxy trusted at all, a loopback peer that sends
+    // forwarding headers is taken for an unlisted local proxy and not banned: tests/ops/bans.rs.)
+    let server = TestServer::start(
+        "BlockAfterFails = 3\nBlockDuration = 300\nAutoBanTime = 600\nTrustedProxies = [\"192.0.2.1/32\"]",
+    );
     let body = payload(100, 60);
     // Three failed authentications from 127.0.0.1. Each claims another address in
     // X-Forwarded-For, which an untrusted peer cannot make the server believe.

@@ -2,7 +2,11 @@
 
 mod common;
 
-use common::{TestServer, client, encode_path, payload, put_typed};
+use std::io::Write;
+use std::net::Shutdown;
+use std::time::Duration;
+
+use common::{TestServer, client, encode_path, parse_responses, payload, put_typed, read_until_closed, wait_until};
 use reqwest::StatusCode;
 
 #[tokio::test]
@@ -180,4 +184,70 @@ async fn uploads_stay_whole_while_hundreds_of_connections_share_the_read_budget(
     }
     drop(idle);
     assert_eq!(server.temporaries(), 0);
+}
+
+/// Sends `request` on a fresh connection, half-closes it (`shutdown(SHUT_WR)`, as `nc -N` and
+/// some scripts do) and returns every answer read until the server closes.
+fn half_closed_exchange(server: &TestServer, request: &[u8]) -> Vec<common::RawResponse> {
+    let mut s = server.connect(Duration::from_secs(10));
+    s.write_all(request).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    parse_responses(&read_until_closed(&mut s, Duration::from_secs(10)))
+}
+
+/// Issue #14: a client that half-closes its connection after a complete request is still
+/// waiting for the answer and must get it, for uploads and downloads, one request or several.
+/// A half-close in the middle of a body is still a broken-off upload.
+#[test]
+fn half_closed_connection_still_gets_its_answers() {
+    let server = TestServer::start("");
+    let body = payload(50_000, 14);
+    let put = |path: &str, body: &[u8]| {
+        let target = server.target(&server.signed_v(path, path, body.len() as u64));
+        let mut r = format!(
+            "PUT {target} HTTP/1.1\r\nHost: test\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        r.extend_from_slice(body);
+        r
+    };
+    let get = |path: &str| format!("GET /upload/{path} HTTP/1.1\r\nHost: test\r\n\r\n").into_bytes();
+
+    let answers = half_closed_exchange(&server, &put("half/one.bin", &body));
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [201], "PUT then half-close; log:\n{}", server.log());
+    assert_eq!(std::fs::read(server.files_dir().join("half/one.bin")).unwrap(), body);
+
+    let answers = half_closed_exchange(&server, &get("half/one.bin"));
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [200], "GET then half-close");
+    assert_eq!(answers[0].body, body, "the whole body");
+
+    // Two requests on one connection, then the half-close: both answered, in order.
+    let mut both = put("half/two.bin", &body[..1000]);
+    both.extend_from_slice(&get("half/one.bin"));
+    let answers = half_closed_exchange(&server, &both);
+    let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
+    assert_eq!(statuses, [201, 200], "PUT and GET then half-close");
+    assert_eq!(answers[1].body, body);
+    assert_eq!(
+        std::fs::read(server.files_dir().join("half/two.bin")).unwrap(),
+        &body[..1000]
+    );
+
+    // Half of a body, then the half-close: the upload broke off; nothing is stored.
+    let whole = put("half/short.bin", &body);
+    let answers = half_closed_exchange(&server, &whole[..whole.len() - body.len() / 2]);
+    assert!(
+        answers.iter().all(|r| r.status != 201),
+        "{:?}",
+        answers.iter().map(|r| r.status).collect::<Vec<_>>()
+    );
+    server.wait_for_access("PUT", "/upload/half/short.bin", Duration::from_secs(10));
+    assert!(
+        wait_until(Duration::from_secs(10), || server.temporaries() == 0),
+        "temporary left behind"
+    );
+    assert!(!server.files_dir().join("half/short.bin").exists());
 }

@@ -28,7 +28,7 @@ use http::{HeaderValue, Method, Request, StatusCode, header};
 use crate::app::AppState;
 use crate::config::Config;
 use crate::metrics;
-use crate::ops::bans::client_ip;
+use crate::ops::bans::{self, Client};
 pub use body::{Body, Response};
 pub use endpoint::{Endpoint, MAX_HEAD_BYTES, MAX_URI_BYTES, TusAction};
 pub use error::ApiError;
@@ -118,11 +118,14 @@ where
         .and_then(|v| v.to_str().ok()?.parse().ok())
         .unwrap_or(0);
     let config = state.config();
-    let client = client_ip(peer, request.headers(), &config.bans.trusted_proxies);
+    let client = Client::identify(peer, request.headers(), &config.bans.trusted_proxies);
+    if let Some(peer) = peer.filter(|_| client.untrusted_forwarding) {
+        bans::note_untrusted_forwarding(peer);
+    }
     let is_upload = matches!(method, Method::PUT | Method::POST | Method::PATCH);
     let _active = is_upload.then(metrics::ActiveUpload::start);
 
-    let banned = client.and_then(|ip| state.bans().banned_for(ip, Instant::now()));
+    let banned = client.ip.and_then(|ip| state.bans().banned_for(ip, Instant::now()));
     let (result, session_header) = match banned {
         Some(left) => (Err(ApiError::Banned { retry_after: left }), None),
         None => {
@@ -133,9 +136,9 @@ where
             }
         }
     };
-    if let (Err(ApiError::Auth(_)), Some(ip)) = (&result, client) {
+    if let (Err(ApiError::Auth(_)), Some(_)) = (&result, client.ip) {
         metrics::auth_failure();
-        state.record_auth_failure(ip).await;
+        state.record_auth_failure(&client).await;
     }
     let mut response = result.unwrap_or_else(|e| e.into_response(&method, &raw_path));
     cors::apply(response.headers_mut());
@@ -170,7 +173,7 @@ where
     }
     tracing::info!(
         target: "access",
-        client = %client.map_or_else(|| "unix".to_string(), |ip| ip.to_string()),
+        client = %client.ip.map_or_else(|| "unix".to_string(), |ip| ip.to_string()),
         %method,
         path = %raw_path,
         status = status.as_u16(),

@@ -203,6 +203,12 @@ pub async fn serve(
         .header_read_timeout(config.limits.read_timeout)
         .max_buf_size(READ_BUF_BYTES)
         .max_headers(MAX_HEADERS)
+        // A client may shut down its sending side once its request is out (`nc -N`, scripts)
+        // and still wait for the answer: without this, hyper takes that EOF for a lost client,
+        // drops the answer, and a stored PUT looks failed. A body cut short by EOF is still a
+        // broken-off upload, a client that is really gone shows when the answer is written (or
+        // after WriteTimeout), and the request's work runs in its own task either way.
+        .half_close(true)
         .keep_alive(true);
     let write_timeout = config.limits.write_timeout;
     let reads = Arc::new(ReadShare::default());

@@ -28,6 +28,8 @@ METRICS = {
     "hmac_file_server_download_bytes_total": "counter",
     "hmac_file_server_auth_failures_total": "counter",
     "hmac_file_server_bans_total": "counter",
+    "hmac_file_server_bans_withheld_total": "counter",
+    "hmac_file_server_untrusted_forwarded_total": "counter",
     "hmac_file_server_retention_deletions_total": "counter",
     "hmac_file_server_upload_duration_seconds": "histogram",
     "hmac_file_server_request_duration_seconds": "histogram",

@@ -189,7 +189,12 @@ async fn trusted_proxy_forwarded_address_is_banned() {
 
 #[tokio::test]
 async fn untrusted_forwarded_for_is_ignored() {
-    let server = TestServer::start("BlockAfterFails = 3\nBlockDuration = 60\nAutoBanTime = 60");
+    // A proxy is trusted, but not 127.0.0.1: its forwarding headers are spoofs. (With no proxy
+    // trusted at all, a loopback peer that sends them is not banned:
+    // loopback_peer_with_forwarding_headers_and_no_trusted_proxies_is_not_banned.)
+    let server = TestServer::start(
+        "BlockAfterFails = 3\nBlockDuration = 60\nAutoBanTime = 60\nTrustedProxies = [\"192.0.2.1/32\"]",
+    );
     let http = client();
     for i in 0..3 {
         let r = http
@@ -220,4 +225,218 @@ async fn untrusted_forwarded_for_is_ignored() {
         "{}",
         lines[0]
     );
+}
+
+const UNTRUSTED_FORWARDED: &str = "hmac_file_server_untrusted_forwarded_total";
+const BANS_WITHHELD: &str = "hmac_file_server_bans_withheld_total";
+/// The once-per-process warning about forwarding headers from an untrusted peer.
+const UNTRUSTED_WARNING: &str = "forwarding headers from a peer not in TrustedProxies are ignored";
+/// The line that says a ban was withheld.
+const WITHHELD_LINE: &str = "ban withheld";
+
+/// A GET of `path` with one extra header, if any; returns the status.
+async fn get_with(http: &reqwest::Client, server: &TestServer, path: &str, header: Option<(&str, &str)>) -> StatusCode {
+    let mut req = http.get(server.url(path));
+    if let Some((name, value)) = header {
+        req = req.header(name, value);
+    }
+    req.send().await.unwrap().status()
+}
+
+/// A PUT with a bad token and one extra header, if any; returns the status.
+async fn bad_put_with(
+    http: &reqwest::Client,
+    server: &TestServer,
+    path: &str,
+    header: Option<(&str, &str)>,
+) -> StatusCode {
+    let mut req = http.put(bad_v_url(server, path)).body(b"x".to_vec());
+    if let Some((name, value)) = header {
+        req = req.header(name, value);
+    }
+    req.send().await.unwrap().status()
+}
+
+/// Issue #14: forwarding headers from a peer that is not a trusted proxy are ignored, and
+/// the operator is told so once (not once per request) and by a counter.
+#[tokio::test]
+async fn untrusted_forwarding_headers_are_warned_once_and_counted() {
+    let server = TestServer::start("");
+    let http = client();
+    let maddr = metrics_addr(&server.log());
+    let at_start = scrape(&http, &maddr).await;
+    let headers = [
+        ("x-forwarded-for", "203.0.113.7"),
+        ("x-real-ip", "203.0.113.7"),
+        ("forwarded", "for=203.0.113.7"),
+    ];
+    for i in 0..9 {
+        let status = get_with(&http, &server, &format!("w/{i}"), Some(headers[i % 3])).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{:?}", headers[i % 3]);
+    }
+    // Forwarding-like headers that do not name the client are not counted.
+    let status = get_with(&http, &server, "w/proto", Some(("x-forwarded-proto", "https"))).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(get_with(&http, &server, "w/plain", None).await, StatusCode::NOT_FOUND);
+    // Every line logged before the last request's access line is in the log now.
+    server.wait_for_access("GET", "/upload/w/plain", Duration::from_secs(10));
+
+    let log = server.log();
+    let warnings: Vec<&str> = log.lines().filter(|l| l.contains(UNTRUSTED_WARNING)).collect();
+    assert_eq!(warnings.len(), 1, "one warning for nine requests:\n{log}");
+    assert!(warnings[0].contains("WARN"), "{}", warnings[0]);
+    assert!(warnings[0].contains("peer=127.0.0.1"), "{}", warnings[0]);
+    let access = server.wait_for_access("GET", "/upload/w/0", Duration::from_secs(10));
+    assert!(
+        access.contains("client=127.0.0.1"),
+        "the header is not believed: {access}"
+    );
+
+    for name in [UNTRUSTED_FORWARDED, BANS_WITHHELD] {
+        assert_eq!(
+            at_start.get(name, &[]),
+            Some(0.0),
+            "{name} is exported at 0 from the start"
+        );
+    }
+    let m = scrape(&http, &maddr).await;
+    assert_eq!(m.get(UNTRUSTED_FORWARDED, &[]), Some(9.0), "{UNTRUSTED_FORWARDED}");
+}
+
+/// Issue #14: behind a local reverse proxy that nobody listed in TrustedProxies, every
+/// client's requests come from 127.0.0.1; three bad tokens must not lock every user out.
+/// Failures from 127.0.0.1 without forwarding headers still ban it.
+#[tokio::test]
+async fn loopback_peer_with_forwarding_headers_and_no_trusted_proxies_is_not_banned() {
+    let server = TestServer::start("BlockAfterFails = 3\nBlockDuration = 60\nAutoBanTime = 60");
+    let http = client();
+    let maddr = metrics_addr(&server.log());
+    for i in 0..6 {
+        let status = bad_put_with(
+            &http,
+            &server,
+            &format!("l/{i}"),
+            Some(("x-forwarded-for", "203.0.113.7")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "bad token {i} through the proxy");
+    }
+    let r = http
+        .put(server.signed_v("l/ok.bin", "l/ok.bin", 2))
+        .header("x-forwarded-for", "203.0.113.8")
+        .body(b"ok".to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "another user can still upload");
+    let r = http
+        .get(server.url("l/ok.bin"))
+        .header("x-forwarded-for", "203.0.113.9")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "and download");
+    assert_eq!(r.bytes().await.unwrap().as_ref(), b"ok");
+    assert_eq!(get_with(&http, &server, "l/ok.bin", None).await, StatusCode::OK);
+    server.wait_for_access("GET", "/upload/l/ok.bin", Duration::from_secs(10));
+
+    let m = scrape(&http, &maddr).await;
+    assert_eq!(m.get(AUTH_FAILURES, &[]), Some(6.0), "the failures are counted");
+    assert_eq!(m.get(BANS_WITHHELD, &[]), Some(2.0), "two bans withheld");
+    assert_eq!(m.get(BANS, &[]), Some(0.0));
+    assert_eq!(m.get(BANNED_CLIENTS, &[]), Some(0.0));
+    let log = server.log();
+    assert!(ban_lines(&log).is_empty(), "{:?}", ban_lines(&log));
+    let withheld: Vec<&str> = log.lines().filter(|l| l.contains(WITHHELD_LINE)).collect();
+    assert_eq!(withheld.len(), 2, "{log}");
+    assert!(
+        withheld
+            .iter()
+            .all(|l| l.contains("WARN") && l.contains("client=127.0.0.1")),
+        "{withheld:?}"
+    );
+
+    // Without forwarding headers, 127.0.0.1 is an ordinary client: banned after three.
+    for i in 0..3 {
+        let status = bad_put_with(&http, &server, &format!("d/{i}"), None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "direct bad token {i}");
+    }
+    assert_eq!(
+        get_with(&http, &server, "l/ok.bin", None).await,
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    let lines = wait_ban_lines(&server);
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(lines[0].contains("client=127.0.0.1"), "{}", lines[0]);
+}
+
+/// Issue #14: a trusted proxy may write the client's address as IPv4-mapped IPv6, with a
+/// port, or in brackets; each spelling is the same client, so a ban holds under all.
+#[tokio::test]
+async fn a_forwarded_ban_holds_under_every_spelling_of_the_address() {
+    let server = TestServer::start(
+        "BlockAfterFails = 3\nBlockDuration = 60\nAutoBanTime = 60\nTrustedProxies = [\"127.0.0.1/32\"]",
+    );
+    let http = client();
+    for i in 0..3 {
+        let status = bad_put_with(&http, &server, &format!("n/{i}"), Some(("x-forwarded-for", "9.9.9.9"))).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+    for spelling in [
+        ("x-forwarded-for", "9.9.9.9"),
+        ("x-forwarded-for", "::ffff:9.9.9.9"),
+        ("x-forwarded-for", "9.9.9.9:1234"),
+        ("x-forwarded-for", "[::ffff:9.9.9.9]"),
+        ("x-forwarded-for", "[::ffff:9.9.9.9]:1234"),
+        ("x-forwarded-for", "198.51.100.1, 9.9.9.9:1234"),
+        ("x-real-ip", "9.9.9.9:1234"),
+        ("x-real-ip", "::ffff:9.9.9.9"),
+    ] {
+        assert_eq!(
+            get_with(&http, &server, "n/none", Some(spelling)).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "the ban on 9.9.9.9 under {spelling:?}"
+        );
+    }
+    for other in [
+        ("x-forwarded-for", "9.9.9.8:1234"),
+        ("x-forwarded-for", "::ffff:9.9.9.8"),
+        ("x-real-ip", "[::ffff:9.9.9.8]:80"),
+    ] {
+        assert_eq!(
+            get_with(&http, &server, "n/none", Some(other)).await,
+            StatusCode::NOT_FOUND,
+            "another client, {other:?}"
+        );
+    }
+    assert_eq!(
+        get_with(&http, &server, "n/none", None).await,
+        StatusCode::NOT_FOUND,
+        "the proxy"
+    );
+
+    // IPv6 with a port in brackets: the ban is on the address.
+    for i in 0..3 {
+        let status = bad_put_with(
+            &http,
+            &server,
+            &format!("n6/{i}"),
+            Some(("x-forwarded-for", "[2001:db8::7]:443")),
+        )
+        .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+    }
+    for spelling in ["2001:db8::7", "[2001:db8::7]", "[2001:db8::7]:8443"] {
+        assert_eq!(
+            get_with(&http, &server, "n/none", Some(("x-forwarded-for", spelling))).await,
+            StatusCode::TOO_MANY_REQUESTS,
+            "the ban on 2001:db8::7 under {spelling:?}"
+        );
+    }
+    let log = server.log();
+    wait_until(Duration::from_secs(5), || ban_lines(&server.log()).len() >= 2);
+    let lines = ban_lines(&server.log());
+    assert_eq!(lines.len(), 2, "{lines:?}\n{log}");
+    assert!(lines[0].contains("client=9.9.9.9 "), "{}", lines[0]);
+    assert!(lines[1].contains("client=2001:db8::7 "), "{}", lines[1]);
 }
