@@ -105,3 +105,31 @@ fn check_config_answers_as_before() {
          config error: Secret: no Secret or SecretFile: refusing to run with no HMAC key\n"
     );
 }
+
+/// A configuration file that cannot be read or parsed is the one problem `check-config`
+/// reports: the key checks of the empty table that follows (`Secret: no Secret or
+/// SecretFile`) would only send the operator after the wrong thing.
+#[test]
+fn check_config_names_only_a_file_it_cannot_read_or_parse() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.toml");
+    let broken = dir.path().join("broken.toml");
+    std::fs::write(&broken, "Secret = \"0123456789abcdef\"\nListenPort = \n").unwrap();
+    for (file, what) in [
+        (missing.as_path(), "cannot read"),
+        (broken.as_path(), "TOML parse error"),
+        (dir.path(), "cannot read"),
+    ] {
+        let out = run(&["--config", file.to_str().unwrap(), "check-config"]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let errors: Vec<&str> = stderr.lines().filter(|l| l.starts_with("config error: ")).collect();
+        assert_eq!(errors.len(), 1, "{}: one problem only:\n{stderr}", file.display());
+        assert!(
+            errors[0].starts_with("config error: config: ") && stderr.contains(what),
+            "{}: the file's problem:\n{stderr}",
+            file.display()
+        );
+        assert!(!stderr.contains("no Secret or SecretFile"), "{stderr}");
+    }
+}

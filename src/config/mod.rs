@@ -168,6 +168,17 @@ impl Config {
     }
 
     fn from_merged(merged: Merged) -> Result<Config, ConfigError> {
+        if merged.file_failed {
+            // Reading the keys of the empty table would add "no Secret" and the like: noise
+            // next to the one problem that matters. The sources' own problems (environment,
+            // `--set`) are kept.
+            let mut problems = merged.problems;
+            problems.sort_by(|a, b| a.key.cmp(&b.key));
+            return Err(ConfigError {
+                problems,
+                warnings: merged.warnings,
+            });
+        }
         let mut r = Reader::new(&merged.table);
         let config = build(&mut r);
         let (found, found_warnings) = r.finish();

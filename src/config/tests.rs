@@ -131,6 +131,18 @@ fn warnings_come_with_errors() {
 }
 
 #[test]
+fn a_file_that_does_not_parse_is_the_only_problem() {
+    let err = load_str("Secret = \"0123456789abcdef\"\nListenPort = ", &[], &[]).unwrap_err();
+    assert_eq!(keys_of(err), ["config"], "no key checks of the empty table");
+    let err = load_str("ListenPort = ", &[("HMAC_FILE_SERVER_REDIS_DB", "x")], &[]).unwrap_err();
+    assert_eq!(
+        keys_of(err),
+        ["RedisDB", "config"],
+        "the environment's own problems stay"
+    );
+}
+
+#[test]
 fn foreign_keys_warn() {
     let c = load_str(
         "Secret = \"0123456789abcdef\"\nEnableVersioning = true\n[clamav]\nx = 1",
