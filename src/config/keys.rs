@@ -203,7 +203,7 @@ keys! {
     REASK_SECRET_ENABLED: "ReaskSecretEnabled", Bool, "false", Live,
         "Also re-read Secret / SecretFile every ReaskSecretInterval, not only on SIGHUP.";
     REASK_SECRET_INTERVAL: "ReaskSecretInterval", Duration, "24h", Live,
-        "How often the secret is re-read, and how long the previous one stays valid after a change.";
+        "How often the secret is re-read, and how long the previous one stays valid after a change (at least 1s).";
     METRICS_ENABLED: "MetricsEnabled", Bool, "true", Restart,
         "Second listener with /metrics and /health.";
     METRICS_PORT: "MetricsPort", Text, ":9090", Restart,

@@ -229,6 +229,33 @@ fn secret_file_strips_newline() {
     assert_eq!(keys_of(load_str(&both, &[], &[]).unwrap_err()), ["SecretFile"]);
 }
 
+/// ReaskSecretInterval is both how often the secret is re-read and how long the previous one
+/// stays valid: 0 would re-read the configuration in a tight loop and give the previous secret
+/// no grace at all.
+#[test]
+fn reask_secret_interval_has_a_minimum() {
+    for given in ["0", "\"0s\"", "\"500ms\""] {
+        let toml = format!("Secret = \"0123456789abcdef\"\nReaskSecretInterval = {given}");
+        let err = load_str(&toml, &[], &[]).unwrap_err();
+        assert_eq!(keys_of(err), ["ReaskSecretInterval"], "{given}");
+    }
+    let err = load_str(
+        "Secret = \"0123456789abcdef\"",
+        &[("HMAC_FILE_SERVER_REASK_SECRET_INTERVAL", "0")],
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        err.problems[0].message.contains("at least 1s"),
+        "{}",
+        err.problems[0].message
+    );
+    for given in ["1", "\"2s\"", "\"24h\""] {
+        let toml = format!("Secret = \"0123456789abcdef\"\nReaskSecretInterval = {given}");
+        load_str(&toml, &[], &[]).unwrap_or_else(|e| panic!("{given}: {e}"));
+    }
+}
+
 /// Keys that `config.example.toml` sets to something else than the default, on purpose.
 const EXAMPLE_DIFFERS: &[(&str, &str)] = &[
     (

@@ -7,6 +7,10 @@ use crate::config::Secret;
 use crate::config::keys;
 use crate::config::reader::Reader;
 
+/// The shortest ReaskSecretInterval: how often the secret may be re-read, and the shortest
+/// grace of the previous secret.
+const MIN_REASK_SECRET_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Secrets.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
@@ -52,6 +56,11 @@ impl AuthSettings {
         let delete_secret = (!delete_text.is_empty()).then(|| Secret::new(delete_text.as_bytes()));
         let reask_secret = r.boolean(&keys::REASK_SECRET_ENABLED);
         let reask_secret_interval = r.duration(&keys::REASK_SECRET_INTERVAL);
+        if reask_secret_interval < MIN_REASK_SECRET_INTERVAL {
+            // 0 would re-read the configuration in a tight loop and end the previous secret's
+            // grace at once.
+            r.fail(&keys::REASK_SECRET_INTERVAL, "must be at least 1s", ());
+        }
         Some(Self {
             secret: secret?,
             secret_file,
