@@ -4,7 +4,8 @@
 
 mod common;
 
-use std::process::{Command, Output};
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 use common::{TestServer, client, wait_until};
@@ -132,4 +133,69 @@ fn check_config_names_only_a_file_it_cannot_read_or_parse() {
         );
         assert!(!stderr.contains("no Secret or SecretFile"), "{stderr}");
     }
+}
+
+/// Runs the binary like [`run`], but gives up after `within`: a read that never ends must
+/// fail the test, not hang it.
+fn run_within(args: &[&str], within: Duration) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hmac-file-server"))
+        .args(args)
+        .env_remove("HMAC_FILE_SERVER_SECRET")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let finished = wait_until(within, || child.try_wait().unwrap().is_some());
+    if !finished {
+        let _ = child.kill();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(finished, "{args:?} did not finish within {within:?}: {out:?}");
+    out
+}
+
+/// SecretFile must be a regular file of at most 64 KiB. Anything else is a problem naming the
+/// key, found at once: /dev/zero used to grow without bound, a FIFO blocked forever without a
+/// word, a directory gave a bare "Is a directory".
+#[test]
+fn check_config_refuses_a_secret_file_that_is_not_a_small_regular_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("fifo");
+    let made = Command::new("mkfifo").arg(&fifo).status().unwrap();
+    assert!(made.success(), "mkfifo");
+    let folder = dir.path().join("folder");
+    std::fs::create_dir(&folder).unwrap();
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'k'; 64 * 1024 + 1]).unwrap();
+    let config = dir.path().join("config.toml");
+    for (secret_file, what) in [
+        (fifo.as_path(), "not a regular file"),
+        (folder.as_path(), "not a regular file"),
+        (big.as_path(), "64 KiB"),
+        (Path::new("/dev/zero"), "not a regular file"),
+    ] {
+        std::fs::write(&config, format!("SecretFile = \"{}\"\n", secret_file.display())).unwrap();
+        let out = run_within(
+            &["--config", config.to_str().unwrap(), "check-config"],
+            Duration::from_secs(5),
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{}: {out:?}", secret_file.display());
+        assert!(
+            stderr.contains("config error: SecretFile: ") && stderr.contains(what),
+            "{}: the problem names SecretFile and says {what:?}:\n{stderr}",
+            secret_file.display()
+        );
+    }
+
+    // 64 KiB is still fine.
+    let largest = dir.path().join("largest");
+    std::fs::write(&largest, vec![b'k'; 64 * 1024]).unwrap();
+    std::fs::write(&config, format!("SecretFile = \"{}\"\n", largest.display())).unwrap();
+    let out = run_within(
+        &["--config", config.to_str().unwrap(), "check-config"],
+        Duration::from_secs(5),
+    );
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
 }

@@ -151,7 +151,7 @@ keys! {
     SECRET: "Secret", Text, "", Live,
         "The HMAC key shared with the XMPP server; Secret or SecretFile is required.";
     SECRET_FILE: "SecretFile", Text, "", Live,
-        "Read the HMAC key from this file instead (one trailing newline stripped); not with Secret.";
+        "Read the HMAC key from this regular file of at most 64 KiB instead (one trailing newline stripped); not with Secret.";
     DELETE_SECRET: "DeleteSecret", Text, "", Live,
         "Metronome's http_file_delete_secret, for DELETE ?token=; empty = the same as Secret.";
     STORE_DIR: "StoreDir", Text, "./data", Restart,
