@@ -199,3 +199,54 @@ fn check_config_refuses_a_secret_file_that_is_not_a_small_regular_file() {
     );
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
+
+/// check-config finds a DeletionReportFile the server could not write (its folder missing, a
+/// folder in its place, a file without write permission) instead of leaving it to a WARN per
+/// deleted file; it creates nothing.
+#[test]
+fn check_config_refuses_an_unwritable_deletion_report_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let read_only = dir.path().join("read-only.log");
+    std::fs::write(&read_only, "").unwrap();
+    std::fs::set_permissions(&read_only, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+    // Root may write it anyway: then that case says nothing and is left out.
+    let root = std::fs::OpenOptions::new().append(true).open(&read_only).is_ok();
+    let mut cases = vec![
+        (dir.path().join("missing/deletions.log"), "missing"),
+        (dir.path().to_path_buf(), "folder"),
+    ];
+    if !root {
+        cases.push((read_only.clone(), "read-only"));
+    }
+    let check = |report: &Path| {
+        std::fs::write(
+            &config,
+            format!(
+                "Secret = \"0123456789abcdef\"\nDeletionReportFile = \"{}\"\n",
+                report.display()
+            ),
+        )
+        .unwrap();
+        run(&["--config", config.to_str().unwrap(), "check-config"])
+    };
+    for (report, what) in &cases {
+        let out = check(report);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{what}: {out:?}");
+        assert!(
+            stderr.contains("config error: DeletionReportFile: "),
+            "{what}: the problem names the key:\n{stderr}"
+        );
+    }
+    assert!(!dir.path().join("missing").exists(), "nothing is created");
+
+    // A new file in a writable folder, and an existing writable file, are fine; the new one is
+    // not created by the check.
+    let fresh = dir.path().join("deletions.log");
+    let out = check(&fresh);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    assert!(!fresh.exists(), "check-config does not create it");
+    std::fs::write(&fresh, "").unwrap();
+    assert_eq!(check(&fresh).status.code(), Some(0));
+}

@@ -195,7 +195,7 @@ keys! {
     MAX_RETENTION_TIME: "MaxRetentionTime", Duration, "30d", Live,
         "Store age limit.";
     DELETION_REPORT_FILE: "DeletionReportFile", Text, "", Live,
-        "Append one tab-separated line per deleted file (time, path, size, age, reason); empty = none.";
+        "Append one tab-separated line per deleted file (time, path, size, age, reason); must be writable; empty = none.";
     CLEANUP_INTERVAL: "CleanupInterval", Duration, "1h", Live,
         "How often retention and the sweeps of stale temporaries and expired uploads run (also at start).";
     NUM_CORES: "NumCores", TextOrInteger, "auto", Restart,
