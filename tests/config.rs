@@ -250,3 +250,67 @@ fn check_config_refuses_an_unwritable_deletion_report_file() {
     std::fs::write(&fresh, "").unwrap();
     assert_eq!(check(&fresh).status.code(), Some(0));
 }
+
+/// Behind a reverse proxy on the same host every request comes from the proxy's address: with
+/// TrustedProxies empty, a few bad tokens ban the proxy and so everyone. A loopback (or Unix
+/// socket) listener is the sign of a proxy in front, so check-config warns about it, naming
+/// the proxy's likely address; a listener on every interface, or TrustedProxies set, does not.
+#[test]
+fn check_config_warns_of_a_proxy_without_trusted_proxies() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("config.toml");
+    let socket = dir.path().join("hfs.sock");
+    let check = |extra: &str| {
+        std::fs::write(&config, format!("Secret = \"0123456789abcdef\"\n{extra}\n")).unwrap();
+        let out = run(&["--config", config.to_str().unwrap(), "check-config"]);
+        assert_eq!(out.status.code(), Some(0), "{extra}: {out:?}");
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "configuration OK\n");
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    };
+    for (extra, address) in [
+        ("ListenPort = \"127.0.0.1:8080\"", "127.0.0.1/32"),
+        ("ListenPort = \"127.0.0.2:8080\"", "127.0.0.1/32"),
+        ("ListenPort = \"[::1]:8080\"", "::1/128"),
+        ("ListenPort = \"localhost:8080\"", "127.0.0.1/32"),
+        (
+            &format!("UnixSocket = true\nUnixSocketPath = \"{}\"", socket.display()),
+            "127.0.0.1/32",
+        ),
+    ] {
+        let stderr = check(extra);
+        let warning = stderr
+            .lines()
+            .find(|l| l.starts_with("warning: ") && l.contains("TrustedProxies"))
+            .unwrap_or_else(|| panic!("{extra}: no warning about TrustedProxies:\n{stderr}"));
+        assert!(
+            warning.contains("proxy") && warning.contains(address) && warning.contains("ban"),
+            "{extra}: the warning says why and names {address}: {warning}"
+        );
+    }
+    for extra in [
+        "ListenPort = \":8080\"",
+        "ListenPort = \"192.0.2.1:8080\"",
+        "ListenPort = \"127.0.0.1:8080\"\nTrustedProxies = [\"127.0.0.1/32\"]",
+        &format!(
+            "UnixSocket = true\nUnixSocketPath = \"{}\"\nTrustedProxies = \"127.0.0.1\"",
+            socket.display()
+        ),
+    ] {
+        assert_eq!(check(extra), "", "{extra}: no warning");
+    }
+}
+
+/// The same warning as a WARN line at start-up.
+#[test]
+fn start_up_warns_of_a_proxy_without_trusted_proxies() {
+    let warned = |server: &TestServer| {
+        server
+            .log()
+            .lines()
+            .any(|l| l.contains("WARN") && l.contains("TrustedProxies") && l.contains("127.0.0.1/32"))
+    };
+    let server = TestServer::start(""); // listens on 127.0.0.1, TrustedProxies empty
+    assert!(warned(&server), "no WARN about TrustedProxies:\n{}", server.log());
+    let server = TestServer::start("TrustedProxies = [\"127.0.0.1/32\", \"::1/128\"]");
+    assert!(!warned(&server), "a WARN despite TrustedProxies:\n{}", server.log());
+}

@@ -256,6 +256,42 @@ fn reask_secret_interval_has_a_minimum() {
     }
 }
 
+#[test]
+fn proxy_warning_for_a_loopback_or_socket_listener_without_trusted_proxies() {
+    let warning = |extra: &str| {
+        load_str(&format!("Secret = \"0123456789abcdef\"\n{extra}"), &[], &[])
+            .unwrap()
+            .proxy_warning()
+    };
+    for (extra, proxy) in [
+        ("ListenPort = \"127.0.0.1:8080\"", r#"["127.0.0.1/32"]"#),
+        ("ListenPort = \"127.1.2.3:0\"", r#"["127.0.0.1/32"]"#),
+        ("ListenPort = \"[::1]:8080\"", r#"["::1/128"]"#),
+        ("ListenPort = \"[::ffff:127.0.0.1]:8080\"", r#"["127.0.0.1/32"]"#),
+        ("ListenPort = \"LocalHost:8080\"", r#"["127.0.0.1/32", "::1/128"]"#),
+        (
+            "UnixSocket = true\nUnixSocketPath = \"/run/hfs.sock\"",
+            r#"["127.0.0.1/32", "::1/128"]"#,
+        ),
+    ] {
+        let w = warning(extra).unwrap_or_else(|| panic!("{extra}: no warning"));
+        assert!(w.starts_with("TrustedProxies "), "{w}");
+        assert!(w.contains(&format!("TrustedProxies = {proxy}")), "{extra}: {w}");
+    }
+    for extra in [
+        "",
+        "ListenPort = \":8080\"",
+        "ListenPort = \"[::]:8080\"",
+        "ListenPort = \"0.0.0.0:8080\"",
+        "ListenPort = \"192.0.2.1:8080\"",
+        "ListenPort = \"files.example.com:8080\"",
+        "ListenPort = \"127.0.0.1:8080\"\nTrustedProxies = [\"10.0.0.0/8\"]",
+        "UnixSocket = true\nUnixSocketPath = \"/run/hfs.sock\"\nTrustedProxies = \"::1\"",
+    ] {
+        assert_eq!(warning(extra), None, "{extra}");
+    }
+}
+
 /// Keys that `config.example.toml` sets to something else than the default, on purpose.
 const EXAMPLE_DIFFERS: &[(&str, &str)] = &[
     (
