@@ -23,8 +23,8 @@ use std::fmt;
 use std::net::SocketAddr;
 
 pub use groups::{
-    AuthSettings, BanSettings, Limits, LogFormat, LogSettings, MetricsSettings, RedisSettings, RetentionSettings,
-    ServerSettings, StoreSettings,
+    AuthSettings, BanSettings, Limits, LogFormat, LogSettings, MetricsSettings, RedactedAddr, RedisSettings,
+    RetentionSettings, ServerSettings, StoreSettings,
 };
 use pinned::Pinned;
 use reader::Reader;

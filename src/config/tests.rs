@@ -508,4 +508,17 @@ fn debug_never_prints_secrets() {
         assert!(!debug.contains(secret), "Debug shows {secret}: {debug}");
     }
     assert!(debug.contains("RedisPassword"), "the pinned keys are named: {debug}");
+
+    let c = load_str(
+        "Secret = \"inline-secret-0123456789\"\nRedisAddr = \"redis://user:addr-password-0123@redis.example:6379/1\"",
+        &[],
+        &[],
+    )
+    .unwrap();
+    let debug = format!("{c:?}");
+    assert!(
+        !debug.contains("addr-password"),
+        "Debug shows the password in RedisAddr: {debug}"
+    );
+    assert!(debug.contains("redis://redis.example:6379/1"), "{debug}");
 }
