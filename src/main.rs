@@ -60,7 +60,7 @@ fn report(e: &ConfigError) -> ExitCode {
 fn check_config(loaded: Result<Config, ConfigError>) -> ExitCode {
     match loaded {
         Ok(config) => {
-            for w in &config.warnings {
+            for w in config.warnings.iter().chain(&config.proxy_warning()) {
                 eprintln!("warning: {w}");
             }
             println!("configuration OK");
@@ -160,7 +160,7 @@ fn run(config: Config, sources: Sources) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    for w in &config.warnings {
+    for w in config.warnings.iter().chain(&config.proxy_warning()) {
         tracing::warn!("{w}");
     }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();

@@ -226,6 +226,66 @@ async fn password_and_database_are_used() {
     }
 }
 
+/// A password written inside RedisAddr (`redis://:PASSWORD@host:port`) works and is never
+/// printed: not in the start-up line that names Redis (with Redis up, and the ERROR with it
+/// down), not at any log level (RUST_LOG=trace), not on SIGHUP, not by check-config or unban.
+/// The address is still shown, without the password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_in_redis_addr_is_never_printed() {
+    let password = "addr-pass-4f9c2d71e8";
+    let redis = RedisServer::start_with_password(Some(password));
+    for (port, up) in [(redis.port, true), (free_port(), false)] {
+        let extra = format!("RedisAddr = \"redis://:{password}@127.0.0.1:{port}\"\n");
+        let server = TestServer::start_logging(&extra, "trace");
+        let (needle, what) = if up {
+            ("resumable state in Redis", "INFO")
+        } else {
+            ("REDIS IS NOT REACHABLE", "ERROR")
+        };
+        let shown = format!("redis://127.0.0.1:{port}");
+        let named = common::wait_until(Duration::from_secs(5), || {
+            server.log().lines().any(|l| l.contains(needle) && l.contains(&shown))
+        });
+        assert!(named, "the {what} line names {shown}; log:\n{}", server.log());
+        if up {
+            let tus = Tus::new(&server);
+            let loc = tus.create_ok(&server.signed_v("ap/a.bin", "ap/a.bin", 10), 10).await;
+            assert_eq!(
+                upload_keys(&redis.client(0)),
+                record_and_slot(&id_of(&loc), "ap/a.bin"),
+                "the password in RedisAddr is used"
+            );
+        }
+        server.signal("HUP");
+        assert!(
+            common::wait_until(Duration::from_secs(5), || server
+                .log()
+                .contains("configuration reloaded")),
+            "no reload; log:\n{}",
+            server.log()
+        );
+        let config = server.dir.path().join("config.toml");
+        for args in [&["check-config"][..], &["unban", "192.0.2.7"][..]] {
+            let out = std::process::Command::new(env!("CARGO_BIN_EXE_hmac-file-server"))
+                .arg("--config")
+                .arg(&config)
+                .args(args)
+                .env("RUST_LOG", "trace")
+                .output()
+                .unwrap();
+            let printed = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(!printed.is_empty(), "{args:?} says something");
+            assert!(!printed.contains(password), "{args:?} prints the password:\n{printed}");
+        }
+        let log = server.log();
+        assert!(!log.contains(password), "the log has the password:\n{log}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_instances_act_as_one() {
     let redis = RedisServer::start();

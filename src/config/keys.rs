@@ -151,7 +151,7 @@ keys! {
     SECRET: "Secret", Text, "", Live,
         "The HMAC key shared with the XMPP server; Secret or SecretFile is required.";
     SECRET_FILE: "SecretFile", Text, "", Live,
-        "Read the HMAC key from this file instead (one trailing newline stripped); not with Secret.";
+        "Read the HMAC key from this regular file of at most 64 KiB instead (one trailing newline stripped); not with Secret.";
     DELETE_SECRET: "DeleteSecret", Text, "", Live,
         "Metronome's http_file_delete_secret, for DELETE ?token=; empty = the same as Secret.";
     STORE_DIR: "StoreDir", Text, "./data", Restart,
@@ -195,7 +195,7 @@ keys! {
     MAX_RETENTION_TIME: "MaxRetentionTime", Duration, "30d", Live,
         "Store age limit.";
     DELETION_REPORT_FILE: "DeletionReportFile", Text, "", Live,
-        "Append one tab-separated line per deleted file (time, path, size, age, reason); empty = none.";
+        "Append one tab-separated line per deleted file (time, path, size, age, reason); must be writable; empty = none.";
     CLEANUP_INTERVAL: "CleanupInterval", Duration, "1h", Live,
         "How often retention and the sweeps of stale temporaries and expired uploads run (also at start).";
     NUM_CORES: "NumCores", TextOrInteger, "auto", Restart,
@@ -203,7 +203,7 @@ keys! {
     REASK_SECRET_ENABLED: "ReaskSecretEnabled", Bool, "false", Live,
         "Also re-read Secret / SecretFile every ReaskSecretInterval, not only on SIGHUP.";
     REASK_SECRET_INTERVAL: "ReaskSecretInterval", Duration, "24h", Live,
-        "How often the secret is re-read, and how long the previous one stays valid after a change.";
+        "How often the secret is re-read, and how long the previous one stays valid after a change (at least 1s).";
     METRICS_ENABLED: "MetricsEnabled", Bool, "true", Restart,
         "Second listener with /metrics and /health.";
     METRICS_PORT: "MetricsPort", Text, ":9090", Restart,

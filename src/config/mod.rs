@@ -23,8 +23,8 @@ use std::fmt;
 use std::net::SocketAddr;
 
 pub use groups::{
-    AuthSettings, BanSettings, Limits, LogFormat, LogSettings, MetricsSettings, RedisSettings, RetentionSettings,
-    ServerSettings, StoreSettings,
+    AuthSettings, BanSettings, Limits, LogFormat, LogSettings, MetricsSettings, RedactedAddr, RedisSettings,
+    RetentionSettings, ServerSettings, StoreSettings,
 };
 use pinned::Pinned;
 use reader::Reader;
@@ -168,6 +168,17 @@ impl Config {
     }
 
     fn from_merged(merged: Merged) -> Result<Config, ConfigError> {
+        if merged.file_failed {
+            // Reading the keys of the empty table would add "no Secret" and the like: noise
+            // next to the one problem that matters. The sources' own problems (environment,
+            // `--set`) are kept.
+            let mut problems = merged.problems;
+            problems.sort_by(|a, b| a.key.cmp(&b.key));
+            return Err(ConfigError {
+                problems,
+                warnings: merged.warnings,
+            });
+        }
         let mut r = Reader::new(&merged.table);
         let config = build(&mut r);
         let (found, found_warnings) = r.finish();
@@ -184,6 +195,39 @@ impl Config {
             }
             _ => Err(ConfigError { problems, warnings }),
         }
+    }
+
+    /// A warning when the listener is on loopback (`127.0.0.0/8`, `::1`, `localhost`) or a Unix
+    /// socket and TrustedProxies is empty: that is how a server behind a reverse proxy on the
+    /// same host listens, and then every request comes from the proxy's address, so bans hit
+    /// the proxy and everyone behind it. Not among [`Config::warnings`]: the configuration is
+    /// fine without a proxy, only the operator knows whether one is in front; start-up logs it
+    /// as a WARN and `check-config` prints it.
+    pub fn proxy_warning(&self) -> Option<String> {
+        if !self.bans.trusted_proxies.is_empty() {
+            return None;
+        }
+        const BOTH: &str = r#"["127.0.0.1/32", "::1/128"]"#;
+        let (listener, proxy) = match (&self.server.unix_socket, &self.server.listen) {
+            (Some(path), _) => (format!("a Unix socket ({})", path.display()), BOTH),
+            (None, ListenAddr::Socket(addr)) if addr.ip().to_canonical().is_loopback() => {
+                let proxy = if addr.ip().to_canonical().is_ipv4() {
+                    r#"["127.0.0.1/32"]"#
+                } else {
+                    r#"["::1/128"]"#
+                };
+                (format!("loopback ({addr})"), proxy)
+            }
+            (None, ListenAddr::Host(host, port)) if host.eq_ignore_ascii_case("localhost") => {
+                (format!("loopback ({host}:{port})"), BOTH)
+            }
+            _ => return None,
+        };
+        Some(format!(
+            "TrustedProxies is empty and the server listens on {listener}: if a reverse proxy is in \
+             front, set TrustedProxies = {proxy} (the proxy's address), or every client has the \
+             proxy's address and a ban blocks the proxy, so everyone behind it"
+        ))
     }
 
     /// The URL prefix uploads live under: `/upload/` or `/`.

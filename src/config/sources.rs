@@ -30,6 +30,9 @@ pub struct Merged {
     pub problems: Vec<Problem>,
     /// Warnings (keys of other versions).
     pub warnings: Vec<String>,
+    /// The file could not be read or parsed: its problem is the one to report, not what the
+    /// key checks make of the empty table that stands in for it.
+    pub file_failed: bool,
 }
 
 impl Merged {
@@ -58,6 +61,7 @@ fn read_file(path: &std::path::Path, merged: &mut Merged) -> Table {
         },
         Err(e) => merged.problem("config", format!("cannot read {}: {e}", path.display())),
     }
+    merged.file_failed = true;
     Table::new()
 }
 

@@ -131,6 +131,18 @@ fn warnings_come_with_errors() {
 }
 
 #[test]
+fn a_file_that_does_not_parse_is_the_only_problem() {
+    let err = load_str("Secret = \"0123456789abcdef\"\nListenPort = ", &[], &[]).unwrap_err();
+    assert_eq!(keys_of(err), ["config"], "no key checks of the empty table");
+    let err = load_str("ListenPort = ", &[("HMAC_FILE_SERVER_REDIS_DB", "x")], &[]).unwrap_err();
+    assert_eq!(
+        keys_of(err),
+        ["RedisDB", "config"],
+        "the environment's own problems stay"
+    );
+}
+
+#[test]
 fn foreign_keys_warn() {
     let c = load_str(
         "Secret = \"0123456789abcdef\"\nEnableVersioning = true\n[clamav]\nx = 1",
@@ -215,6 +227,69 @@ fn secret_file_strips_newline() {
     );
     let both = format!("{toml}\nSecret = \"x\"");
     assert_eq!(keys_of(load_str(&both, &[], &[]).unwrap_err()), ["SecretFile"]);
+}
+
+/// ReaskSecretInterval is both how often the secret is re-read and how long the previous one
+/// stays valid: 0 would re-read the configuration in a tight loop and give the previous secret
+/// no grace at all.
+#[test]
+fn reask_secret_interval_has_a_minimum() {
+    for given in ["0", "\"0s\"", "\"500ms\""] {
+        let toml = format!("Secret = \"0123456789abcdef\"\nReaskSecretInterval = {given}");
+        let err = load_str(&toml, &[], &[]).unwrap_err();
+        assert_eq!(keys_of(err), ["ReaskSecretInterval"], "{given}");
+    }
+    let err = load_str(
+        "Secret = \"0123456789abcdef\"",
+        &[("HMAC_FILE_SERVER_REASK_SECRET_INTERVAL", "0")],
+        &[],
+    )
+    .unwrap_err();
+    assert!(
+        err.problems[0].message.contains("at least 1s"),
+        "{}",
+        err.problems[0].message
+    );
+    for given in ["1", "\"2s\"", "\"24h\""] {
+        let toml = format!("Secret = \"0123456789abcdef\"\nReaskSecretInterval = {given}");
+        load_str(&toml, &[], &[]).unwrap_or_else(|e| panic!("{given}: {e}"));
+    }
+}
+
+#[test]
+fn proxy_warning_for_a_loopback_or_socket_listener_without_trusted_proxies() {
+    let warning = |extra: &str| {
+        load_str(&format!("Secret = \"0123456789abcdef\"\n{extra}"), &[], &[])
+            .unwrap()
+            .proxy_warning()
+    };
+    for (extra, proxy) in [
+        ("ListenPort = \"127.0.0.1:8080\"", r#"["127.0.0.1/32"]"#),
+        ("ListenPort = \"127.1.2.3:0\"", r#"["127.0.0.1/32"]"#),
+        ("ListenPort = \"[::1]:8080\"", r#"["::1/128"]"#),
+        ("ListenPort = \"[::ffff:127.0.0.1]:8080\"", r#"["127.0.0.1/32"]"#),
+        ("ListenPort = \"LocalHost:8080\"", r#"["127.0.0.1/32", "::1/128"]"#),
+        (
+            "UnixSocket = true\nUnixSocketPath = \"/run/hfs.sock\"",
+            r#"["127.0.0.1/32", "::1/128"]"#,
+        ),
+    ] {
+        let w = warning(extra).unwrap_or_else(|| panic!("{extra}: no warning"));
+        assert!(w.starts_with("TrustedProxies "), "{w}");
+        assert!(w.contains(&format!("TrustedProxies = {proxy}")), "{extra}: {w}");
+    }
+    for extra in [
+        "",
+        "ListenPort = \":8080\"",
+        "ListenPort = \"[::]:8080\"",
+        "ListenPort = \"0.0.0.0:8080\"",
+        "ListenPort = \"192.0.2.1:8080\"",
+        "ListenPort = \"files.example.com:8080\"",
+        "ListenPort = \"127.0.0.1:8080\"\nTrustedProxies = [\"10.0.0.0/8\"]",
+        "UnixSocket = true\nUnixSocketPath = \"/run/hfs.sock\"\nTrustedProxies = \"::1\"",
+    ] {
+        assert_eq!(warning(extra), None, "{extra}");
+    }
 }
 
 /// Keys that `config.example.toml` sets to something else than the default, on purpose.
@@ -433,4 +508,17 @@ fn debug_never_prints_secrets() {
         assert!(!debug.contains(secret), "Debug shows {secret}: {debug}");
     }
     assert!(debug.contains("RedisPassword"), "the pinned keys are named: {debug}");
+
+    let c = load_str(
+        "Secret = \"inline-secret-0123456789\"\nRedisAddr = \"redis://user:addr-password-0123@redis.example:6379/1\"",
+        &[],
+        &[],
+    )
+    .unwrap();
+    let debug = format!("{c:?}");
+    assert!(
+        !debug.contains("addr-password"),
+        "Debug shows the password in RedisAddr: {debug}"
+    );
+    assert!(debug.contains("redis://redis.example:6379/1"), "{debug}");
 }

@@ -104,9 +104,9 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
             let r = RedisState::connect(redis)?;
             let state = UploadState::Redis(r);
             match state.ping().await {
-                Ok(()) => tracing::info!(addr = %redis.addr, "resumable state in Redis"),
+                Ok(()) => tracing::info!(addr = %redis.addr_for_logs(), "resumable state in Redis"),
                 Err(e) => tracing::error!(
-                    addr = %redis.addr,
+                    addr = %redis.addr_for_logs(),
                     error = %e,
                     "REDIS IS NOT REACHABLE: resumable uploads answer 503 until it is; plain uploads and downloads work; reconnecting by itself"
                 ),

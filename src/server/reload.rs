@@ -81,6 +81,11 @@ pub fn reload(state: &AppState, sources: &Sources, log: Option<&LogHandle>) {
             fresh.auth.reask_secret_interval.as_secs()
         );
     }
+    if let Some(warning) = fresh.proxy_warning()
+        && old.proxy_warning().is_none()
+    {
+        tracing::warn!("{warning}");
+    }
     state.set_config(Arc::new(fresh));
     tracing::info!("configuration reloaded");
 }

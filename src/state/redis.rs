@@ -28,6 +28,7 @@ const STOP_TTL: Duration = Duration::from_secs(10);
 #[derive(Clone)]
 pub struct RedisState {
     manager: ConnectionManager,
+    /// The address without credentials, for `Debug`.
     addr: String,
     lock_ttl: Duration,
 }
@@ -66,7 +67,7 @@ impl RedisState {
         let manager = ConnectionManager::new_lazy_with_config(client, config).map_err(unavailable)?;
         Ok(Self {
             manager,
-            addr: settings.addr.clone(),
+            addr: settings.addr_for_logs().to_string(),
             lock_ttl: LOCK_TTL,
         })
     }
@@ -412,5 +413,17 @@ mod tests {
             "redis+unix:///tmp/r.sock?db=0&pass=x"
         );
         let _ = random_id();
+    }
+
+    #[tokio::test]
+    async fn debug_shows_the_address_without_credentials() {
+        let settings = RedisSettings {
+            addr: "redis://user:addr-pass-0123@127.0.0.1:1".into(),
+            password: Some(Secret::new("other-pass-4567")),
+            db: 0,
+        };
+        let state = RedisState::connect(&settings).unwrap();
+        let debug = format!("{state:?}");
+        assert_eq!(debug, r#"RedisState { addr: "redis://127.0.0.1:1" }"#);
     }
 }

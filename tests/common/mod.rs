@@ -31,28 +31,38 @@ impl TestServer {
     /// `BlockAfterFails`. BufferSize is the minimum, 4 KiB: bytes below it stay in memory, so
     /// tests that watch for the temporary file of an upload under way see it after 4 KiB.
     pub fn start(extra_toml: &str) -> TestServer {
+        Self::start_logging(extra_toml, "debug,hyper=warn")
+    }
+
+    /// Starts the server with a given config file.
+    pub fn start_with_config(dir: tempfile::TempDir, config: &Path) -> TestServer {
+        Self::start_with_config_logging(dir, config, "debug,hyper=warn")
+    }
+
+    /// Like [`TestServer::start`], with `RUST_LOG` set to `rust_log` (`"trace"` logs everything
+    /// the server and its libraries say).
+    pub fn start_logging(extra_toml: &str, rust_log: &str) -> TestServer {
         let dir = tempfile::tempdir().unwrap();
-        let store = dir.path().join("store");
         let config = dir.path().join("config.toml");
         let mut table: toml::Table = format!(
             "ListenPort = \"127.0.0.1:0\"\nMetricsPort = \"127.0.0.1:0\"\nBlockAfterFails = 0\nBufferSize = 4096\n\
              Secret = \"{SECRET}\"\nStoreDir = \"{}\"\n",
-            store.display()
+            dir.path().join("store").display()
         )
         .parse()
         .unwrap();
         let extra: toml::Table = extra_toml.parse().expect("extra_toml is valid TOML");
         table.extend(extra);
         std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
-        Self::start_with_config(dir, &config)
+        Self::start_with_config_logging(dir, &config, rust_log)
     }
 
-    /// Starts the server with a given config file.
-    pub fn start_with_config(dir: tempfile::TempDir, config: &Path) -> TestServer {
+    /// Starts the server with a given config file and `RUST_LOG`.
+    pub fn start_with_config_logging(dir: tempfile::TempDir, config: &Path, rust_log: &str) -> TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hmac-file-server"))
             .arg("-config")
             .arg(config)
-            .env("RUST_LOG", "debug,hyper=warn")
+            .env("RUST_LOG", rust_log)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()

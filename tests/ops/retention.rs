@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 use reqwest::StatusCode;
 
 use crate::common::{TestServer, client, payload, put_typed, wait_until};
-use crate::helpers::{STORE_BYTES, STORE_FILES, count, header, metrics_addr, scrape};
+use crate::helpers::{STORE_BYTES, STORE_FILES, Spawned, count, header, metrics_addr, scrape, write_config};
 
 const RETENTION_DELETIONS: &str = "hmac_file_server_retention_deletions_total";
 const UNFINISHED_UPLOADS: &str = "hmac_file_server_unfinished_uploads";
@@ -140,4 +140,33 @@ async fn unfinished_uploads_count_against_the_store_size() {
         big,
         "the unfinished upload itself is never touched"
     );
+}
+
+/// A DeletionReportFile the server could not write used to pass the start and then give a
+/// WARN per deleted file, with nothing reported. Now the start is refused with the reason,
+/// as check-config says.
+#[test]
+fn unwritable_deletion_report_file_stops_the_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing_folder = dir.path().join("no-such-folder/deletions.log");
+    let config = write_config(
+        dir.path(),
+        &format!(
+            "DeleteFiles = true\nDeletionReportFile = \"{}\"",
+            missing_folder.display()
+        ),
+    );
+    let mut server = Spawned::start(&config, None);
+    let status = server.wait_exit(Duration::from_secs(10));
+    let stderr = server.stderr();
+    assert_eq!(
+        status.and_then(|s| s.code()),
+        Some(2),
+        "the start is refused:\n{stderr}"
+    );
+    assert!(
+        stderr.contains("config error: DeletionReportFile: ") && stderr.contains("no-such-folder"),
+        "the reason names the key and the path:\n{stderr}"
+    );
+    assert!(!missing_folder.parent().unwrap().exists(), "nothing is created");
 }

@@ -181,6 +181,55 @@ async fn unreadable_secret_file_keeps_the_old_secret() {
     assert!(!server.log().contains(OLD_SECRET), "the secret is never logged");
 }
 
+/// A SecretFile replaced by a FIFO (or anything but a small regular file) fails the reload at
+/// once with an error naming SecretFile: the server neither hangs opening it nor reads
+/// without end, keeps answering on the old secret, and the next good reload works.
+#[tokio::test]
+async fn secret_file_replaced_by_a_fifo_keeps_the_old_secret() {
+    let (server, secret_file) = start_with_secret_file("ReaskSecretInterval = \"60s\"");
+    let http = client();
+    let old = Secret::new(OLD_SECRET);
+    let url = signed_with(&server, &old, "f/before.bin", 3);
+    assert_eq!(put(&http, &url, b"abc".to_vec()).await.status(), StatusCode::CREATED);
+
+    std::fs::remove_file(&secret_file).unwrap();
+    let made = std::process::Command::new("mkfifo").arg(&secret_file).status().unwrap();
+    assert!(made.success(), "mkfifo");
+    let errors = |log: &str| {
+        log.lines()
+            .filter(|l| l.contains("ERROR") && l.contains("SecretFile"))
+            .count()
+    };
+    let before = errors(&server.log());
+    server.signal("HUP");
+    assert!(
+        wait_until(Duration::from_secs(5), || errors(&server.log()) > before),
+        "no error about SecretFile logged:\n{}",
+        server.log()
+    );
+    let url = signed_with(&server, &old, "f/after.bin", 3);
+    assert_eq!(
+        put(&http, &url, b"abc".to_vec()).await.status(),
+        StatusCode::CREATED,
+        "the old secret still works"
+    );
+    assert!(!server.log().contains("configuration reloaded"));
+
+    // The reload is not stuck on the FIFO: the next SIGHUP with a good file applies it.
+    std::fs::remove_file(&secret_file).unwrap();
+    std::fs::write(&secret_file, format!("{NEW_SECRET}\n")).unwrap();
+    server.signal("HUP");
+    assert!(
+        wait_until(Duration::from_secs(5), || server
+            .log()
+            .contains("configuration reloaded")),
+        "the next reload never happened:\n{}",
+        server.log()
+    );
+    let url = signed_with(&server, &Secret::new(NEW_SECRET), "f/new.bin", 3);
+    assert_eq!(put(&http, &url, b"abc".to_vec()).await.status(), StatusCode::CREATED);
+}
+
 /// Metronome DELETE tokens are `HMAC(secret, path + "\0" + delete_secret)` with the delete
 /// secret defaulting to the secret: across a rotation both pairs stay valid for the grace
 /// period, like upload tokens.

@@ -7,6 +7,10 @@ use crate::config::Secret;
 use crate::config::keys;
 use crate::config::reader::Reader;
 
+/// The shortest ReaskSecretInterval: how often the secret may be re-read, and the shortest
+/// grace of the previous secret.
+const MIN_REASK_SECRET_INTERVAL: Duration = Duration::from_secs(1);
+
 /// Secrets.
 #[derive(Debug, Clone)]
 pub struct AuthSettings {
@@ -52,6 +56,11 @@ impl AuthSettings {
         let delete_secret = (!delete_text.is_empty()).then(|| Secret::new(delete_text.as_bytes()));
         let reask_secret = r.boolean(&keys::REASK_SECRET_ENABLED);
         let reask_secret_interval = r.duration(&keys::REASK_SECRET_INTERVAL);
+        if reask_secret_interval < MIN_REASK_SECRET_INTERVAL {
+            // 0 would re-read the configuration in a tight loop and end the previous secret's
+            // grace at once.
+            r.fail(&keys::REASK_SECRET_INTERVAL, "must be at least 1s", ());
+        }
         Some(Self {
             secret: secret?,
             secret_file,
@@ -62,9 +71,50 @@ impl AuthSettings {
     }
 }
 
-/// Reads a secret file, stripping one trailing newline.
+/// The largest SecretFile read: a key is a few dozen bytes; this only stops a wrong path
+/// (a log, a device) from being read into memory.
+const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
+
+/// Reads a secret file, stripping one trailing newline. Only a regular file of at most
+/// [`MAX_SECRET_FILE_BYTES`] is read: the type is checked before opening, so a FIFO cannot
+/// block the open (a start, `check-config` or a reload would hang without a word), and a
+/// device such as `/dev/zero` is never read. The file is opened non-blocking and checked again
+/// through the open handle, in case it was swapped in between, and the read is capped too
+/// (a file may grow after the check).
 fn read_secret_file(path: &Path) -> Result<Secret, String> {
-    let mut bytes = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+
+    let shown = path.display();
+    let regular = |meta: &std::fs::Metadata| -> Result<(), String> {
+        if !meta.is_file() {
+            return Err(format!("{shown} is not a regular file ({})", file_kind(meta)));
+        }
+        if meta.len() > MAX_SECRET_FILE_BYTES {
+            return Err(format!(
+                "{shown} is {} bytes; a secret file may have at most 64 KiB",
+                meta.len()
+            ));
+        }
+        Ok(())
+    };
+    let meta = std::fs::metadata(path).map_err(|e| format!("cannot read {shown}: {e}"))?;
+    regular(&meta)?;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    regular(&file.metadata().map_err(|e| format!("cannot read {shown}: {e}"))?)?;
+    let mut bytes = Vec::new();
+    file.take(MAX_SECRET_FILE_BYTES + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read {shown}: {e}"))?;
+    if bytes.len() as u64 > MAX_SECRET_FILE_BYTES {
+        return Err(format!(
+            "{shown} has more than 64 KiB; a secret file may have at most 64 KiB"
+        ));
+    }
     if bytes.ends_with(b"\n") {
         bytes.pop();
         if bytes.ends_with(b"\r") {
@@ -72,7 +122,26 @@ fn read_secret_file(path: &Path) -> Result<Secret, String> {
         }
     }
     if bytes.is_empty() {
-        return Err(format!("{} is empty", path.display()));
+        return Err(format!("{shown} is empty"));
     }
     Ok(Secret::new(bytes))
+}
+
+/// What a file that is not a regular file is, for the message.
+fn file_kind(meta: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = meta.file_type();
+    if kind.is_dir() {
+        "a directory"
+    } else if kind.is_fifo() {
+        "a FIFO"
+    } else if kind.is_char_device() {
+        "a character device"
+    } else if kind.is_block_device() {
+        "a block device"
+    } else if kind.is_socket() {
+        "a socket"
+    } else {
+        "not a file"
+    }
 }

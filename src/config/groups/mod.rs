@@ -16,7 +16,7 @@ pub use bans::BanSettings;
 pub use limits::Limits;
 pub use logging::{LogFormat, LogSettings};
 pub use metrics::MetricsSettings;
-pub use redis::RedisSettings;
+pub use redis::{RedactedAddr, RedisSettings};
 pub use retention::RetentionSettings;
 pub use server::ServerSettings;
 pub use store::StoreSettings;
