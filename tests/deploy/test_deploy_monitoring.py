@@ -38,6 +38,8 @@ METRICS = {
     "hmac_file_server_banned_clients": "gauge",
     "hmac_file_server_store_files": "gauge",
     "hmac_file_server_store_bytes": "gauge",
+    "hmac_file_server_unfinished_uploads": "gauge",
+    "hmac_file_server_unfinished_bytes": "gauge",
 }
 # Labelled series exist only once something happened (no retention sweep deletes in a test run).
 MAY_BE_ABSENT = {"hmac_file_server_retention_deletions_total": "labelled by reason; no series before a deletion"}
