@@ -72,6 +72,8 @@ fn check_config(loaded: Result<Config, ConfigError>) -> ExitCode {
 
 fn unban(config: &Config, address: std::net::IpAddr) -> ExitCode {
     use hmac_file_server::ops::bans::{read_ban_file, write_ban_file};
+    // Bans are kept under the canonical address: `::ffff:9.9.9.9` is 9.9.9.9.
+    let address = address.to_canonical();
     if let Some(redis) = &config.redis {
         let result = tokio::runtime::Builder::new_current_thread()
             .enable_all()

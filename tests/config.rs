@@ -54,7 +54,8 @@ async fn embedded_state_lives_in_state_dir() {
     let unban = Command::new(env!("CARGO_BIN_EXE_hmac-file-server"))
         .arg("--config")
         .arg(server.dir.path().join("config.toml"))
-        .args(["unban", "127.0.0.1"])
+        // The IPv4-mapped spelling names the same client.
+        .args(["unban", "::ffff:127.0.0.1"])
         .output()
         .unwrap();
     assert!(unban.status.success(), "{unban:?}");
