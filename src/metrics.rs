@@ -47,6 +47,10 @@ pub const STORE_BYTES: &str = "hmac_file_server_store_bytes";
 pub const UNFINISHED_UPLOADS: &str = "hmac_file_server_unfinished_uploads";
 /// Bytes unfinished resumable uploads hold.
 pub const UNFINISHED_BYTES: &str = "hmac_file_server_unfinished_bytes";
+/// Requests to the S3 store, by operation and outcome (ok, refused: a 4xx answer, error).
+pub const S3_REQUESTS: &str = "hmac_file_server_s3_requests_total";
+/// Seconds per request to the S3 store, by operation.
+pub const S3_REQUEST_DURATION: &str = "hmac_file_server_s3_request_duration_seconds";
 /// Seconds per request, by method and status.
 pub const REQUEST_DURATION: &str = "hmac_file_server_request_duration_seconds";
 
@@ -133,6 +137,15 @@ fn describe() {
     describe_gauge!(STORE_FILES, "Files in the store.");
     describe_gauge!(STORE_BYTES, ::metrics::Unit::Bytes, "Bytes in the store.");
     describe_gauge!(UNFINISHED_UPLOADS, "Unfinished resumable uploads with bytes kept.");
+    describe_counter!(
+        S3_REQUESTS,
+        "Requests to the S3 store, by operation and outcome (ok, refused, error)."
+    );
+    describe_histogram!(
+        S3_REQUEST_DURATION,
+        ::metrics::Unit::Seconds,
+        "Duration of requests to the S3 store, by operation."
+    );
     describe_gauge!(
         UNFINISHED_BYTES,
         ::metrics::Unit::Bytes,
@@ -180,6 +193,12 @@ pub fn store_changed(files: i64, bytes: i64) {
 pub fn store_counted(files: u64, bytes: u64) {
     gauge!(STORE_FILES).set(files as f64);
     gauge!(STORE_BYTES).set(bytes as f64);
+}
+
+/// A request to the S3 store ended.
+pub fn s3_request(operation: &'static str, outcome: &'static str, elapsed: Duration) {
+    counter!(S3_REQUESTS, "operation" => operation, "outcome" => outcome).increment(1);
+    histogram!(S3_REQUEST_DURATION, "operation" => operation).record(elapsed.as_secs_f64());
 }
 
 /// The unfinished uploads were counted.

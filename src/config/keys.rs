@@ -158,6 +158,26 @@ keys! {
         "Root of the local store.";
     UPLOAD_SUB_DIR: "UploadSubDir", Text, "upload", Restart,
         r#"URL prefix /<UploadSubDir>/ and the folder under StoreDir that holds the files; "" = served at /."#;
+    STORE_BACKEND: "StoreBackend", Text, "local", Restart,
+        "Where finished files live: local (StoreDir/UploadSubDir) or s3 (an S3-compatible bucket).";
+    S3_ENDPOINT: "S3Endpoint", Text, "", Restart,
+        "S3 API address, e.g. http://127.0.0.1:3900 (Garage); empty = AWS S3 in S3Region.";
+    S3_REGION: "S3Region", Text, "us-east-1", Restart,
+        "Region the requests are signed for (Garage: its s3_region, often garage).";
+    S3_BUCKET: "S3Bucket", Text, "", Restart,
+        "The bucket; required with StoreBackend = s3.";
+    S3_PREFIX: "S3Prefix", Text, "", Restart,
+        "Prefix of every object's key (a / is added); empty = the bucket's root.";
+    S3_ACCESS_KEY_ID: "S3AccessKeyId", Text, "", Restart,
+        "Access key id; AWS_ACCESS_KEY_ID in the environment also works.";
+    S3_SECRET_ACCESS_KEY: "S3SecretAccessKey", Text, "", Restart,
+        "Secret access key; or S3SecretAccessKeyFile, or AWS_SECRET_ACCESS_KEY in the environment.";
+    S3_SECRET_ACCESS_KEY_FILE: "S3SecretAccessKeyFile", Text, "", Restart,
+        "Read the secret access key from this file instead (one trailing newline stripped).";
+    S3_PATH_STYLE: "S3PathStyle", Bool, "true", Restart,
+        "Path-style addresses (endpoint/bucket/key), as Garage and MinIO need; false = bucket.endpoint.";
+    S3_PART_SIZE: "S3PartSize", Size, "8MiB", Restart,
+        "Part size of multipart uploads, 5 MiB to 5 GiB; bodies up to it go up in one request.";
     STATE_DIR: "StateDir", Text, "", Restart,
         "Folder of the embedded state (unfinished resumable uploads, bans); empty = StoreDir/.hmac-file-server.";
     LOG_LEVEL: "LogLevel", Text, "info", Live,

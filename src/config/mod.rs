@@ -24,7 +24,7 @@ use std::net::SocketAddr;
 
 pub use groups::{
     AuthSettings, BanSettings, Limits, LogFormat, LogSettings, MetricsSettings, RedactedAddr, RedisSettings,
-    RetentionSettings, ServerSettings, StoreSettings,
+    RetentionSettings, S3Settings, ServerSettings, StoreBackend, StoreSettings,
 };
 use pinned::Pinned;
 use reader::Reader;
@@ -138,6 +138,8 @@ pub struct Config {
     pub retention: RetentionSettings,
     /// The metrics listener.
     pub metrics: MetricsSettings,
+    /// The bucket, when `StoreBackend = "s3"`.
+    pub s3: Option<S3Settings>,
     /// Shared state in Redis; `None` = embedded.
     pub redis: Option<RedisSettings>,
     /// Warnings found while loading (foreign keys, short secret).
@@ -245,6 +247,7 @@ fn build(r: &mut Reader<'_>) -> Option<Config> {
     let server = ServerSettings::read(r);
     let auth = AuthSettings::read(r);
     let store = StoreSettings::read(r);
+    let s3 = S3Settings::read(r, store.backend);
     let logging = LogSettings::read(r);
     let limits = Limits::read(r);
     let bans = BanSettings::read(r);
@@ -260,6 +263,7 @@ fn build(r: &mut Reader<'_>) -> Option<Config> {
         bans,
         retention,
         metrics,
+        s3,
         redis,
         warnings: Vec::new(),
         pinned: Pinned::default(),

@@ -100,6 +100,26 @@ fn merge_env(env: &[(String, String)], merged: &mut Merged) {
             merged.problem(var, format!("unknown environment variable{hint}"));
         }
     }
+    // The standard variables of S3 tools, when nothing above names the key.
+    let aws = [
+        ("AWS_ACCESS_KEY_ID", &keys::S3_ACCESS_KEY_ID, None),
+        (
+            "AWS_SECRET_ACCESS_KEY",
+            &keys::S3_SECRET_ACCESS_KEY,
+            Some(&keys::S3_SECRET_ACCESS_KEY_FILE),
+        ),
+    ];
+    for (var, key, unless) in aws {
+        let named = |k: &keys::Key| merged.table.contains_key(k.name) || env.iter().any(|(v, _)| *v == k.env_var());
+        if let Some((_, text)) = env.iter().find(|(k, _)| k == var)
+            && !named(key)
+            && !unless.is_some_and(named)
+        {
+            merged
+                .table
+                .insert(key.name.to_string(), toml::Value::String(text.clone()));
+        }
+    }
     for key in keys::KEYS {
         let var = key.env_var();
         if let Some((_, text)) = env.iter().find(|(k, _)| *k == var) {

@@ -139,6 +139,7 @@ impl From<StoreError> for ApiError {
             StoreError::NotFound => ApiError::NotFound,
             StoreError::Refused => ApiError::PathEscape,
             StoreError::Full(_) => ApiError::Full(e),
+            StoreError::Unavailable(reason) => ApiError::Unavailable(reason),
             StoreError::Io(_) => ApiError::Internal(e),
         }
     }

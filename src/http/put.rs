@@ -16,7 +16,7 @@ use crate::clock::now_unix;
 use crate::config::Config;
 use crate::metrics;
 use crate::resumable::{Ended, Watch, receive};
-use crate::store::{FileMeta, Hashing};
+use crate::store::{FileMeta, Hashing, StageSpec};
 
 /// Stores one upload: 201, or the error that says why not.
 pub async fn put<B>(
@@ -73,7 +73,13 @@ where
         sha512: config.store.checksum_verification && expected.sha512.is_some(),
         ..Hashing::NONE
     };
-    let mut staged = state.store().stage(hashing);
+    let spec = StageSpec {
+        key: &slot.key,
+        size,
+        content_type,
+        hashing,
+    };
+    let mut staged = state.store().stage(spec).await?;
     let watch = Watch {
         read_timeout: config.limits.read_timeout,
         shutdown: state.engine().shutdown(),

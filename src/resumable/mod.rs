@@ -27,7 +27,7 @@ use crate::config::Limits;
 use crate::key::FileKey;
 use crate::metrics;
 use crate::state::{Concat, StateError, UploadKind, UploadRecord, UploadState, valid_id};
-use crate::store::{FileMeta, Hashing, PartialHandle, Partials, Staged, Store, StoreError};
+use crate::store::{FileMeta, Hashing, PartialHandle, Partials, StageSpec, Staged, Store, StoreError};
 
 /// Why an operation of the engine failed, in the terms of the upload protocols.
 #[derive(Debug, thiserror::Error)]
@@ -543,7 +543,13 @@ impl Engine {
             sha256: checksum_verification,
             ..Hashing::NONE
         };
-        let mut staged = self.store.stage(hashing);
+        let spec = StageSpec {
+            key,
+            size: total,
+            content_type: &content_type,
+            hashing,
+        };
+        let mut staged = self.store.stage(spec).await?;
         for part in parts {
             let mut bytes = self.partials.read(&part.id, &part.handle, part.offset);
             while let Some(chunk) = bytes.next().await {

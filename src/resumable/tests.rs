@@ -398,7 +398,7 @@ async fn load_answers_none_for_invalid_unknown_and_other_protocol_ids() {
 #[tokio::test]
 async fn finishing_onto_a_taken_key_answers_exists_and_forgets_the_upload() {
     let f = fixture();
-    let mut staged = f.store.stage(Hashing::NONE);
+    let mut staged = f.store.stage_local();
     staged.write(Bytes::from_static(b"was here first")).await.unwrap();
     let meta = FileMeta {
         content_type: "text/plain".into(),
@@ -505,7 +505,7 @@ async fn concatenate_joins_the_parts_in_order_and_forgets_them() {
 async fn kept_broken_off_bytes_load_as_a_session_upload_at_their_offset() {
     let f = fixture();
     let bytes = pattern(10_000);
-    let mut staged = f.store.stage(Hashing::NONE);
+    let mut staged = f.store.stage_local();
     staged.write(Bytes::copy_from_slice(&bytes[..6000])).await.unwrap();
     let new = NewUpload {
         kind: UploadKind::Session,

@@ -91,13 +91,12 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
         delay: config.store.retry_delay,
         on_reads: config.store.enable_get_retries,
     };
-    let store = Store::Local(LocalStore::open(
+    let local = LocalStore::open(
         &config.store.dir,
         &config.store.upload_sub_dir,
         config.store.buffer_bytes,
         retry,
-    )?);
-    tracing::info!(capabilities = %store.capabilities(), "store opened");
+    )?;
     let upload_state = match &config.redis {
         None => UploadState::Embedded(EmbeddedState::open(&config.store.state_dir.join("uploads"))?),
         Some(redis) => {
@@ -114,6 +113,8 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
             state
         }
     };
+    let store = open_store(&config, local, &upload_state).await?;
+    tracing::info!(capabilities = %store.capabilities(), "store opened");
     let shutdown_uploads = CancellationToken::new();
     let engine = Engine::new(upload_state.clone(), store.clone(), shutdown_uploads.clone());
     let state = AppState::new(Arc::clone(&config), store, upload_state, engine);
@@ -177,6 +178,28 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
     }
     leadership.resign(&state).await;
     Ok(())
+}
+
+/// The store of finished files the configuration names.
+async fn open_store(config: &Config, local: LocalStore, upload_state: &UploadState) -> Result<Store, StartupError> {
+    match (config.store.backend, &config.s3) {
+        #[cfg(feature = "s3")]
+        (crate::config::StoreBackend::S3, Some(s3)) => {
+            if config.redis.is_none() {
+                tracing::warn!(
+                    "StoreBackend = \"s3\" without RedisAddr: run one instance only; with several, set RedisAddr so resumable uploads, commit locks and bans are shared"
+                );
+            }
+            let locks: Arc<dyn crate::store::KeyLocks> = Arc::new(upload_state.clone());
+            let bucket = crate::store::s3::S3Store::connect(s3, locks, local).await?;
+            tracing::info!(bucket = %s3.bucket, prefix = %s3.prefix, endpoint = s3.endpoint.as_deref().unwrap_or("AWS"), "files in the bucket");
+            Ok(Store::S3(bucket))
+        }
+        _ => {
+            let _ = upload_state;
+            Ok(Store::Local(local))
+        }
+    }
 }
 
 /// A bound listener.

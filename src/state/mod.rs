@@ -15,6 +15,7 @@
 //! periodic work.
 
 pub mod embedded;
+mod key_locks;
 pub mod redis;
 
 use std::time::Duration;

@@ -20,12 +20,15 @@
 pub mod digest;
 pub mod local;
 pub mod meta;
+#[cfg(feature = "s3")]
+pub mod s3;
 
 pub use digest::{Digests, Hashing};
 pub use local::LocalStore;
 pub use meta::FileMeta;
 
 use std::fmt;
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::time::{Duration, SystemTime};
@@ -54,6 +57,10 @@ pub enum StoreError {
     /// The store is full or over quota.
     #[error("no space left in the store: {0}")]
     Full(#[source] io::Error),
+    /// The backend cannot be reached now or answers with a server error (an object store
+    /// down): try again later.
+    #[error("store unavailable: {0}")]
+    Unavailable(String),
     /// Any other failure of the backend.
     #[error("storage I/O error: {0}")]
     Io(#[from] io::Error),
@@ -138,8 +145,48 @@ pub struct Listed {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum NoOverwrite {
     /// The backend refuses to replace by itself (local: `renameat2(RENAME_NOREPLACE)`, or
-    /// `link` + `unlink` where the file system lacks it).
+    /// `link` + `unlink` where the file system lacks it; S3: `If-None-Match: *`).
     Native(&'static str),
+    /// The backend would replace: commits to one key take a lock shared by every instance
+    /// ([`KeyLocks`]) and look before they write.
+    SharedLock(&'static str),
+}
+
+/// Locks on keys, shared by every instance that uses the store (through the upload state), for
+/// backends that cannot refuse to replace an object by themselves.
+pub trait KeyLocks: Send + Sync + fmt::Debug {
+    /// Holds the lock of `key`, waiting for a current holder, until the guard is dropped.
+    fn lock<'a>(&'a self, key: &'a str) -> Pin<Box<dyn Future<Output = Result<KeyGuard, StoreError>> + Send + 'a>>;
+}
+
+/// A held key lock: released when dropped.
+pub struct KeyGuard(#[allow(dead_code)] Box<dyn Send + Sync>);
+
+impl KeyGuard {
+    /// A guard that releases the lock when `holder` is dropped.
+    pub fn new(holder: impl Send + Sync + 'static) -> Self {
+        Self(Box::new(holder))
+    }
+}
+
+impl fmt::Debug for KeyGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("KeyGuard")
+    }
+}
+
+/// What a new upload into the store will be. An object store starts sending at once, so it
+/// needs to know the key, the size and the type before the first byte.
+#[derive(Debug, Clone, Copy)]
+pub struct StageSpec<'a> {
+    /// Where the file goes.
+    pub key: &'a FileKey,
+    /// Its exact size (the PUT's Content-Length).
+    pub size: u64,
+    /// Its content type.
+    pub content_type: &'a str,
+    /// Which digests to compute while the bytes pass.
+    pub hashing: Hashing,
 }
 
 /// What a backend can do, logged at start so an operator sees how the guarantees are kept.
@@ -157,10 +204,13 @@ pub struct Capabilities {
 
 impl fmt::Display for Capabilities {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let NoOverwrite::Native(how) = self.no_overwrite;
+        let (kind, how) = match self.no_overwrite {
+            NoOverwrite::Native(how) => ("native", how),
+            NoOverwrite::SharedLock(how) => ("shared_lock", how),
+        };
         write!(
             f,
-            "backend={} no_overwrite=native ({how}) durability={} partial_uploads={}",
+            "backend={} no_overwrite={kind} ({how}) durability={} partial_uploads={}",
             self.backend, self.durability, self.partials
         )
     }
@@ -171,6 +221,9 @@ impl fmt::Display for Capabilities {
 pub enum Store {
     /// Files under StoreDir.
     Local(LocalStore),
+    /// Objects in an S3-compatible bucket.
+    #[cfg(feature = "s3")]
+    S3(s3::S3Store),
 }
 
 /// An upload on its way into the store (a whole-file PUT, a concatenation), or new bytes on
@@ -180,6 +233,9 @@ pub enum Store {
 pub enum Staged {
     /// A temporary file in the local store.
     Local(StagedFile),
+    /// An upload streaming into the bucket (one request, or a multipart upload).
+    #[cfg(feature = "s3")]
+    S3(s3::S3Staged),
 }
 
 /// A finished file opened for a download: what it is, and (when asked for and small) its
@@ -196,6 +252,8 @@ pub struct Opened {
 #[derive(Debug)]
 enum Source {
     Local(local::OpenFile),
+    #[cfg(feature = "s3")]
+    S3(s3::S3Source),
 }
 
 /// Files up to this size are read whole when opened for a download.
@@ -207,6 +265,8 @@ impl Opened {
     pub fn stream(self, start: u64, end: u64) -> ByteStream {
         match self.source {
             Source::Local(file) => file.stream(start, end),
+            #[cfg(feature = "s3")]
+            Source::S3(object) => object.stream(start, end),
         }
     }
 }
@@ -236,6 +296,10 @@ pub enum Partials {
     /// Files in the local store's own folder, on the same file system as the finished files
     /// (so completing one is a rename).
     Local(LocalStore),
+    /// Files in a local store's own folder, completed by streaming them into another store
+    /// (the bucket): resumable uploads on an S3 backend keep their unfinished bytes on the
+    /// instance's disk (under StoreDir) until they are complete.
+    LocalInto(LocalStore, Box<Store>),
 }
 
 impl Store {
@@ -243,6 +307,8 @@ impl Store {
     pub fn capabilities(&self) -> Capabilities {
         match self {
             Store::Local(s) => s.capabilities(),
+            #[cfg(feature = "s3")]
+            Store::S3(s) => s.capabilities(),
         }
     }
 
@@ -250,13 +316,18 @@ impl Store {
     pub fn partials(&self) -> Partials {
         match self {
             Store::Local(s) => Partials::Local(s.clone()),
+            #[cfg(feature = "s3")]
+            Store::S3(s) => Partials::LocalInto(s.local().clone(), Box::new(self.clone())),
         }
     }
 
-    /// Starts a new upload; its bytes are hashed as they are written when `hashing` asks.
-    pub fn stage(&self, hashing: Hashing) -> Staged {
+    /// Starts a new upload as `spec` describes it; its bytes are hashed as they are written
+    /// when `spec.hashing` asks.
+    pub async fn stage(&self, spec: StageSpec<'_>) -> Result<Staged, StoreError> {
         match self {
-            Store::Local(s) => Staged::Local(s.stage(hashing)),
+            Store::Local(s) => Ok(Staged::Local(s.stage(spec.hashing))),
+            #[cfg(feature = "s3")]
+            Store::S3(s) => Ok(Staged::S3(s.stage(spec).await?)),
         }
     }
 
@@ -265,6 +336,12 @@ impl Store {
     pub async fn commit(&self, staged: Staged, key: &FileKey, meta: &FileMeta) -> Result<(), StoreError> {
         match (self, staged) {
             (Store::Local(s), Staged::Local(staged)) => s.commit(staged, key, meta).await,
+            #[cfg(feature = "s3")]
+            (Store::S3(s), Staged::S3(staged)) => s.commit(staged, key, meta).await,
+            #[cfg(feature = "s3")]
+            _ => Err(StoreError::other(
+                "an upload staged in one store cannot be committed in another",
+            )),
         }
     }
 
@@ -272,6 +349,8 @@ impl Store {
     pub async fn exists(&self, key: &FileKey) -> bool {
         match self {
             Store::Local(s) => s.exists(key).await,
+            #[cfg(feature = "s3")]
+            Store::S3(s) => s.exists(key).await,
         }
     }
 
@@ -292,6 +371,15 @@ impl Store {
                     source: Source::Local(file),
                 })
             }
+            #[cfg(feature = "s3")]
+            Store::S3(s) => {
+                let (info, content, object) = s.open(key, read_small).await?;
+                Ok(Opened {
+                    info,
+                    content,
+                    source: Source::S3(object),
+                })
+            }
         }
     }
 
@@ -299,6 +387,8 @@ impl Store {
     pub async fn delete(&self, key: &FileKey) -> Result<u64, StoreError> {
         match self {
             Store::Local(s) => s.delete(key).await,
+            #[cfg(feature = "s3")]
+            Store::S3(s) => s.delete(key).await,
         }
     }
 
@@ -306,6 +396,8 @@ impl Store {
     pub fn list(&self) -> ListStream {
         match self {
             Store::Local(s) => s.list(),
+            #[cfg(feature = "s3")]
+            Store::S3(s) => s.list(),
         }
     }
 
@@ -313,6 +405,8 @@ impl Store {
     pub async fn probe(&self) -> Result<(), String> {
         match self {
             Store::Local(s) => s.probe().await,
+            #[cfg(feature = "s3")]
+            Store::S3(s) => s.probe().await,
         }
     }
 
@@ -320,7 +414,21 @@ impl Store {
     pub async fn sweep_staging(&self, max_age: Duration) -> Result<usize, StoreError> {
         match self {
             Store::Local(s) => s.sweep_temporaries(max_age).await,
+            #[cfg(feature = "s3")]
+            Store::S3(s) => s.sweep_staging(max_age).await,
         }
+    }
+}
+
+#[cfg(test)]
+impl Store {
+    /// A staging in the local store, whose key, size and type come only with the commit.
+    #[allow(irrefutable_let_patterns)]
+    pub(crate) fn stage_local(&self) -> Staged {
+        let Store::Local(s) = self else {
+            panic!("not a local store")
+        };
+        Staged::Local(s.stage(Hashing::NONE))
     }
 }
 
@@ -338,6 +446,8 @@ impl Staged {
     {
         match self {
             Staged::Local(s) => s.take_frame(frame, body, limit).await,
+            #[cfg(feature = "s3")]
+            Staged::S3(s) => s.take_frame(frame, body, limit).await,
         }
     }
 
@@ -345,6 +455,8 @@ impl Staged {
     pub async fn write(&mut self, chunk: Bytes) -> Result<(), StoreError> {
         match self {
             Staged::Local(s) => s.write(chunk).await,
+            #[cfg(feature = "s3")]
+            Staged::S3(s) => s.write(chunk).await,
         }
     }
 
@@ -352,6 +464,8 @@ impl Staged {
     pub fn len(&self) -> u64 {
         match self {
             Staged::Local(s) => s.len(),
+            #[cfg(feature = "s3")]
+            Staged::S3(s) => s.len(),
         }
     }
 
@@ -364,16 +478,23 @@ impl Staged {
     pub async fn digests(&mut self) -> Result<Option<Digests>, StoreError> {
         match self {
             Staged::Local(s) => s.digests().await,
+            #[cfg(feature = "s3")]
+            Staged::S3(s) => Ok(s.digests()),
         }
     }
 }
 
 impl Partials {
+    /// The local store that keeps the bytes.
+    fn local(&self) -> &LocalStore {
+        match self {
+            Partials::Local(s) | Partials::LocalInto(s, _) => s,
+        }
+    }
+
     /// Creates the (empty) bytes of a new upload.
     pub async fn create(&self, id: &str) -> Result<PartialHandle, StoreError> {
-        match self {
-            Partials::Local(s) => s.create_partial(id).await,
-        }
+        self.local().create_partial(id).await
     }
 
     /// Opens upload `id` to append at `offset`, its durable length (anything past it, written
@@ -385,19 +506,20 @@ impl Partials {
         offset: u64,
         hashing: Hashing,
     ) -> Result<Staged, StoreError> {
-        match (self, handle) {
-            (Partials::Local(s), PartialHandle::Local) => Ok(Staged::Local(s.open_partial(id, offset, hashing).await?)),
-        }
+        let PartialHandle::Local = handle;
+        Ok(Staged::Local(self.local().open_partial(id, offset, hashing).await?))
     }
 
     /// Makes what `appender` (opened at `offset`) took so far durable, and goes on taking;
     /// returns the upload's new durable length and handle.
     pub async fn checkpoint(&self, appender: &mut Staged, offset: u64) -> Result<(u64, PartialHandle), StoreError> {
-        match (self, appender) {
-            (Partials::Local(_), Staged::Local(file)) => {
+        match appender {
+            Staged::Local(file) => {
                 file.sync().await?;
                 Ok((offset + file.len(), PartialHandle::Local))
             }
+            #[cfg(feature = "s3")]
+            Staged::S3(_) => Err(StoreError::other("an upload to the bucket is not a partial upload")),
         }
     }
 
@@ -409,33 +531,37 @@ impl Partials {
 
     /// Drops everything `appender` took: the upload stays at `offset`, durably.
     pub async fn discard(&self, appender: Staged, offset: u64) -> Result<(), StoreError> {
-        match (self, appender) {
-            (Partials::Local(_), Staged::Local(mut file)) => file.truncate(offset).await,
+        match appender {
+            Staged::Local(mut file) => file.truncate(offset).await,
+            #[cfg(feature = "s3")]
+            Staged::S3(_) => Err(StoreError::other("an upload to the bucket is not a partial upload")),
         }
     }
 
     /// Keeps the bytes of a broken-off whole-file upload as upload `id`; returns their durable
     /// count and the handle.
     pub async fn keep(&self, staged: Staged, id: &str) -> Result<(u64, PartialHandle), StoreError> {
-        match (self, staged) {
-            (Partials::Local(s), Staged::Local(staged)) => {
-                Ok((s.adopt_partial(staged, id).await?, PartialHandle::Local))
-            }
+        match staged {
+            Staged::Local(staged) => Ok((self.local().adopt_partial(staged, id).await?, PartialHandle::Local)),
+            // Its bytes went to the bucket as they came: they cannot become local partial
+            // bytes (the multipart upload is aborted when the staging is dropped).
+            #[cfg(feature = "s3")]
+            Staged::S3(_) => Err(StoreError::other(
+                "a broken-off upload to the bucket cannot be kept for resumption",
+            )),
         }
     }
 
     /// The first `len` bytes of upload `id`, as a stream.
     pub fn read(&self, id: &str, handle: &PartialHandle, len: u64) -> ByteStream {
-        match (self, handle) {
-            (Partials::Local(s), PartialHandle::Local) => s.read_partial(id, len),
-        }
+        let PartialHandle::Local = handle;
+        self.local().read_partial(id, len)
     }
 
     /// SHA-256 of the first `len` bytes of upload `id` (read once).
     pub async fn sha256(&self, id: &str, handle: &PartialHandle, len: u64) -> Result<Vec<u8>, StoreError> {
-        match (self, handle) {
-            (Partials::Local(s), PartialHandle::Local) => s.sha256_partial(id, len).await,
-        }
+        let PartialHandle::Local = handle;
+        self.local().sha256_partial(id, len).await
     }
 
     /// Makes the first `len` bytes of upload `id` the file at `key`, through the store's
@@ -448,32 +574,43 @@ impl Partials {
         key: &FileKey,
         meta: &FileMeta,
     ) -> Result<(), StoreError> {
-        match (self, handle) {
-            (Partials::Local(s), PartialHandle::Local) => {
+        let PartialHandle::Local = handle;
+        match self {
+            Partials::Local(s) => {
                 let staged = s.open_partial(id, len, Hashing::NONE).await?;
                 s.commit(staged, key, meta).await
+            }
+            Partials::LocalInto(s, target) => {
+                let spec = StageSpec {
+                    key,
+                    size: len,
+                    content_type: &meta.content_type,
+                    hashing: Hashing::NONE,
+                };
+                let mut staged = target.stage(spec).await?;
+                let mut bytes = s.read_partial(id, len);
+                use futures_util::StreamExt;
+                while let Some(chunk) = bytes.next().await {
+                    staged.write(chunk?).await?;
+                }
+                target.commit(staged, key, meta).await
             }
         }
     }
 
     /// Removes the bytes of upload `id` (none is fine).
     pub async fn remove(&self, id: &str, handle: &PartialHandle) -> Result<(), StoreError> {
-        match (self, handle) {
-            (Partials::Local(s), PartialHandle::Local) => s.remove_partial(id).await,
-        }
+        let PartialHandle::Local = handle;
+        self.local().remove_partial(id).await
     }
 
     /// How many unfinished uploads have bytes, and how many bytes they hold together.
     pub async fn usage(&self) -> Result<Usage, StoreError> {
-        match self {
-            Partials::Local(s) => s.partials_usage().await,
-        }
+        self.local().partials_usage().await
     }
 
     /// Removes the bytes of uploads untouched for longer than `max_age`; returns their ids.
     pub async fn sweep(&self, max_age: Duration) -> Result<Vec<String>, StoreError> {
-        match self {
-            Partials::Local(s) => s.sweep_partials(max_age).await,
-        }
+        self.local().sweep_partials(max_age).await
     }
 }

@@ -12,6 +12,15 @@ use std::time::Duration;
 use hmac_file_server::auth;
 use hmac_file_server::config::Secret;
 
+/// A port that was free a moment ago (for servers that cannot bind port 0 themselves).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// The secret every test server uses.
 pub const SECRET: &str = "integration-test-secret-0123456789";
 

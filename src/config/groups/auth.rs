@@ -81,7 +81,7 @@ const MAX_SECRET_FILE_BYTES: u64 = 64 * 1024;
 /// device such as `/dev/zero` is never read. The file is opened non-blocking and checked again
 /// through the open handle, in case it was swapped in between, and the read is capped too
 /// (a file may grow after the check).
-fn read_secret_file(path: &Path) -> Result<Secret, String> {
+pub(in crate::config) fn read_secret_file(path: &Path) -> Result<Secret, String> {
     use std::io::Read;
     use std::os::unix::fs::OpenOptionsExt;
 

@@ -8,6 +8,7 @@ mod logging;
 mod metrics;
 mod redis;
 mod retention;
+mod s3;
 mod server;
 mod store;
 
@@ -18,5 +19,6 @@ pub use logging::{LogFormat, LogSettings};
 pub use metrics::MetricsSettings;
 pub use redis::{RedactedAddr, RedisSettings};
 pub use retention::RetentionSettings;
+pub use s3::S3Settings;
 pub use server::ServerSettings;
-pub use store::StoreSettings;
+pub use store::{StoreBackend, StoreSettings};

@@ -7,9 +7,20 @@ use crate::config::keys;
 use crate::config::reader::Reader;
 use crate::key::INTERNAL_DIR;
 
+/// Where finished files live.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// StoreDir/UploadSubDir on the local file system.
+    Local,
+    /// An S3-compatible bucket ([`crate::config::S3Settings`]).
+    S3,
+}
+
 /// The store.
 #[derive(Debug, Clone)]
 pub struct StoreSettings {
+    /// Where finished files live.
+    pub backend: StoreBackend,
     /// Root of the local store.
     pub dir: PathBuf,
     /// URL prefix and folder under the store; empty = served at `/`.
@@ -32,6 +43,20 @@ pub struct StoreSettings {
 impl StoreSettings {
     /// Reads and checks the group's keys; problems go to the reader.
     pub(in crate::config) fn read(r: &mut Reader<'_>) -> Self {
+        let backend = match r.text(&keys::STORE_BACKEND).to_ascii_lowercase().as_str() {
+            "local" => StoreBackend::Local,
+            "s3" if cfg!(feature = "s3") => StoreBackend::S3,
+            "s3" => r.fail(
+                &keys::STORE_BACKEND,
+                "this build has no S3 support (built without the `s3` cargo feature)",
+                StoreBackend::Local,
+            ),
+            other => r.fail(
+                &keys::STORE_BACKEND,
+                format!("`{other}` is not local or s3"),
+                StoreBackend::Local,
+            ),
+        };
         let store_dir = PathBuf::from(r.text(&keys::STORE_DIR));
         if store_dir.as_os_str().is_empty() {
             r.fail(&keys::STORE_DIR, "must not be empty", ());
@@ -62,6 +87,7 @@ impl StoreSettings {
             )
         };
         Self {
+            backend,
             dir: store_dir,
             upload_sub_dir,
             state_dir,

@@ -87,7 +87,7 @@ async fn session_head_checks_the_token_before_removing_an_expired_upload() {
         from_client: true,
     };
     let id = session.upload_id(key);
-    let mut staged = server.store.stage(crate::store::Hashing::NONE);
+    let mut staged = server.store.stage_local();
     staged.write(Bytes::from(pattern(100))).await.unwrap();
     let new = new_upload(&id, UploadKind::Session, key, 1000);
     engine.keep_broken_off(staged, new, keep(Duration::ZERO)).await.unwrap();

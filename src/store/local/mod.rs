@@ -251,6 +251,12 @@ impl LocalStore {
         StagedFile::lazy(&self.inner.tmp_dir, self.inner.buffer_bytes, hashing)
     }
 
+    /// A staging without hashing, for tests.
+    #[cfg(test)]
+    pub(crate) fn stage_local(&self) -> StagedFile {
+        self.stage(Hashing::NONE)
+    }
+
     /// Makes a staged upload the file at `key`, atomically and durably, unless a file is
     /// already there ([`StoreError::Exists`]; a temporary staged file is then removed, a
     /// partial upload's bytes stay).

@@ -21,7 +21,7 @@ fn meta(size: u64) -> FileMeta {
 async fn commit_then_read_then_delete() {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
-    let mut staged = store.stage(Hashing::NONE);
+    let mut staged = store.stage_local();
     staged.write(Bytes::from_static(b"hello ")).await.unwrap();
     staged.write(Bytes::from(vec![b'x'; 10_000])).await.unwrap();
     assert_eq!(staged.len(), 10_006);
@@ -46,10 +46,10 @@ async fn commit_then_read_then_delete() {
 async fn no_replace_and_cleanup() {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
-    let mut first = store.stage(Hashing::NONE);
+    let mut first = store.stage_local();
     first.write(Bytes::from_static(b"first")).await.unwrap();
     store.commit(first, &key("k/f"), &meta(5)).await.unwrap();
-    let mut second = store.stage(Hashing::NONE);
+    let mut second = store.stage_local();
     second.write(Bytes::from_static(b"second")).await.unwrap();
     assert!(matches!(
         store.commit(second, &key("k/f"), &meta(6)).await,
@@ -57,13 +57,13 @@ async fn no_replace_and_cleanup() {
     ));
     assert_eq!(fs::read(dir.path().join("upload/k/f")).unwrap(), b"first");
     // A file where a folder would have to be.
-    let third = store.stage(Hashing::NONE);
+    let third = store.stage_local();
     assert!(matches!(
         store.commit(third, &key("k/f/g"), &meta(0)).await,
         Err(StoreError::Exists)
     ));
     // A folder where the file would go.
-    let fourth = store.stage(Hashing::NONE);
+    let fourth = store.stage_local();
     assert!(matches!(
         store.commit(fourth, &key("k"), &meta(0)).await,
         Err(StoreError::Exists)
@@ -74,7 +74,7 @@ async fn no_replace_and_cleanup() {
         "losers leave nothing behind"
     );
     // Dropped without commit.
-    let mut dropped = store.stage(Hashing::NONE);
+    let mut dropped = store.stage_local();
     dropped.write(Bytes::from_static(b"partial")).await.unwrap();
     drop(dropped);
     assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
@@ -84,7 +84,7 @@ async fn no_replace_and_cleanup() {
 async fn stale_sidecar_is_ignored_and_symlinks_cannot_escape() {
     let dir = tempfile::tempdir().unwrap();
     let store = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
-    let mut staged = store.stage(Hashing::NONE);
+    let mut staged = store.stage_local();
     staged.write(Bytes::from_static(b"abc")).await.unwrap();
     store.commit(staged, &key("s/f"), &meta(99)).await.unwrap();
     assert!(store.open_file(&key("s/f"), false).await.unwrap().0.meta.is_none());
@@ -148,7 +148,7 @@ async fn sweeps_only_old_temporaries() {
         .unwrap()
         .set_modified(past)
         .unwrap();
-    let mut fresh = store.stage(Hashing::NONE);
+    let mut fresh = store.stage_local();
     fresh.write(Bytes::from_static(b"x")).await.unwrap();
     fresh.sync().await.unwrap();
     assert_eq!(store.sweep_temporaries(Duration::from_secs(3600)).await.unwrap(), 1);
@@ -177,7 +177,7 @@ fn pattern(len: usize) -> Vec<u8> {
 }
 
 async fn commit_bytes(store: &Store, key_text: &str, bytes: &[u8]) {
-    let mut staged = store.stage(Hashing::NONE);
+    let mut staged = store.stage_local();
     staged.write(Bytes::copy_from_slice(bytes)).await.unwrap();
     store
         .commit(staged, &key(key_text), &meta(bytes.len() as u64))
@@ -320,9 +320,12 @@ async fn list_yields_exactly_the_finished_files_with_their_sizes() {
     commit_bytes(&store, "d/e/f", b"").await;
     // Things that are not finished files: a temporary, a partial upload, a sidecar (the
     // content type is not the default), and a file whose name is no valid key.
-    let mut staged = store.stage(Hashing::NONE);
+    let mut staged = store.stage_local();
     staged.write(Bytes::from_static(b"in progress")).await.unwrap();
-    let Staged::Local(file) = &mut staged;
+    #[allow(irrefutable_let_patterns)]
+    let Staged::Local(file) = &mut staged else {
+        panic!("a local staging")
+    };
     file.sync().await.unwrap();
     store.partials().create(ID).await.unwrap();
     fs::write(dir.path().join("back\\slash"), b"x").unwrap();
@@ -431,7 +434,10 @@ async fn bytes_past_the_recorded_offset_are_cut_off_by_the_next_append() {
         .write(Bytes::from_static(b" never acknowledged"))
         .await
         .unwrap();
-    let Staged::Local(file) = &mut appender;
+    #[allow(irrefutable_let_patterns)]
+    let Staged::Local(file) = &mut appender else {
+        panic!("a local staging")
+    };
     file.sync().await.unwrap();
     drop(appender);
     assert_eq!(partial_on_disk(&local, ID), b"durable never acknowledged");
@@ -461,7 +467,7 @@ async fn append_at_an_offset_beyond_the_bytes_is_an_error() {
 async fn keep_moves_a_staged_upload_into_the_partials_without_a_temporary_left() {
     let dir = tempfile::tempdir().unwrap();
     let (local, store) = local_store(dir.path());
-    let mut staged = store.stage(Hashing::NONE);
+    let mut staged = store.stage_local();
     let bytes = pattern(50_000);
     staged.write(Bytes::copy_from_slice(&bytes[..30_000])).await.unwrap();
     staged.write(Bytes::copy_from_slice(&bytes[30_000..])).await.unwrap();
@@ -545,7 +551,10 @@ async fn complete_commits_only_the_first_len_bytes() {
     let handle = partials.create(ID).await.unwrap();
     let mut appender = partials.append_at(ID, &handle, 0, Hashing::NONE).await.unwrap();
     appender.write(Bytes::from_static(b"whole and a tail")).await.unwrap();
-    let Staged::Local(file) = &mut appender;
+    #[allow(irrefutable_let_patterns)]
+    let Staged::Local(file) = &mut appender else {
+        panic!("a local staging")
+    };
     file.sync().await.unwrap();
     drop(appender);
     partials.complete(ID, &handle, 5, &key("cut"), &meta(5)).await.unwrap();
