@@ -68,6 +68,7 @@ pub fn install() -> Result<PrometheusHandle, String> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Full(UPLOAD_DURATION.into()), UPLOAD_BUCKETS)
         .and_then(|b| b.set_buckets_for_metric(Matcher::Full(REQUEST_DURATION.into()), REQUEST_BUCKETS))
+        .and_then(|b| b.set_buckets_for_metric(Matcher::Full(S3_REQUEST_DURATION.into()), REQUEST_BUCKETS))
         .map_err(|e| e.to_string())?
         .install_recorder()
         .map_err(|e| format!("cannot install the metrics recorder: {e}"))?;

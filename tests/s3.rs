@@ -206,3 +206,345 @@ async fn broken_off_put_leaves_nothing() {
     );
     assert!(garage.objects("").await.is_empty(), "no object at all");
 }
+
+/// Metronome's DELETE removes the object; retention lists the bucket and deletes the oldest
+/// files over MaxRetentionSize; the store gauges count the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_and_retention_in_the_bucket() {
+    let garage = Garage::start();
+    let server = TestServer::start(&format!(
+        "{}RetentionPolicyEnabled = true\nMaxRetentionSize = 150000\nCleanupInterval = \"1s\"\n",
+        garage.toml("r")
+    ));
+    let http = client();
+    let put = |path: &'static str, seed: u64| {
+        let req = http
+            .put(server.signed_v(path, path, 60_000))
+            .body(payload(60_000, seed));
+        async move { req.send().await.unwrap().status() }
+    };
+    assert_eq!(put("d/gone.bin", 90).await, StatusCode::CREATED);
+    let token = hmac_file_server::auth::sign_delete(&common::secret(), "d/gone.bin", &common::secret());
+    let r = http
+        .delete(format!("{}?token={token}", server.url("d/gone.bin")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert!(garage.objects("r/").await.is_empty(), "the object is gone");
+    let r = http
+        .delete(format!("{}?token={token}", server.url("d/gone.bin")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    // Objects carry their time in whole seconds: one second between them orders them.
+    assert_eq!(put("old/a.bin", 91).await, StatusCode::CREATED);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(put("new/b.bin", 92).await, StatusCode::CREATED);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(put("new/c.bin", 93).await, StatusCode::CREATED);
+    let mut left = Vec::new();
+    for _ in 0..100 {
+        left = garage.objects("r/").await;
+        if left.len() == 2 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(
+        left,
+        ["r/new/b.bin", "r/new/c.bin"],
+        "the oldest went:\n{}",
+        server.log()
+    );
+    assert!(server.log().contains("retention deleted a file"));
+}
+
+/// ChecksumVerification on the bucket: a matching digest stores the file and GET and HEAD
+/// answer its Repr-Digest (kept in a sidecar object); a wrong one stores nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checksums_on_the_bucket() {
+    use base64::Engine;
+    use sha2::Digest;
+    let garage = Garage::start();
+    let server = TestServer::start(&format!("{}ChecksumVerification = true\n", garage.toml("")));
+    let http = client();
+    let body = payload(70_000, 94);
+    let field = format!(
+        "sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&body))
+    );
+    let r = http
+        .put(server.signed_v("sum/ok.bin", "sum/ok.bin", 70_000))
+        .header("repr-digest", &field)
+        .body(body.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", server.log());
+    assert_eq!(r.headers()["repr-digest"], field.as_str());
+    for method in [reqwest::Method::GET, reqwest::Method::HEAD] {
+        let r = http
+            .request(method.clone(), server.url("sum/ok.bin"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.headers()["repr-digest"], field.as_str(), "{method}");
+    }
+    let r = http
+        .put(server.signed_v("sum/bad.bin", "sum/bad.bin", 70_000))
+        .header("repr-digest", &field)
+        .body(payload(70_000, 95))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        client().get(server.url("sum/bad.bin")).send().await.unwrap().status(),
+        StatusCode::NOT_FOUND
+    );
+    assert!(no_uploads_left(&garage).await, "its multipart upload is aborted");
+}
+
+/// tus and session uploads on an S3 backend: their bytes wait on the instance's disk and go
+/// into the bucket, whole, when complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn resumable_uploads_complete_into_the_bucket() {
+    let garage = Garage::start();
+    let server = TestServer::start(&format!("{}BufferSize = 4096\n", garage.toml("")));
+    let http = client();
+    let data = payload(7 << 20, 96);
+    let len = data.len() as u64;
+    let r = http
+        .post(server.signed_v("tus/big.bin", "tus/big.bin", len))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", len.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let location = format!("{}{}", server.base, r.headers()["location"].to_str().unwrap());
+    for (start, end) in [(0, 3 << 20), (3 << 20, data.len())] {
+        let r = http
+            .patch(&location)
+            .header("tus-resumable", "1.0.0")
+            .header("content-type", "application/offset+octet-stream")
+            .header("upload-offset", start.to_string())
+            .body(data[start..end].to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::NO_CONTENT, "{}", server.log());
+    }
+    assert_eq!(garage.objects("").await, ["tus/big.bin"]);
+    let got = http
+        .get(server.url("tus/big.bin"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got, data);
+
+    // A session PUT with Content-Range finishes an upload into the bucket too.
+    let total = 200_000u64;
+    let session = payload(total as usize, 97);
+    let url = server.signed_v("sess/s.bin", "sess/s.bin", total);
+    let token = "s3-session-token-0123456789";
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: {}\r\nContent-Length: {total}\r\nX-Session-Token: {token}",
+        server.target(&url),
+        server.addr
+    );
+    {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(b"\r\n\r\n").unwrap();
+        stream.write_all(&session[..50_000]).unwrap();
+    }
+    server.wait_for_access("PUT", "/upload/sess/s.bin", std::time::Duration::from_secs(10));
+    assert!(
+        server.log().contains("cannot keep a broken-off upload"),
+        "a whole PUT streams into the bucket, so its bytes cannot be kept for a resume yet:\n{}",
+        server.log()
+    );
+    assert!(no_uploads_left(&garage).await, "and its multipart upload is aborted");
+}
+
+/// /health covers the bucket; the S3 requests are counted by operation; with the store
+/// down, uploads and downloads answer 503 with Retry-After and /health 503.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_metrics_and_an_unreachable_store() {
+    let mut garage = Garage::start();
+    let server = TestServer::start(&garage.toml(""));
+    let http = client();
+    let log = server.log();
+    let marker = "metrics and health on http://";
+    let start = log.find(marker).unwrap() + marker.len();
+    let metrics = &log[start..start + log[start..].find('/').unwrap()];
+    let health = format!("http://{metrics}/health");
+    assert_eq!(http.get(&health).send().await.unwrap().status(), StatusCode::OK);
+    let r = http
+        .put(server.signed_v("m/a.bin", "m/a.bin", 1000))
+        .body(payload(1000, 98))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let text = http
+        .get(format!("http://{metrics}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    for operation in [
+        "CreateMultipartUpload",
+        "UploadPart",
+        "CompleteMultipartUpload",
+        "HeadBucket",
+    ] {
+        let line = format!("hmac_file_server_s3_requests_total{{operation=\"{operation}\",outcome=\"ok\"}}");
+        assert!(text.contains(&line), "no {line} in:\n{text}");
+    }
+    assert!(text.contains("hmac_file_server_s3_request_duration_seconds_bucket{operation=\"UploadPart\""));
+
+    garage.stop();
+    let r = http
+        .put(server.signed_v("m/b.bin", "m/b.bin", 1000))
+        .body(payload(1000, 99))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE, "{}", server.log());
+    assert!(r.headers().contains_key("retry-after"));
+    let r = http.get(server.url("m/a.bin")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(
+        http.get(&health).send().await.unwrap().status(),
+        StatusCode::SERVICE_UNAVAILABLE
+    );
+    assert!(server.log().contains("S3 request failed"), "the log names the failure");
+}
+
+fn capabilities_logged(log: &str) -> bool {
+    log.contains("store opened capabilities=backend=s3 no_overwrite=shared_lock")
+}
+
+/// Garage ignores If-None-Match: *, and the start-up probe finds that out and says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_probe_finds_what_garage_honours() {
+    let garage = Garage::start();
+    let server = TestServer::start(&garage.toml("p"));
+    assert!(capabilities_logged(&server.log()), "{}", server.log());
+    assert!(garage.objects("p/").await.is_empty(), "the probe object is removed");
+}
+
+/// The cleanup pass aborts multipart uploads under the prefix older than UploadExpiry (left
+/// by a crash), and leaves others alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_aborts_stale_multipart_uploads() {
+    use hmac_file_server::store::s3::S3Store;
+    let garage = Garage::start();
+    let client = garage.client();
+    for key in ["sw/stale.bin", "other/stale.bin"] {
+        client
+            .create_multipart_upload()
+            .bucket(garage::BUCKET)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config_file = dir.path().join("c.toml");
+    std::fs::write(
+        &config_file,
+        format!(
+            "Secret = \"{}\"\nStoreDir = \"{}\"\n{}",
+            common::SECRET,
+            dir.path().display(),
+            garage.toml("sw")
+        ),
+    )
+    .unwrap();
+    let config = hmac_file_server::config::Config::load(&hmac_file_server::config::Sources {
+        file: Some(config_file),
+        ..Default::default()
+    })
+    .unwrap();
+    let state = hmac_file_server::state::UploadState::Embedded(
+        hmac_file_server::state::embedded::EmbeddedState::open(&dir.path().join("state")).unwrap(),
+    );
+    let local = hmac_file_server::store::LocalStore::open(
+        dir.path(),
+        "upload",
+        4096,
+        hmac_file_server::store::RetryPolicy::NONE,
+    )
+    .unwrap();
+    let store = S3Store::connect(config.s3.as_ref().unwrap(), std::sync::Arc::new(state), local)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.sweep_staging(std::time::Duration::from_secs(3600)).await.unwrap(),
+        0,
+        "young"
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(store.sweep_staging(std::time::Duration::ZERO).await.unwrap(), 1);
+    assert_eq!(
+        garage.multipart_uploads("").await,
+        ["other/stale.bin"],
+        "only under the prefix"
+    );
+}
+
+/// An object store that is down when the server starts does not stop it: uploads answer 503
+/// with Retry-After, /health 503, and once the store is back the server uses it without a
+/// restart.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_down_at_start_then_back() {
+    let mut garage = Garage::start();
+    garage.stop();
+    let server = TestServer::start(&garage.toml(""));
+    assert!(
+        server.log().contains("THE OBJECT STORE IS NOT REACHABLE"),
+        "{}",
+        server.log()
+    );
+    let http = client();
+    let put = || {
+        let req = http
+            .put(server.signed_v("back/a.bin", "back/a.bin", 5000))
+            .body(payload(5000, 100));
+        async move { req.send().await.unwrap() }
+    };
+    let r = put().await;
+    assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.headers().contains_key("retry-after"));
+    garage.restart();
+    let mut status = StatusCode::SERVICE_UNAVAILABLE;
+    for _ in 0..100 {
+        status = put().await.status();
+        if status != StatusCode::SERVICE_UNAVAILABLE {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert_eq!(status, StatusCode::CREATED, "{}", server.log());
+    let got = http
+        .get(server.url("back/a.bin"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got, payload(5000, 100));
+}

@@ -90,22 +90,7 @@ impl Garage {
             ),
         )
         .unwrap();
-        let log = std::fs::File::create(dir.path().join("garage.log")).unwrap();
-        let child = Command::new(binary())
-            .arg("-c")
-            .arg(&config)
-            .arg("server")
-            .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start {} (install it: cargo install garage --locked): {e}",
-                    binary().display()
-                )
-            });
+        let child = spawn_server(&config, dir.path());
         let mut garage = Garage {
             child: Some(child),
             dir,
@@ -115,6 +100,7 @@ impl Garage {
             secret: String::new(),
         };
         let node = garage.wait_for_node();
+        garage.wait_for_rpc();
         run(&garage.config, &["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
         run(&garage.config, &["layout", "apply", "--version", "1"]);
         run(&garage.config, &["bucket", "create", BUCKET]);
@@ -159,6 +145,25 @@ impl Garage {
                 "garage did not start; its log:\n{}",
                 std::fs::read_to_string(self.dir.path().join("garage.log")).unwrap_or_default()
             );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits until the node answers over RPC (its CLI's `status`), which comes a moment after
+    /// its id is known.
+    fn wait_for_rpc(&self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let ok = Command::new(binary())
+                .arg("-c")
+                .arg(&self.config)
+                .arg("status")
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if ok {
+                return;
+            }
+            assert!(Instant::now() < deadline, "garage answers no RPC");
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -233,6 +238,13 @@ impl Garage {
             .collect()
     }
 
+    /// Starts it again after [`Garage::stop`], on the same ports with the same data.
+    pub fn restart(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.child = Some(spawn_server(&self.config, self.dir.path()));
+        self.wait_for_rpc();
+    }
+
     /// Stops it (SIGKILL), for tests of an unreachable store.
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -246,6 +258,29 @@ impl Drop for Garage {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+fn spawn_server(config: &Path, dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("garage.log"))
+        .unwrap();
+    Command::new(binary())
+        .arg("-c")
+        .arg(config)
+        .arg("server")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} (install it: cargo install garage --locked): {e}",
+                binary().display()
+            )
+        })
 }
 
 fn getrandom(buf: &mut [u8]) {

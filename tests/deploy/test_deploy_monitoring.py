@@ -40,9 +40,15 @@ METRICS = {
     "hmac_file_server_store_bytes": "gauge",
     "hmac_file_server_unfinished_uploads": "gauge",
     "hmac_file_server_unfinished_bytes": "gauge",
+    "hmac_file_server_s3_requests_total": "counter",
+    "hmac_file_server_s3_request_duration_seconds": "histogram",
 }
 # Labelled series exist only once something happened (no retention sweep deletes in a test run).
-MAY_BE_ABSENT = {"hmac_file_server_retention_deletions_total": "labelled by reason; no series before a deletion"}
+MAY_BE_ABSENT = {
+    "hmac_file_server_retention_deletions_total": "labelled by reason; no series before a deletion",
+    "hmac_file_server_s3_requests_total": "only with StoreBackend = s3",
+    "hmac_file_server_s3_request_duration_seconds": "only with StoreBackend = s3",
+}
 
 KNOWN_SERIES = {"up"} | set(METRICS) | {
     f"{name}{suffix}" for name, kind in METRICS.items() if kind == "histogram"

@@ -185,7 +185,20 @@ impl S3Store {
             locks,
             local,
         };
-        inner.native_create = inner.probe_conditional_create().await?;
+        inner.native_create = match inner.probe_conditional_create().await {
+            Ok(native) => native,
+            // A store that is down at start (or starting with us) does not stop the server:
+            // uploads answer 503 until it answers, and meanwhile (and until a restart) commits
+            // take the shared lock, which is right for every store.
+            Err(StoreError::Unavailable(reason)) => {
+                tracing::error!(
+                    %reason,
+                    "THE OBJECT STORE IS NOT REACHABLE: uploads and downloads answer 503 until it is; commits take the shared lock"
+                );
+                false
+            }
+            Err(e) => return Err(e),
+        };
         Ok(Self { inner: Arc::new(inner) })
     }
 
