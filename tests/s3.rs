@@ -6,6 +6,8 @@
 mod common;
 #[path = "common/garage.rs"]
 mod garage;
+#[path = "common/redis.rs"]
+mod redis_fixture;
 
 use common::{TestServer, client, payload};
 use garage::Garage;
@@ -308,8 +310,9 @@ async fn checksums_on_the_bucket() {
     assert!(no_uploads_left(&garage).await, "its multipart upload is aborted");
 }
 
-/// tus and session uploads on an S3 backend: their bytes wait on the instance's disk and go
-/// into the bucket, whole, when complete.
+/// tus and session uploads on an S3 backend: their bytes wait in the bucket as a multipart
+/// upload (parts of S3PartSize and a tail) and become the file, whole, when complete; a
+/// whole PUT with X-Session-Token that breaks off keeps every byte that came.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn resumable_uploads_complete_into_the_bucket() {
     let garage = Garage::start();
@@ -367,12 +370,31 @@ async fn resumable_uploads_complete_into_the_bucket() {
         stream.write_all(&session[..50_000]).unwrap();
     }
     server.wait_for_access("PUT", "/upload/sess/s.bin", std::time::Duration::from_secs(10));
-    assert!(
-        server.log().contains("cannot keep a broken-off upload"),
-        "a whole PUT streams into the bucket, so its bytes cannot be kept for a resume yet:\n{}",
-        server.log()
-    );
-    assert!(no_uploads_left(&garage).await, "and its multipart upload is aborted");
+    let r = http.head(&url).header("x-session-token", token).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK, "kept for a resume:\n{}", server.log());
+    assert_eq!(r.headers()["upload-offset"], "50000", "every byte that came");
+    let r = http
+        .put(&url)
+        .header("x-session-token", token)
+        .header("content-range", format!("bytes 50000-{}/{total}", total - 1))
+        .body(session[50_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", server.log());
+    let got = http
+        .get(server.url("sess/s.bin"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got, session);
+    assert!(no_uploads_left(&garage).await, "no multipart upload left behind");
+    let mut objects = garage.objects("").await;
+    objects.sort();
+    assert_eq!(objects, ["sess/s.bin", "tus/big.bin"], "no partial object or tail left");
 }
 
 /// /health covers the bucket; the S3 requests are counted by operation; with the store
@@ -547,4 +569,220 @@ async fn a_store_down_at_start_then_back() {
         .await
         .unwrap();
     assert_eq!(got, payload(5000, 100));
+}
+
+/// Two instances with no shared folder, one Redis and one bucket act as one: a tus upload
+/// begun on one is continued and finished on the other, a session upload broken off on one is
+/// resumed on the other, racing PUTs through both give one 201, and an instance killed in the
+/// middle of a PATCH leaves nothing partial visible and the upload resumable on the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_without_a_shared_folder_act_as_one() {
+    let garage = Garage::start();
+    let redis = redis_fixture::RedisServer::start();
+    let extra = format!(
+        "{}{}BufferSize = 4096\nReadTimeout = 120\n",
+        garage.toml("multi"),
+        redis.toml()
+    );
+    let a = TestServer::start(&extra);
+    let b = TestServer::start(&extra);
+    assert_ne!(a.store(), b.store(), "no shared folder");
+    let http = client();
+
+    // tus: begun on A, continued and finished on B.
+    let data = payload(12 << 20, 110);
+    let len = data.len() as u64;
+    let r = http
+        .post(a.signed_v("m/tus.bin", "m/tus.bin", len))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", len.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let patch = |server: &TestServer, start: usize, end: usize| {
+        let req = http
+            .patch(format!("{}{location}", server.base))
+            .header("tus-resumable", "1.0.0")
+            .header("content-type", "application/offset+octet-stream")
+            .header("upload-offset", start.to_string())
+            .body(data[start..end].to_vec());
+        async move { req.send().await.unwrap() }
+    };
+    assert_eq!(
+        patch(&a, 0, 7 << 20).await.status(),
+        StatusCode::NO_CONTENT,
+        "{}",
+        a.log()
+    );
+    let r = http
+        .head(format!("{}{location}", b.base))
+        .header("tus-resumable", "1.0.0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.headers()["upload-offset"],
+        (7u64 << 20).to_string().as_str(),
+        "B sees A's bytes"
+    );
+    assert_eq!(
+        patch(&b, 7 << 20, data.len()).await.status(),
+        StatusCode::NO_CONTENT,
+        "{}",
+        b.log()
+    );
+    for server in [&a, &b] {
+        let got = http
+            .get(server.url("m/tus.bin"))
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .unwrap();
+        assert!(got == data, "served whole by both");
+    }
+
+    // Session: broken off on A, resumed on B.
+    let total = 300_000u64;
+    let session = payload(total as usize, 111);
+    let token = "multi-s3-session-0123456789";
+    let url_a = a.signed_v("m/sess.bin", "m/sess.bin", total);
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: {}\r\nContent-Length: {total}\r\nX-Session-Token: {token}",
+        a.target(&url_a),
+        a.addr
+    );
+    {
+        use std::io::Write;
+        let mut stream = std::net::TcpStream::connect(a.addr).unwrap();
+        stream.write_all(head.as_bytes()).unwrap();
+        stream.write_all(b"\r\n\r\n").unwrap();
+        stream.write_all(&session[..120_000]).unwrap();
+    }
+    a.wait_for_access("PUT", "/upload/m/sess.bin", std::time::Duration::from_secs(10));
+    let url_b = b.signed_v("m/sess.bin", "m/sess.bin", total);
+    let r = http.head(&url_b).header("x-session-token", token).send().await.unwrap();
+    assert_eq!(r.headers()["upload-offset"], "120000", "B sees what A kept");
+    let r = http
+        .put(&url_b)
+        .header("x-session-token", token)
+        .header("content-range", format!("bytes 120000-{}/{total}", total - 1))
+        .body(session[120_000..].to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", b.log());
+    let got = http
+        .get(a.url("m/sess.bin"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert_eq!(got, session);
+
+    // Racing PUTs through both instances: one 201.
+    let bodies: Vec<Vec<u8>> = (0..6).map(|i| payload(200_000, 120 + i)).collect();
+    let puts = bodies.iter().enumerate().map(|(i, body)| {
+        let server = if i % 2 == 0 { &a } else { &b };
+        let req = client()
+            .put(server.signed_v("m/race.bin", "m/race.bin", 200_000))
+            .body(body.clone());
+        tokio::spawn(async move { req.send().await.unwrap().status() })
+    });
+    let mut statuses = Vec::new();
+    for put in puts.collect::<Vec<_>>() {
+        statuses.push(put.await.unwrap());
+    }
+    let created = statuses.iter().filter(|s| **s == StatusCode::CREATED).count();
+    assert_eq!(created, 1, "{statuses:?}");
+    assert!(
+        statuses
+            .iter()
+            .all(|s| *s == StatusCode::CREATED || *s == StatusCode::CONFLICT)
+    );
+
+    // kill -9 of A in the middle of a PATCH: nothing visible, B continues.
+    let data = payload(11 << 20, 130);
+    let len = data.len() as u64;
+    let r = http
+        .post(a.signed_v("m/killed.bin", "m/killed.bin", len))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", len.to_string())
+        .send()
+        .await
+        .unwrap();
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    let head_patch = format!(
+        "PATCH {location} HTTP/1.1\r\nHost: {}\r\nTus-Resumable: 1.0.0\r\n\
+         Content-Type: application/offset+octet-stream\r\nUpload-Offset: 0\r\nContent-Length: {len}",
+        a.addr
+    );
+    let mut stream = std::net::TcpStream::connect(a.addr).unwrap();
+    {
+        use std::io::Write;
+        stream.write_all(head_patch.as_bytes()).unwrap();
+        stream.write_all(b"\r\n\r\n").unwrap();
+        stream.write_all(&data[..6 << 20]).unwrap();
+    }
+    // One part (5 MiB) went up and was checkpointed once a second passed.
+    tokio::time::sleep(std::time::Duration::from_millis(1200)).await;
+    {
+        use std::io::Write;
+        stream.write_all(&data[6 << 20..(6 << 20) + 65_536]).unwrap();
+    }
+    let head_b = || {
+        let req = http
+            .head(format!("{}{location}", b.base))
+            .header("tus-resumable", "1.0.0");
+        async move { req.send().await.unwrap() }
+    };
+    let mut offset = 0u64;
+    for _ in 0..100 {
+        offset = head_b().await.headers()["upload-offset"]
+            .to_str()
+            .unwrap()
+            .parse()
+            .unwrap();
+        if offset > 0 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(offset, 5 << 20, "the uploaded part is durable and seen by B");
+    a.signal("KILL");
+    drop(stream);
+    let r = http.get(b.url("m/killed.bin")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND, "nothing partial is visible");
+    // B takes the upload over once A's lock has expired (10 s at most).
+    let mut status = StatusCode::LOCKED;
+    for _ in 0..30 {
+        let r = http
+            .patch(format!("{}{location}", b.base))
+            .header("tus-resumable", "1.0.0")
+            .header("content-type", "application/offset+octet-stream")
+            .header("upload-offset", offset.to_string())
+            .body(data[offset as usize..].to_vec())
+            .send()
+            .await
+            .unwrap();
+        status = r.status();
+        if status != StatusCode::LOCKED {
+            break;
+        }
+    }
+    assert_eq!(status, StatusCode::NO_CONTENT, "{}", b.log());
+    let got = http
+        .get(b.url("m/killed.bin"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
+    assert!(got == data, "whole after the takeover");
 }

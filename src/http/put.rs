@@ -67,6 +67,16 @@ where
     if size > config.store.buffer_bytes as u64 && state.store().exists(&slot.key).await {
         return Err(ApiError::Exists);
     }
+    // A store that streams a whole upload away cannot keep its bytes when it breaks off: a
+    // PUT that asks to be resumable takes the unfinished-upload path from its first byte.
+    if session.from_client && !state.store().capabilities().keeps_broken_off {
+        let put = session::ResumablePut {
+            size,
+            content_type,
+            expected: &expected,
+        };
+        return session::put_resumable(state, config, &slot, session, &mut body, put).await;
+    }
 
     let hashing = Hashing {
         sha256: config.store.checksum_verification,

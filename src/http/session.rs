@@ -13,7 +13,7 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use sha2::{Digest, Sha256};
 
-use super::headers::{self, SESSION_TOKEN};
+use super::headers::{self, SESSION_TOKEN, digest};
 use super::slot::{Slot, authorize};
 use super::{ApiError, Response, body};
 use crate::app::AppState;
@@ -21,7 +21,7 @@ use crate::auth::Token;
 use crate::config::Config;
 use crate::resumable::{Append, Ended, EngineError, NewUpload};
 use crate::state::{Concat, UploadKind, UploadRecord};
-use crate::store::Staged;
+use crate::store::{Hashing, Staged};
 
 /// A session token: the client's (validated) or a new one.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +148,107 @@ pub async fn head(state: &AppState, slot: &Slot, headers: &HeaderMap) -> Result<
     h.insert("upload-length", HeaderValue::from(length));
     h.insert(SESSION_TOKEN, session.header());
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(response)
+}
+
+/// A whole PUT that asks to be resumable (X-Session-Token), on a store that cannot keep a
+/// broken-off upload's bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct ResumablePut<'a> {
+    /// Its Content-Length.
+    pub size: u64,
+    /// The content type it was signed with.
+    pub content_type: &'a str,
+    /// The digests the client sent, to check before the file is stored.
+    pub expected: &'a digest::Expected,
+}
+
+/// A whole PUT with the client's X-Session-Token, taken through the unfinished-upload path:
+/// the session's upload is made (an older one of this session and slot goes), the body is
+/// appended (durable at checkpoints), and when all of it came the upload is checked and
+/// finished into the store: 201. When the body breaks off, what came is kept for a resume.
+pub async fn put_resumable<B>(
+    state: &AppState,
+    config: &Config,
+    slot: &Slot,
+    session: &SessionToken,
+    body: &mut B,
+    put: ResumablePut<'_>,
+) -> Result<Response, ApiError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: std::fmt::Display,
+{
+    let engine = state.engine();
+    let id = session.upload_id(slot.key.as_str());
+    engine.discard(&id).await?;
+    let new = NewUpload {
+        id: id.clone(),
+        kind: UploadKind::Session,
+        key: slot.key.clone(),
+        length: Some(put.size),
+        content_type: put.content_type.to_string(),
+        metadata: None,
+        concat: Concat::None,
+    };
+    let mut record = engine.create(new, (&config.limits).into()).await?;
+    let meta = engine
+        .with_lock(&id, async |held| {
+            let bounds = Append {
+                max_bytes: put.size,
+                checksum: None,
+                read_timeout: config.limits.read_timeout,
+                expiry: config.limits.upload_expiry,
+                max_unfinished_bytes: config.limits.max_unfinished_bytes,
+            };
+            let ended = engine.append(&mut record, held, body, bounds).await?;
+            let kept = |why| {
+                tracing::info!(path = %slot.key, offset = record.offset, size = put.size, "broken-off upload kept for resumption ({why})");
+            };
+            match ended {
+                Ended::Complete if record.offset == put.size => {}
+                Ended::TooLong => return Err(ApiError::BadRequest("body longer than Content-Length")),
+                Ended::TimedOut => {
+                    kept("stalled");
+                    return Err(ApiError::BodyTimeout);
+                }
+                Ended::ShuttingDown => {
+                    kept("shutting down");
+                    return Err(ApiError::Unavailable("server shutting down".into()));
+                }
+                Ended::Complete => {
+                    kept("ended early");
+                    return Err(ApiError::BadRequest("body shorter than Content-Length"));
+                }
+                Ended::BrokenOff | Ended::Stopped | Ended::ChecksumMismatch => {
+                    kept("broken off");
+                    return Err(ApiError::BadRequest("request body ended early"));
+                }
+            }
+            let hashing = Hashing {
+                sha256: put.expected.sha256.is_some(),
+                sha512: put.expected.sha512.is_some(),
+                ..Hashing::NONE
+            };
+            if hashing.any() {
+                let digests = engine.digests(&record, hashing).await?;
+                if put.expected.sha256.as_ref().is_some_and(|e| digests.sha256.as_ref() != Some(e))
+                    || put.expected.sha512.as_ref().is_some_and(|e| digests.sha512.as_ref() != Some(e))
+                {
+                    engine.forget(&record).await?;
+                    return Err(ApiError::BadRequest("content digest does not match the body"));
+                }
+            }
+            Ok(engine.finish(&record, config.store.checksum_verification).await?)
+        })
+        .await?;
+    tracing::info!(path = %slot.key, size = put.size, content_type = put.content_type, "file stored");
+    let mut response = body::empty(StatusCode::CREATED);
+    if let Some(v) = meta.sha256.as_deref().and_then(digest::repr_digest_from_hex)
+        && let Ok(v) = HeaderValue::from_str(&v)
+    {
+        response.headers_mut().insert("repr-digest", v);
+    }
     Ok(response)
 }
 

@@ -447,17 +447,15 @@ impl Engine {
         Ok(ended)
     }
 
-    /// Moves a finished upload to its path (atomic, no overwrite) and forgets it. With
-    /// `checksum_verification` its SHA-256 is computed first (one read: its bytes came in
-    /// over several requests).
-    pub async fn finish(&self, record: &UploadRecord, checksum_verification: bool) -> Result<(), EngineError> {
+    /// Moves a finished upload to its path (atomic, no overwrite) and forgets it; returns the
+    /// metadata stored with the file. With `checksum_verification` its SHA-256 is computed
+    /// first (one read: its bytes came in over several requests).
+    pub async fn finish(&self, record: &UploadRecord, checksum_verification: bool) -> Result<FileMeta, EngineError> {
         let key = FileKey::parse_decoded(&record.key)
             .map_err(|e| StateError::Corrupt(format!("upload {} has a bad path: {e}", record.id)))?;
         let length = record.length.unwrap_or(record.offset);
         let sha256 = if checksum_verification {
-            Some(hex::encode(
-                self.partials.sha256(&record.id, &record.handle, length).await?,
-            ))
+            self.digests(record, Hashing::sha256()).await?.sha256.map(hex::encode)
         } else {
             None
         };
@@ -478,7 +476,16 @@ impl Engine {
         committed?;
         metrics::file_stored(length);
         tracing::info!(path = %record.key, size = length, "resumable upload completed");
-        Ok(())
+        Ok(meta)
+    }
+
+    /// The digests `hashing` asks for of a complete upload's bytes (read once).
+    pub async fn digests(&self, record: &UploadRecord, hashing: Hashing) -> Result<crate::store::Digests, EngineError> {
+        let length = record.length.unwrap_or(record.offset);
+        Ok(self
+            .partials
+            .digests(&record.id, &record.handle, length, hashing)
+            .await?)
     }
 
     /// Finishes upload `record` if it has all its bytes but was not committed (a crash
@@ -501,7 +508,7 @@ impl Engine {
                         tracing::info!(path = %fresh.key, id = %fresh.id, "a complete upload found its path taken; it is over");
                         Ok(())
                     }
-                    other => other,
+                    other => other.map(|_| ()),
                 }
             }
             _ => Ok(()),

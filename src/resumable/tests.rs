@@ -121,7 +121,10 @@ impl Fixture {
 
     /// Whether the store still has bytes for the upload.
     async fn has_bytes(&self, record: &UploadRecord) -> bool {
-        self.partials.sha256(&record.id, &record.handle, 0).await.is_ok()
+        self.partials
+            .digests(&record.id, &record.handle, 0, Hashing::NONE)
+            .await
+            .is_ok()
     }
 
     /// The bytes of the finished file at `key`.

@@ -26,6 +26,14 @@ impl Hashing {
         md5: false,
     };
 
+    /// SHA-256 only.
+    pub fn sha256() -> Hashing {
+        Hashing {
+            sha256: true,
+            ..Hashing::NONE
+        }
+    }
+
     /// Whether anything is computed.
     pub fn any(self) -> bool {
         self.sha256 || self.sha512 || self.sha1 || self.md5

@@ -200,6 +200,10 @@ pub struct Capabilities {
     pub durability: &'static str,
     /// Where the bytes of unfinished resumable uploads are kept.
     pub partials: &'static str,
+    /// Whether a whole-file upload's bytes can become an unfinished upload's when it breaks
+    /// off (the local store moves its temporary file; an object store streamed them away, so
+    /// a PUT that asks for resumption takes the unfinished-upload path from its start).
+    pub keeps_broken_off: bool,
 }
 
 impl fmt::Display for Capabilities {
@@ -236,6 +240,9 @@ pub enum Staged {
     /// An upload streaming into the bucket (one request, or a multipart upload).
     #[cfg(feature = "s3")]
     S3(s3::S3Staged),
+    /// New bytes on their way onto an unfinished upload in the bucket.
+    #[cfg(feature = "s3")]
+    S3Append(s3::S3Appender),
 }
 
 /// A finished file opened for a download: what it is, and (when asked for and small) its
@@ -288,6 +295,9 @@ pub enum PartialHandle {
     /// remember. (Records written before handles existed read as this.)
     #[default]
     Local,
+    /// A multipart upload in the bucket, its parts and its tail.
+    #[cfg(feature = "s3")]
+    S3(s3::S3Handle),
 }
 
 /// The storage backend for the bytes of unfinished uploads; see the module documentation.
@@ -296,10 +306,9 @@ pub enum Partials {
     /// Files in the local store's own folder, on the same file system as the finished files
     /// (so completing one is a rename).
     Local(LocalStore),
-    /// Files in a local store's own folder, completed by streaming them into another store
-    /// (the bucket): resumable uploads on an S3 backend keep their unfinished bytes on the
-    /// instance's disk (under StoreDir) until they are complete.
-    LocalInto(LocalStore, Box<Store>),
+    /// Multipart uploads in the bucket, which any instance can continue.
+    #[cfg(feature = "s3")]
+    S3(s3::S3Store),
 }
 
 impl Store {
@@ -317,7 +326,7 @@ impl Store {
         match self {
             Store::Local(s) => Partials::Local(s.clone()),
             #[cfg(feature = "s3")]
-            Store::S3(s) => Partials::LocalInto(s.local().clone(), Box::new(self.clone())),
+            Store::S3(s) => Partials::S3(s.clone()),
         }
     }
 
@@ -448,6 +457,8 @@ impl Staged {
             Staged::Local(s) => s.take_frame(frame, body, limit).await,
             #[cfg(feature = "s3")]
             Staged::S3(s) => s.take_frame(frame, body, limit).await,
+            #[cfg(feature = "s3")]
+            Staged::S3Append(s) => s.take_frame(frame, body, limit).await,
         }
     }
 
@@ -457,6 +468,8 @@ impl Staged {
             Staged::Local(s) => s.write(chunk).await,
             #[cfg(feature = "s3")]
             Staged::S3(s) => s.write(chunk).await,
+            #[cfg(feature = "s3")]
+            Staged::S3Append(s) => s.write(chunk).await,
         }
     }
 
@@ -466,6 +479,8 @@ impl Staged {
             Staged::Local(s) => s.len(),
             #[cfg(feature = "s3")]
             Staged::S3(s) => s.len(),
+            #[cfg(feature = "s3")]
+            Staged::S3Append(s) => s.len(),
         }
     }
 
@@ -480,21 +495,26 @@ impl Staged {
             Staged::Local(s) => s.digests().await,
             #[cfg(feature = "s3")]
             Staged::S3(s) => Ok(s.digests()),
+            #[cfg(feature = "s3")]
+            Staged::S3Append(s) => Ok(s.digests()),
         }
     }
 }
 
-impl Partials {
-    /// The local store that keeps the bytes.
-    fn local(&self) -> &LocalStore {
-        match self {
-            Partials::Local(s) | Partials::LocalInto(s, _) => s,
-        }
-    }
+/// A handle that does not belong to the partial store it is used with (a record written
+/// with another StoreBackend).
+fn foreign_handle() -> StoreError {
+    StoreError::other("the upload was made with another StoreBackend")
+}
 
+impl Partials {
     /// Creates the (empty) bytes of a new upload.
     pub async fn create(&self, id: &str) -> Result<PartialHandle, StoreError> {
-        self.local().create_partial(id).await
+        match self {
+            Partials::Local(s) => s.create_partial(id).await,
+            #[cfg(feature = "s3")]
+            Partials::S3(s) => s.create_partial(id).await,
+        }
     }
 
     /// Opens upload `id` to append at `offset`, its durable length (anything past it, written
@@ -506,8 +526,15 @@ impl Partials {
         offset: u64,
         hashing: Hashing,
     ) -> Result<Staged, StoreError> {
-        let PartialHandle::Local = handle;
-        Ok(Staged::Local(self.local().open_partial(id, offset, hashing).await?))
+        match (self, handle) {
+            (Partials::Local(s), PartialHandle::Local) => Ok(Staged::Local(s.open_partial(id, offset, hashing).await?)),
+            #[cfg(feature = "s3")]
+            (Partials::S3(s), PartialHandle::S3(h)) => {
+                Ok(Staged::S3Append(s.append_partial(id, h, offset, hashing).await?))
+            }
+            #[cfg(feature = "s3")]
+            _ => Err(foreign_handle()),
+        }
     }
 
     /// Makes what `appender` (opened at `offset`) took so far durable, and goes on taking;
@@ -519,6 +546,8 @@ impl Partials {
                 Ok((offset + file.len(), PartialHandle::Local))
             }
             #[cfg(feature = "s3")]
+            Staged::S3Append(appender) => Ok(appender.checkpoint()),
+            #[cfg(feature = "s3")]
             Staged::S3(_) => Err(StoreError::other("an upload to the bucket is not a partial upload")),
         }
     }
@@ -526,13 +555,22 @@ impl Partials {
     /// Makes what `appender` (opened at `offset`) took durable, and closes it; returns the
     /// upload's new durable length and handle.
     pub async fn persist(&self, mut appender: Staged, offset: u64) -> Result<(u64, PartialHandle), StoreError> {
-        self.checkpoint(&mut appender, offset).await
+        match appender {
+            #[cfg(feature = "s3")]
+            Staged::S3Append(appender) => appender.persist().await,
+            _ => self.checkpoint(&mut appender, offset).await,
+        }
     }
 
-    /// Drops everything `appender` took: the upload stays at `offset`, durably.
+    /// Drops everything `appender` took since its last checkpoint: the upload stays at
+    /// `offset`, durably.
     pub async fn discard(&self, appender: Staged, offset: u64) -> Result<(), StoreError> {
         match appender {
             Staged::Local(mut file) => file.truncate(offset).await,
+            // Parts it uploaded that no record names are left out of the completion (and
+            // replaced by the next append's parts of the same numbers).
+            #[cfg(feature = "s3")]
+            Staged::S3Append(_) => Ok(()),
             #[cfg(feature = "s3")]
             Staged::S3(_) => Err(StoreError::other("an upload to the bucket is not a partial upload")),
         }
@@ -541,12 +579,14 @@ impl Partials {
     /// Keeps the bytes of a broken-off whole-file upload as upload `id`; returns their durable
     /// count and the handle.
     pub async fn keep(&self, staged: Staged, id: &str) -> Result<(u64, PartialHandle), StoreError> {
-        match staged {
-            Staged::Local(staged) => Ok((self.local().adopt_partial(staged, id).await?, PartialHandle::Local)),
-            // Its bytes went to the bucket as they came: they cannot become local partial
-            // bytes (the multipart upload is aborted when the staging is dropped).
+        match (self, staged) {
+            (Partials::Local(s), Staged::Local(staged)) => {
+                Ok((s.adopt_partial(staged, id).await?, PartialHandle::Local))
+            }
+            // Its bytes went to the bucket as they came: a whole-file upload to the bucket
+            // cannot be kept (its multipart upload is aborted when the staging is dropped).
             #[cfg(feature = "s3")]
-            Staged::S3(_) => Err(StoreError::other(
+            _ => Err(StoreError::other(
                 "a broken-off upload to the bucket cannot be kept for resumption",
             )),
         }
@@ -554,14 +594,32 @@ impl Partials {
 
     /// The first `len` bytes of upload `id`, as a stream.
     pub fn read(&self, id: &str, handle: &PartialHandle, len: u64) -> ByteStream {
-        let PartialHandle::Local = handle;
-        self.local().read_partial(id, len)
+        match (self, handle) {
+            (Partials::Local(s), PartialHandle::Local) => s.read_partial(id, len),
+            #[cfg(feature = "s3")]
+            (Partials::S3(s), PartialHandle::S3(h)) => s.read_partial(id, h, len),
+            #[cfg(feature = "s3")]
+            _ => Box::pin(futures_util::stream::once(async {
+                Err(io::Error::other("the upload was made with another StoreBackend"))
+            })),
+        }
     }
 
-    /// SHA-256 of the first `len` bytes of upload `id` (read once).
-    pub async fn sha256(&self, id: &str, handle: &PartialHandle, len: u64) -> Result<Vec<u8>, StoreError> {
-        let PartialHandle::Local = handle;
-        self.local().sha256_partial(id, len).await
+    /// The digests `hashing` asks for of the first `len` bytes of upload `id` (read once).
+    pub async fn digests(
+        &self,
+        id: &str,
+        handle: &PartialHandle,
+        len: u64,
+        hashing: Hashing,
+    ) -> Result<Digests, StoreError> {
+        match (self, handle) {
+            (Partials::Local(s), PartialHandle::Local) => s.digests_partial(id, len, hashing).await,
+            #[cfg(feature = "s3")]
+            (Partials::S3(s), PartialHandle::S3(h)) => s.digests_partial(id, h, len, hashing).await,
+            #[cfg(feature = "s3")]
+            _ => Err(foreign_handle()),
+        }
     }
 
     /// Makes the first `len` bytes of upload `id` the file at `key`, through the store's
@@ -574,43 +632,45 @@ impl Partials {
         key: &FileKey,
         meta: &FileMeta,
     ) -> Result<(), StoreError> {
-        let PartialHandle::Local = handle;
-        match self {
-            Partials::Local(s) => {
+        match (self, handle) {
+            (Partials::Local(s), PartialHandle::Local) => {
                 let staged = s.open_partial(id, len, Hashing::NONE).await?;
                 s.commit(staged, key, meta).await
             }
-            Partials::LocalInto(s, target) => {
-                let spec = StageSpec {
-                    key,
-                    size: len,
-                    content_type: &meta.content_type,
-                    hashing: Hashing::NONE,
-                };
-                let mut staged = target.stage(spec).await?;
-                let mut bytes = s.read_partial(id, len);
-                use futures_util::StreamExt;
-                while let Some(chunk) = bytes.next().await {
-                    staged.write(chunk?).await?;
-                }
-                target.commit(staged, key, meta).await
-            }
+            #[cfg(feature = "s3")]
+            (Partials::S3(s), PartialHandle::S3(h)) => s.complete_partial(id, h, len, key, meta).await,
+            #[cfg(feature = "s3")]
+            _ => Err(foreign_handle()),
         }
     }
 
     /// Removes the bytes of upload `id` (none is fine).
     pub async fn remove(&self, id: &str, handle: &PartialHandle) -> Result<(), StoreError> {
-        let PartialHandle::Local = handle;
-        self.local().remove_partial(id).await
+        match (self, handle) {
+            (Partials::Local(s), PartialHandle::Local) => s.remove_partial(id).await,
+            #[cfg(feature = "s3")]
+            (Partials::S3(s), PartialHandle::S3(h)) => s.remove_partial(id, h).await,
+            // A record of another backend (or an unreadable one): nothing here to remove.
+            #[cfg(feature = "s3")]
+            _ => Ok(()),
+        }
     }
 
     /// How many unfinished uploads have bytes, and how many bytes they hold together.
     pub async fn usage(&self) -> Result<Usage, StoreError> {
-        self.local().partials_usage().await
+        match self {
+            Partials::Local(s) => s.partials_usage().await,
+            #[cfg(feature = "s3")]
+            Partials::S3(s) => s.partials_usage().await,
+        }
     }
 
     /// Removes the bytes of uploads untouched for longer than `max_age`; returns their ids.
     pub async fn sweep(&self, max_age: Duration) -> Result<Vec<String>, StoreError> {
-        self.local().sweep_partials(max_age).await
+        match self {
+            Partials::Local(s) => s.sweep_partials(max_age).await,
+            #[cfg(feature = "s3")]
+            Partials::S3(s) => s.sweep_partials(max_age).await,
+        }
     }
 }

@@ -212,6 +212,11 @@ impl LocalStore {
         })
     }
 
+    /// The temporary folder, for other stores' temporaries (the S3 store's part buffers).
+    pub(crate) fn tmp_dir_path(&self) -> &Path {
+        &self.inner.tmp_dir
+    }
+
     /// The temporary folder (for tests that look at what is left there).
     #[cfg(test)]
     pub(crate) fn tmp_dir(&self) -> &Path {
@@ -225,6 +230,7 @@ impl LocalStore {
             no_overwrite: NoOverwrite::Native("renameat2(RENAME_NOREPLACE), or link+unlink"),
             durability: "fsync of the file and of its folder",
             partials: "files in the store's own folder, renamed into place when complete",
+            keeps_broken_off: true,
         }
     }
 

@@ -11,11 +11,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
-use sha2::Digest;
 
 use super::beneath::sync_dir;
 use super::staged::FILE_MODE;
 use super::{LocalStore, StagedFile, remove_older_than, run_blocking_store};
+use crate::store::digest::{Digests, Hashers};
 use crate::store::{ByteStream, Hashing, PartialHandle, StoreError, Usage};
 
 /// Read size when a partial upload is read back (concatenation, checksum).
@@ -115,22 +115,25 @@ impl LocalStore {
         }))
     }
 
-    /// SHA-256 of the first `len` bytes of upload `id` (read once: its bytes came in over
-    /// several requests, maybe across restarts).
-    pub async fn sha256_partial(&self, id: &str, len: u64) -> Result<Vec<u8>, StoreError> {
+    /// The digests `hashing` asks for of the first `len` bytes of upload `id` (read once:
+    /// its bytes came in over several requests, maybe across restarts).
+    pub async fn digests_partial(&self, id: &str, len: u64, hashing: Hashing) -> Result<Digests, StoreError> {
         let path = self.partial_path(id);
         run_blocking_store(move || {
+            // Opened first: missing bytes are an error even when no digest is asked for.
             let mut file = fs::File::open(path)?.take(len);
-            let mut hasher = sha2::Sha256::new();
+            let Some(mut hashers) = Hashers::new(hashing) else {
+                return Ok(Digests::default());
+            };
             let mut buf = vec![0u8; READ_BACK_BYTES];
             loop {
                 let n = file.read(&mut buf)?;
                 if n == 0 {
                     break;
                 }
-                hasher.update(&buf[..n]);
+                hashers.update(&buf[..n]);
             }
-            Ok(hasher.finalize().to_vec())
+            Ok(hashers.digests())
         })
         .await
     }

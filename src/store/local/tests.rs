@@ -492,7 +492,12 @@ async fn read_and_sha256_cover_exactly_the_first_len_bytes() {
         let (got, largest) = collect(partials.read(ID, &handle, want as u64)).await;
         assert!(got == bytes[..want], "first {want} bytes: got {}", got.len());
         assert!(largest <= READ_CHUNK_BYTES);
-        let digest = partials.sha256(ID, &handle, want as u64).await.unwrap();
+        let digest = partials
+            .digests(ID, &handle, want as u64, Hashing::sha256())
+            .await
+            .unwrap()
+            .sha256
+            .unwrap();
         assert_eq!(digest, sha2::Sha256::digest(&bytes[..want]).to_vec(), "{want}");
     }
 }

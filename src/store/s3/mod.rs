@@ -23,11 +23,13 @@
 //!   counted and timed by operation ([`crate::metrics::s3_request`]).
 
 mod body;
+mod partial;
 mod staged;
 
+pub use partial::{S3Appender, S3Handle, S3Part, S3Tail};
 pub use staged::S3Staged;
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use aws_sdk_s3::Client;
@@ -39,7 +41,7 @@ use bytes::Bytes;
 use super::meta::{FileMeta, sidecar_name};
 use super::{
     ByteStream, Capabilities, KeyLocks, ListStream, Listed, LocalStore, NoOverwrite, ObjectInfo, SMALL_FILE_BYTES,
-    StageSpec, StoreError,
+    StageSpec, StoreError, Usage,
 };
 use crate::config::S3Settings;
 use crate::key::{FileKey, INTERNAL_DIR};
@@ -63,8 +65,10 @@ struct Inner {
     /// Whether PutObject honours `If-None-Match: *` (found out at start).
     native_create: bool,
     locks: Arc<dyn KeyLocks>,
-    /// Where the bytes of unfinished resumable uploads wait (local disk, under StoreDir).
+    /// Local folders: temporaries of the parts being gathered (under StoreDir).
     local: LocalStore,
+    /// The last count of what unfinished uploads hold, and when it was made.
+    usage: Mutex<Option<(Instant, Usage)>>,
 }
 
 /// Turns an SDK error into a store error, counting it.
@@ -184,6 +188,7 @@ impl S3Store {
             native_create: false,
             locks,
             local,
+            usage: Mutex::new(None),
         };
         inner.native_create = match inner.probe_conditional_create().await {
             Ok(native) => native,
@@ -219,7 +224,8 @@ impl S3Store {
                 )
             },
             durability: "the object store's (visible only when whole)",
-            partials: "files on this instance's disk under StoreDir, streamed into the bucket when complete",
+            partials: "multipart uploads in the bucket (parts of S3PartSize, the rest in a tail object), any instance continues them",
+            keeps_broken_off: false,
         }
     }
 
@@ -409,55 +415,33 @@ impl S3Store {
             .map_err(|e| format!("bucket {} does not answer: {e}", inner.bucket))
     }
 
-    /// Aborts multipart uploads under the prefix started more than `max_age` ago (left by a
-    /// crash), and sweeps the local temporaries; returns how many went.
+    /// Aborts the multipart uploads of whole-file uploads under the prefix started more than
+    /// `max_age` ago (left by a crash; those of unfinished resumable uploads, under the
+    /// server's own prefix, are swept with them), and sweeps the local temporaries; returns how
+    /// many went.
     pub async fn sweep_staging(&self, max_age: Duration) -> Result<usize, StoreError> {
         let inner = &self.inner;
         let before = SystemTime::now() - max_age;
+        let internal = format!("{}{INTERNAL_DIR}/", inner.prefix);
         let mut removed = 0;
-        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
-        loop {
-            let listed = call(
-                "ListMultipartUploads",
+        for (key, upload_id, initiated) in inner.multipart_uploads(&inner.prefix).await? {
+            if key.starts_with(&internal) || initiated >= before {
+                continue;
+            }
+            let aborted = call(
+                "AbortMultipartUpload",
                 inner
                     .client
-                    .list_multipart_uploads()
+                    .abort_multipart_upload()
                     .bucket(&inner.bucket)
-                    .prefix(&inner.prefix)
-                    .set_key_marker(key_marker.clone())
-                    .set_upload_id_marker(id_marker.clone())
+                    .key(&key)
+                    .upload_id(&upload_id)
                     .send(),
             )
-            .await?;
-            for upload in listed.uploads() {
-                let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) else {
-                    continue;
-                };
-                if system_time(upload.initiated()) < before {
-                    let aborted = call(
-                        "AbortMultipartUpload",
-                        inner
-                            .client
-                            .abort_multipart_upload()
-                            .bucket(&inner.bucket)
-                            .key(key)
-                            .upload_id(id)
-                            .send(),
-                    )
-                    .await;
-                    if aborted.is_ok() {
-                        tracing::info!(key, "aborted a stale multipart upload");
-                        removed += 1;
-                    }
-                }
-            }
-            if !listed.is_truncated().unwrap_or(false) {
-                break;
-            }
-            key_marker = listed.next_key_marker().map(str::to_string);
-            id_marker = listed.next_upload_id_marker().map(str::to_string);
-            if key_marker.is_none() && id_marker.is_none() {
-                break;
+            .await;
+            if aborted.is_ok() {
+                tracing::info!(key, "aborted a stale multipart upload");
+                removed += 1;
             }
         }
         Ok(removed + inner.local.sweep_temporaries(max_age).await?)
@@ -465,6 +449,72 @@ impl S3Store {
 }
 
 impl Inner {
+    /// Every multipart upload under way under `prefix`: (key, upload id, when started).
+    async fn multipart_uploads(&self, prefix: &str) -> Result<Vec<(String, String, SystemTime)>, StoreError> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None::<String>, None::<String>);
+        loop {
+            let listed = call(
+                "ListMultipartUploads",
+                self.client
+                    .list_multipart_uploads()
+                    .bucket(&self.bucket)
+                    .prefix(prefix)
+                    .set_key_marker(key_marker.take())
+                    .set_upload_id_marker(id_marker.take())
+                    .send(),
+            )
+            .await?;
+            for upload in listed.uploads() {
+                if let (Some(key), Some(id)) = (upload.key(), upload.upload_id()) {
+                    out.push((key.to_string(), id.to_string(), system_time(upload.initiated())));
+                }
+            }
+            key_marker = listed.next_key_marker().map(str::to_string);
+            id_marker = listed.next_upload_id_marker().map(str::to_string);
+            if !listed.is_truncated().unwrap_or(false) || (key_marker.is_none() && id_marker.is_none()) {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The keys and sizes of the objects under `prefix`.
+    async fn objects_with_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let mut out = Vec::new();
+        let mut token = None::<String>;
+        loop {
+            let listed = call(
+                "ListObjectsV2",
+                self.client
+                    .list_objects_v2()
+                    .bucket(&self.bucket)
+                    .prefix(prefix)
+                    .set_continuation_token(token.take())
+                    .send(),
+            )
+            .await?;
+            for object in listed.contents() {
+                if let Some(key) = object.key() {
+                    out.push((key.to_string(), object.size().unwrap_or(0).max(0) as u64));
+                }
+            }
+            token = listed.next_continuation_token().map(str::to_string);
+            if !listed.is_truncated().unwrap_or(false) || token.is_none() {
+                return Ok(out);
+            }
+        }
+    }
+
+    /// The keys of the objects under `prefix`.
+    async fn object_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
+        Ok(self
+            .objects_with_sizes(prefix)
+            .await?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
     /// The object key of a file.
     fn object_key(&self, key: &FileKey) -> String {
         format!("{}{}", self.prefix, key.as_str())
