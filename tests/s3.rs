@@ -53,6 +53,27 @@ async fn put_get_head_and_no_overwrite_in_the_bucket() {
     assert_eq!(again.status(), StatusCode::CONFLICT);
     let r = http.get(server.url("a/photo.jpg")).send().await.unwrap();
     assert_eq!(r.bytes().await.unwrap(), small, "the first file stays");
+
+    // An empty file (Garage refuses an empty part: it is one PutObject at the commit).
+    let r = http
+        .put(server.signed_v("a/empty.txt", "a/empty.txt", 0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", server.log());
+    let r = http.get(server.url("a/empty.txt")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(r.headers()["content-length"], "0");
+    let again = http
+        .put(server.signed_v("a/empty.txt", "a/empty.txt", 0))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        again.status(),
+        StatusCode::CONFLICT,
+        "an empty file is not overwritten either"
+    );
 }
 
 /// A body larger than one part (5 MiB here) goes up as a multipart upload, streamed; every
@@ -172,6 +193,71 @@ async fn racing_puts_give_one_201() {
     assert!(
         no_uploads_left(&garage).await,
         "the losers' multipart uploads are aborted"
+    );
+}
+
+/// A PUT overtaken mid-body by another PUT of its path (through a second instance without
+/// Redis, so no shared lock) gets 409 and the winner's file stays. Garage drops a key's
+/// other multipart uploads when one completes: the loser's next part finds its upload gone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_put_overtaken_mid_body_gets_409() {
+    let garage = Garage::start();
+    let a = TestServer::start(&garage.toml(""));
+    let b = TestServer::start(&garage.toml(""));
+    let path = "race/slow.bin";
+    let len = 6usize << 20;
+    let slow = payload(len, 131);
+    let url = a.signed_v(path, path, len as u64);
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: {}\r\nContent-Length: {len}\r\n\r\n",
+        a.target(&url),
+        a.addr
+    );
+    let mut stream = std::net::TcpStream::connect(a.addr).unwrap();
+    use std::io::Write;
+    stream.write_all(head.as_bytes()).unwrap();
+    stream.write_all(&slow[..5 << 20]).unwrap();
+    let s3 = garage.client();
+    let mut first_part_in = false;
+    for _ in 0..200 {
+        let uploads = s3.list_multipart_uploads().bucket(garage::BUCKET).send().await.unwrap();
+        if let Some(id) = uploads.uploads().first().and_then(|u| u.upload_id()) {
+            let parts = s3
+                .list_parts()
+                .bucket(garage::BUCKET)
+                .key(path)
+                .upload_id(id)
+                .send()
+                .await
+                .unwrap();
+            if !parts.parts().is_empty() {
+                first_part_in = true;
+                break;
+            }
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(first_part_in, "A's first part is in the bucket\n{}", a.log());
+
+    let fast = payload(len, 132);
+    let r = client()
+        .put(b.signed_v(path, path, len as u64))
+        .body(fast.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", b.log());
+
+    let _ = stream.write_all(&slow[5 << 20..]);
+    let answer =
+        common::read_response(&mut stream, std::time::Duration::from_secs(20)).expect("A answers the overtaken PUT");
+    assert_eq!(answer.status, 409, "{}", a.log());
+    let got = client().get(a.url(path)).send().await.unwrap().bytes().await.unwrap();
+    assert!(got == fast, "the winner's file, whole");
+    assert!(
+        no_uploads_left(&garage).await,
+        "{:?}",
+        garage.multipart_uploads("").await
     );
 }
 
@@ -308,6 +394,20 @@ async fn checksums_on_the_bucket() {
         StatusCode::NOT_FOUND
     );
     assert!(no_uploads_left(&garage).await, "its multipart upload is aborted");
+
+    let empty = format!(
+        "sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(b""))
+    );
+    let r = http
+        .put(server.signed_v("sum/empty.bin", "sum/empty.bin", 0))
+        .header("repr-digest", &empty)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", server.log());
+    let r = http.head(server.url("sum/empty.bin")).send().await.unwrap();
+    assert_eq!(r.headers()["repr-digest"], empty.as_str(), "an empty file's digest too");
 }
 
 /// tus and session uploads on an S3 backend: their bytes wait in the bucket as a multipart

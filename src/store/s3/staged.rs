@@ -40,6 +40,9 @@ enum Mode {
         sender: Option<mpsc::Sender<Bytes>>,
         request: Option<JoinHandle<Result<(), StoreError>>>,
     },
+    /// An empty file, which the commit writes with one PutObject (some stores refuse an empty
+    /// part, and a multipart upload must have one).
+    Empty { content_type: String, sidecar: bool },
     /// A multipart upload.
     Multipart {
         upload_id: String,
@@ -73,7 +76,12 @@ impl S3Staged {
         // A digest may be checked before the commit: then the object must not be visible
         // before it, which a PutObject would make it.
         let single = inner.native_create && spec.size <= inner.part_bytes && !spec.hashing.any();
-        let mode = if single {
+        let mode = if spec.size == 0 && !single {
+            Mode::Empty {
+                content_type: spec.content_type.to_string(),
+                sidecar: spec.hashing.sha256,
+            }
+        } else if single {
             let (sender, body) = ChannelBody::new(spec.size);
             let request = inner
                 .client
@@ -193,7 +201,27 @@ impl S3Staged {
                 }
                 Ok(())
             }
-            Mode::Multipart { .. } => self.feed_parts(chunk).await,
+            Mode::Empty { .. } => Err(StoreError::other("more bytes than the upload's size")),
+            Mode::Multipart { .. } => match self.feed_parts(chunk).await {
+                Err(e) => Err(self.lost(e).await),
+                fed => fed,
+            },
+        }
+    }
+
+    /// Explains a failed request of the multipart upload. A store that drops a key's
+    /// unfinished uploads when another upload of the key completes (Garage does) answers a
+    /// part or the completion with NoSuchUpload: the key was taken meanwhile, so
+    /// [`StoreError::Exists`], as a lost race is everywhere else. Gone with the key free, the
+    /// upload was aborted under it (by the cleanup pass, or by hand): an I/O error, not a 404.
+    async fn lost(&self, error: StoreError) -> StoreError {
+        if !matches!(error, StoreError::NotFound) {
+            return error;
+        }
+        match self.inner.head(&self.key).await {
+            Ok(_) => StoreError::Exists,
+            Err(StoreError::NotFound) => StoreError::other("the multipart upload is gone from the store"),
+            Err(e) => e,
         }
     }
 
@@ -251,14 +279,30 @@ impl S3Staged {
                 self.committed = true;
                 Ok(())
             }
-            Mode::Multipart { upload_id, done, .. } => {
-                if done.is_empty() {
-                    // An empty file: one empty part.
-                    let part = self.inner.start_part(&self.key, upload_id, 1, 0);
-                    drop(part.sender);
-                    let etag = joined(part.request).await?;
-                    done.push(CompletedPart::builder().part_number(1).e_tag(etag).build());
+            Mode::Empty { content_type, sidecar } => {
+                let _guard = self.inner.locks.lock(&self.key).await?;
+                match self.inner.head(&self.key).await {
+                    Ok(_) => return Err(StoreError::Exists),
+                    Err(StoreError::NotFound) => {}
+                    Err(e) => return Err(e),
                 }
+                let mut put = self
+                    .inner
+                    .client
+                    .put_object()
+                    .bucket(&self.inner.bucket)
+                    .key(&self.key)
+                    .content_length(0)
+                    .content_type(content_type.as_str())
+                    .if_none_match("*");
+                if *sidecar {
+                    put = put.metadata(DIGEST_META, "sidecar");
+                }
+                call("PutObject", put.send()).await?;
+                self.committed = true;
+                Ok(())
+            }
+            Mode::Multipart { upload_id, done, .. } => {
                 let upload_id = upload_id.clone();
                 let parts = std::mem::take(done);
                 let _guard = self.inner.locks.lock(&self.key).await?;
@@ -280,10 +324,13 @@ impl S3Staged {
                         .send(),
                 )
                 .await;
-                if completed.is_ok() {
-                    self.committed = true;
+                match completed {
+                    Ok(_) => {
+                        self.committed = true;
+                        Ok(())
+                    }
+                    Err(e) => Err(self.lost(e).await),
                 }
-                completed.map(|_| ())
             }
         }
     }
@@ -302,6 +349,7 @@ impl Drop for S3Staged {
                     task.abort();
                 }
             }
+            Mode::Empty { .. } => {}
             Mode::Multipart { upload_id, part, .. } => {
                 if let Some(part) = part.take() {
                     part.request.abort();
