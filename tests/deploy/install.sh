@@ -8,14 +8,18 @@
 #   openssl     a throwaway TLS certificate for the proxies
 #   curl        uploads over HTTP/2 through the proxies
 #   lua5.4      loads the Prosody/Metronome snippets (deploy/xmpp)
-#   PyPI        pytest and PyYAML, if python3 lacks them
+#   redis-server  a private one (free port) for the scale-out test (deploy/s3); the system
+#               service is left as it is
+#   PyPI        pytest, PyYAML and boto3 (looks into the Garage bucket), if python3 lacks them
+# The scale-out test also needs Garage 2.x (cargo install garage --locked --version 2.5.0, as
+# .ci/run does) and tus-js-client and tuspy (tests/interop/install.sh).
 # The tests start private nginx/Apache instances on free loopback ports, so the
 # system-wide nginx, apache2 and prometheus services are kept stopped and
 # disabled, and nothing listens on port 80 because of this script.
 set -eu
 
 PYTHON=${PYTHON:-python3}
-PKGS="systemd nginx apache2 prometheus strace openssl lua5.4 curl"
+PKGS="systemd nginx apache2 prometheus strace openssl lua5.4 curl redis-server"
 SERVICES="nginx apache2 apache-htcacheclean prometheus prometheus-node-exporter"
 
 if [ "$(id -u)" -ne 0 ]; then
@@ -54,8 +58,8 @@ for svc in $SERVICES; do
     fi
 done
 
-if ! "$PYTHON" -c 'import pytest, yaml' >/dev/null 2>&1; then
-    "$PYTHON" -m pip install --disable-pip-version-check -q 'pytest>=7' 'PyYAML>=6'
+if ! "$PYTHON" -c 'import pytest, yaml, boto3' >/dev/null 2>&1; then
+    "$PYTHON" -m pip install --disable-pip-version-check -q 'pytest>=7' 'PyYAML>=6' 'boto3>=1.26'
 fi
 
 echo "install.sh: $(nginx -v 2>&1); $(apache2 -v 2>/dev/null | head -n1); $(systemd-analyze --version | head -n1);" \
