@@ -30,6 +30,10 @@ fn main() -> ExitCode {
             Ok(config) => unban(&config, address),
             Err(e) => report(&e),
         },
+        Command::MigrateToS3 => match loaded {
+            Ok(config) => migrate_to_s3(&config),
+            Err(e) => report(&e),
+        },
         Command::Sign {
             protocol,
             expires_in,
@@ -67,6 +71,45 @@ fn check_config(loaded: Result<Config, ConfigError>) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => report(&e),
+    }
+}
+
+fn migrate_to_s3(config: &Config) -> ExitCode {
+    use hmac_file_server::server::migrate;
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    ops::logging::init_stderr(&config.logging.level);
+    let started = std::time::Instant::now();
+    match runtime.block_on(migrate::to_s3(config, |line| println!("{line}"))) {
+        Ok(done) => {
+            println!(
+                "{} files copied ({} bytes), {} already in the bucket, {} conflicts, {} failed, in {:.1} s",
+                done.copied,
+                done.copied_bytes,
+                done.present,
+                done.conflicts.len(),
+                done.failed.len(),
+                started.elapsed().as_secs_f64()
+            );
+            if done.complete() {
+                println!("every file of the local store is in the bucket; the local files are still there");
+                ExitCode::SUCCESS
+            } else {
+                println!(
+                    "not every file is in the bucket: see the CONFLICT and FAILED lines above; run again after fixing them"
+                );
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("migrate-to-s3: {e}");
+            ExitCode::from(2)
+        }
     }
 }
 

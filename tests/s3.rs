@@ -3,6 +3,8 @@
 //! store, DELETE, retention, checksums, resumable uploads completed into the bucket, the
 //! metrics and health of the bucket, and an unreachable store.
 
+#![cfg(feature = "s3")]
+
 mod common;
 #[path = "common/garage.rs"]
 mod garage;
@@ -885,4 +887,142 @@ async fn two_instances_without_a_shared_folder_act_as_one() {
         .await
         .unwrap();
     assert!(got == data, "whole after the takeover");
+}
+
+/// `migrate-to-s3` copies a local store into the bucket: content types, digests, an empty
+/// file and a multipart-sized one, byte for byte; a different object already at a key is a
+/// conflict left alone (exit 1); a second run copies only what is missing (exit 0); the
+/// server then serves every file from the bucket.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migrate_to_s3_copies_the_local_store() {
+    use base64::Engine;
+    use sha2::Digest;
+    let garage = Garage::start();
+    let local = TestServer::start("ChecksumVerification = true\n");
+    let http = client();
+    let photo = payload(10_000, 140);
+    let big = payload((12 << 20) + 3, 141);
+    let summed = payload(70_000, 142);
+    let other = payload(1000, 143);
+    let r = common::put_typed(
+        &http,
+        local.signed_v2("m/photo.jpg", "m/photo.jpg", 10_000, "image/jpeg"),
+        "image/jpeg",
+        photo.clone(),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    for (path, body) in [
+        ("m/big.bin", &big),
+        ("m/deep/er/empty.txt", &Vec::new()),
+        ("m/other.bin", &other),
+    ] {
+        let r = http
+            .put(local.signed_v(path, path, body.len() as u64))
+            .body(body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::CREATED, "{path}");
+    }
+    let field = format!(
+        "sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&summed))
+    );
+    let r = http
+        .put(local.signed_v("m/sum.bin", "m/sum.bin", 70_000))
+        .header("repr-digest", &field)
+        .body(summed.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let dir = local.stop_keep_dir("TERM");
+
+    // Another object already at one key.
+    garage
+        .client()
+        .put_object()
+        .bucket(garage::BUCKET)
+        .key("m/other.bin")
+        .body(b"not it".to_vec().into())
+        .send()
+        .await
+        .unwrap();
+
+    let mut config: toml::Table = std::fs::read_to_string(dir.path().join("config.toml"))
+        .unwrap()
+        .parse()
+        .unwrap();
+    config.extend(garage.toml("").parse::<toml::Table>().unwrap());
+    let s3_config = dir.path().join("s3.toml");
+    std::fs::write(&s3_config, toml::to_string(&config).unwrap()).unwrap();
+    let migrate = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_hmac-file-server"))
+            .arg("-config")
+            .arg(&s3_config)
+            .arg("migrate-to-s3")
+            .output()
+            .unwrap()
+    };
+    let first = migrate();
+    let out = String::from_utf8_lossy(&first.stdout).to_string();
+    assert_eq!(
+        first.status.code(),
+        Some(1),
+        "{out}\n{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    assert!(
+        out.contains("CONFLICT m/other.bin: 1000 bytes here, another object of 6 bytes"),
+        "{out}"
+    );
+    assert!(out.contains("4 files copied"), "{out}");
+    assert!(out.contains("1 conflicts, 0 failed"), "{out}");
+
+    garage
+        .client()
+        .delete_object()
+        .bucket(garage::BUCKET)
+        .key("m/other.bin")
+        .send()
+        .await
+        .unwrap();
+    let second = migrate();
+    let out = String::from_utf8_lossy(&second.stdout).to_string();
+    assert_eq!(
+        second.status.code(),
+        Some(0),
+        "{out}\n{}",
+        String::from_utf8_lossy(&second.stderr)
+    );
+    assert!(
+        out.contains("1 files copied (1000 bytes), 4 already in the bucket"),
+        "{out}"
+    );
+    assert!(no_uploads_left(&garage).await);
+
+    let server = TestServer::start_with_config(dir, &s3_config);
+    assert!(server.log().contains("files in the bucket"), "{}", server.log());
+    for (path, body) in [
+        ("m/photo.jpg", &photo),
+        ("m/big.bin", &big),
+        ("m/deep/er/empty.txt", &Vec::new()),
+        ("m/other.bin", &other),
+        ("m/sum.bin", &summed),
+    ] {
+        let r = http.get(server.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::OK, "{path}");
+        if path == "m/photo.jpg" {
+            assert_eq!(r.headers()["content-type"], "image/jpeg");
+        }
+        if path == "m/sum.bin" {
+            assert_eq!(r.headers()["repr-digest"], field.as_str(), "the digest came along");
+        }
+        assert!(r.bytes().await.unwrap() == *body, "{path} byte for byte");
+    }
+    // Served from the bucket, not from the local files left behind.
+    std::fs::remove_dir_all(server.store().join("upload/m")).unwrap();
+    let r = http.get(server.url("m/big.bin")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
 }

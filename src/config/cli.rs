@@ -40,6 +40,11 @@ pub enum Command {
         /// The client address.
         address: std::net::IpAddr,
     },
+    /// Copy the finished files of the local store (StoreDir/UploadSubDir) into the bucket
+    /// that this configuration names (StoreBackend = "s3"), with their content types and
+    /// digests; files already there at the same size are skipped, so it can run again. The
+    /// local files stay. Exit 0 when every file is in the bucket, 1 otherwise.
+    MigrateToS3,
     /// Print the query string that signs an upload slot, for tests and operators.
     Sign {
         /// Only this protocol (default: one line each for v, v2 and v3).

@@ -87,6 +87,16 @@ fn open_append(path: &PathBuf) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
 }
 
+/// Installs a plain subscriber to stderr at `level`, for the one-shot commands (LogFile and
+/// LogFormat are the running server's).
+pub fn init_stderr(level: &str) {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter_for(level))
+        .with_writer(io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
 /// Installs the global subscriber. `RUST_LOG`, when set, overrides LogLevel.
 pub fn init(config: &Config) -> Result<LogHandle, String> {
     let env_filter = std::env::var("RUST_LOG").ok().and_then(|v| EnvFilter::try_new(v).ok());

@@ -6,6 +6,7 @@
 pub mod jobs;
 pub mod listener;
 pub mod metrics_listener;
+pub mod migrate;
 pub mod read_share;
 pub mod reload;
 
@@ -86,33 +87,8 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
             source,
         }
     })?;
-    let retry = RetryPolicy {
-        max_retries: config.store.max_retries,
-        delay: config.store.retry_delay,
-        on_reads: config.store.enable_get_retries,
-    };
-    let local = LocalStore::open(
-        &config.store.dir,
-        &config.store.upload_sub_dir,
-        config.store.buffer_bytes,
-        retry,
-    )?;
-    let upload_state = match &config.redis {
-        None => UploadState::Embedded(EmbeddedState::open(&config.store.state_dir.join("uploads"))?),
-        Some(redis) => {
-            let r = RedisState::connect(redis)?;
-            let state = UploadState::Redis(r);
-            match state.ping().await {
-                Ok(()) => tracing::info!(addr = %redis.addr_for_logs(), "resumable state in Redis"),
-                Err(e) => tracing::error!(
-                    addr = %redis.addr_for_logs(),
-                    error = %e,
-                    "REDIS IS NOT REACHABLE: resumable uploads answer 503 until it is; plain uploads and downloads work; reconnecting by itself"
-                ),
-            }
-            state
-        }
-    };
+    let local = open_local(&config)?;
+    let upload_state = open_upload_state(&config).await?;
     let store = open_store(&config, local, &upload_state).await?;
     tracing::info!(capabilities = %store.capabilities(), "store opened");
     let shutdown_uploads = CancellationToken::new();
@@ -178,6 +154,41 @@ pub async fn run(launch: Launch, shutdown: impl Future<Output = ()>) -> Result<(
     }
     leadership.resign(&state).await;
     Ok(())
+}
+
+/// The local store at StoreDir, with the retry policy of the configuration.
+fn open_local(config: &Config) -> Result<LocalStore, StartupError> {
+    let retry = RetryPolicy {
+        max_retries: config.store.max_retries,
+        delay: config.store.retry_delay,
+        on_reads: config.store.enable_get_retries,
+    };
+    Ok(LocalStore::open(
+        &config.store.dir,
+        &config.store.upload_sub_dir,
+        config.store.buffer_bytes,
+        retry,
+    )?)
+}
+
+/// The upload state: embedded under StateDir, or in Redis (reachable or not: it reconnects).
+async fn open_upload_state(config: &Config) -> Result<UploadState, StartupError> {
+    Ok(match &config.redis {
+        None => UploadState::Embedded(EmbeddedState::open(&config.store.state_dir.join("uploads"))?),
+        Some(redis) => {
+            let r = RedisState::connect(redis)?;
+            let state = UploadState::Redis(r);
+            match state.ping().await {
+                Ok(()) => tracing::info!(addr = %redis.addr_for_logs(), "resumable state in Redis"),
+                Err(e) => tracing::error!(
+                    addr = %redis.addr_for_logs(),
+                    error = %e,
+                    "REDIS IS NOT REACHABLE: resumable uploads answer 503 until it is; plain uploads and downloads work; reconnecting by itself"
+                ),
+            }
+            state
+        }
+    })
 }
 
 /// The store of finished files the configuration names.

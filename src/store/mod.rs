@@ -503,6 +503,7 @@ impl Staged {
 
 /// A handle that does not belong to the partial store it is used with (a record written
 /// with another StoreBackend).
+#[cfg(feature = "s3")]
 fn foreign_handle() -> StoreError {
     StoreError::other("the upload was made with another StoreBackend")
 }

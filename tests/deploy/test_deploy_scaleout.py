@@ -262,14 +262,6 @@ def test_uploads_of_many_sizes_by_concurrent_clients(deployment):
           f"{len(reads)} downloads ({4 * total / MiB:.0f} MiB) in {t_down:.1f}s; PUTs by instance {by}")
 
 
-EMPTY_FILE_BUG = (
-    "server bug: an empty PUT (Content-Length: 0) with StoreBackend = s3 on Garage answers 500: the "
-    "server sends the empty body as an UploadPart of a multipart upload, which Garage refuses "
-    "(UploadPart: HTTP 400 InvalidRequest Bad request: Empty body); one instance on a single-node "
-    "Garage, no Redis, shows it too")
-
-
-@pytest.mark.xfail(strict=True, reason=EMPTY_FILE_BUG)
 def test_empty_file(deployment):
     """A 0-byte file through nginx: 201, then served (Content-Length: 0) by nginx and each instance."""
     d = deployment
@@ -283,21 +275,11 @@ def test_empty_file(deployment):
 
 # ---------------------------------------------------------------- 2. racing PUTs
 
-RACE_404_BUG = (
-    "server bug: on Garage a PUT that loses to another upload of the same path can answer 404 "
-    "instead of 409. Every whole-file upload is a multipart upload at the file's own key; when one "
-    "of them is completed, Garage drops the multipart uploads of that key that were started before "
-    "(older versions of the object), so the loser's next UploadPart gets NoSuchUpload, which the "
-    "server turns into 404 (and logs 'cannot abort a multipart upload; the cleanup pass will ... "
-    "error=not found'). Pinned down by test_put_losing_to_a_finished_upload_gets_409")
-
-
 @pytest.mark.parametrize("size", [100 * KiB, 6 * MiB])
 def test_racing_puts_to_one_path_one_wins(deployment, size):
     """Six clients PUT different bodies to one path at once through nginx (so on all three
     instances): exactly one 201, five 409, and the file is the winner's, with no multipart
-    upload left behind. A 404 among the losers is the known bug RACE_404_BUG (pinned down by
-    the next test): reported as an expected failure, after every other check."""
+    upload left behind."""
     d = deployment
     path, put_target, get_target = d.slot(f"race-{size}.bin", size)
     bodies = [data_of(size, f"race-{size}-{i}") for i in range(6)]
@@ -309,7 +291,7 @@ def test_racing_puts_to_one_path_one_wins(deployment, size):
 
     with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
         statuses = list(pool.map(race, bodies))
-    assert statuses.count(201) == 1 and set(statuses) <= {201, 409, 404}, f"racing PUTs: {statuses}"
+    assert statuses.count(201) == 1 and set(statuses) <= {201, 409}, f"racing PUTs: {statuses}"
     winner = bodies[statuses.index(201)]
     by = d.served_by("PUT", "/upload/" + urllib.parse.quote(path, safe="/"))
     assert len(by) == 3, f"the racing PUTs did not reach all three instances: {by}"
@@ -317,12 +299,9 @@ def test_racing_puts_to_one_path_one_wins(deployment, size):
         status, _h, got, n = d.get_sha(get_target, port)
         assert status == 200 and n == size and got == sha256(winner), f"port {port}: {status}, {n} bytes"
     assert d.in_bucket(path) == ([path], []), "the losers left multipart uploads (or more) behind"
-    if 404 in statuses:
-        pytest.xfail(f"racing PUTs: {statuses}: {RACE_404_BUG}")
     assert sorted(statuses) == [201] + [409] * 5, f"racing PUTs: {statuses}"
 
 
-@pytest.mark.xfail(strict=True, reason=RACE_404_BUG)
 def test_put_losing_to_a_finished_upload_gets_409(deployment):
     """The race above, made deterministic: a 6 MiB PUT to instance A stops after exactly its
     first part (5 MiB), once that part is in the bucket; a PUT of the same path to instance B

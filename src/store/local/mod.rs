@@ -213,6 +213,7 @@ impl LocalStore {
     }
 
     /// The temporary folder, for other stores' temporaries (the S3 store's part buffers).
+    #[cfg(feature = "s3")]
     pub(crate) fn tmp_dir_path(&self) -> &Path {
         &self.inner.tmp_dir
     }
