@@ -48,7 +48,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-DEFAULT_BINARY = REPO / "target" / "release" / "hmac-file-server"
+# Where `cargo build --release` puts it: CARGO_TARGET_DIR (relative to the repository) when set.
+DEFAULT_BINARY = (REPO / os.environ.get("CARGO_TARGET_DIR", "target")) / "release" / "hmac-file-server"
 BINARY = DEFAULT_BINARY  # --binary replaces it
 HOST = "127.0.0.1"
 SECRET = "bench-secret-" + "0123456789abcdef"
