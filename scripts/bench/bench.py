@@ -1850,14 +1850,17 @@ def markdown(res: Results, plot_name: str | None) -> str:
         f"(and steal) while each phase ran: "
         + (", ".join(f"{k} {v['others']:.0%} ({v['steal']:.0%})" for k, v in res.other_cpu.items()) or "—"),
         "",
-        table(res),
-        "",
-        "Throughput against concurrency (64 KiB, "
-        f"{res.plan['sweep_count']:,} requests per point):",
-        "",
-        sweep_table(res),
-        "",
     ]
+    main_table = table(res)
+    if main_table.count("\n") > 1:  # more than its head: --only may have left it empty
+        lines += [main_table, ""]
+    if res.sweep:
+        lines += [
+            f"Throughput against concurrency (64 KiB, {res.plan['sweep_count']:,} requests per point):",
+            "",
+            sweep_table(res),
+            "",
+        ]
     if plot_name:
         lines += [f"![throughput against concurrency]({plot_name})", ""]
     compared = compare_table(res)
