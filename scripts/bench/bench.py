@@ -98,7 +98,7 @@ class Plan:
     large_rounds: int = 5
     compare_rounds: int = 5
     compare_small_count: int = 5_000
-    s3_rounds: int = 3
+    s3_rounds: int = 5
     s3_small_count: int = 3_000
     s3_many_count: int = 200
     s3_many_bytes: int = 8 * MIB
@@ -1385,7 +1385,7 @@ def s3_round(res: Results, plan: Plan, workdir: Path, source: Path, stamps: Bloc
         row[f"large_{kind}_of_local"] = on_s3 / local_ if local_ else float("nan")
         row[f"small_{kind}_of_local"] = row["s3_small"][f"{kind}_rps"] / row["local_small"][f"{kind}_rps"]
     log(
-        f"{label}: 1 GiB PUT {row['garage_large']['put_mibs']:.0f} (Garage) / {row['s3_large']['put_mibs']:.0f} (S3) / "
+        f"{label}: {big // MIB} MiB PUT {row['garage_large']['put_mibs']:.0f} (Garage) / {row['s3_large']['put_mibs']:.0f} (S3) / "
         f"{row['local_large']['put_mibs']:.0f} (local) MiB/s, GET {row['garage_large']['get_mibs']:.0f} / "
         f"{row['s3_large']['get_mibs']:.0f} / {row['local_large']['get_mibs']:.0f}; small PUT {row['s3_small']['put_rps']:.0f} / "
         f"{row['local_small']['put_rps']:.0f} req/s, GET {row['s3_small']['get_rps']:.0f} / {row['local_small']['get_rps']:.0f}"
@@ -1640,7 +1640,7 @@ def phase_perf(res: Results, plan: Plan, workdir: Path, source: Path, out_prefix
     import garage as garage_mod
 
     garage_bin = garage_mod.binary() if s3 else None
-    names = ["small-put", "large-put"] + (["s3-small-put", "s3-large-put"] if garage_bin else [])
+    names = ["small-put", "large-put"] + (["s3-small-put", "s3-large-put", "s3-large-get"] if garage_bin else [])
     reports = {}
     for name in names:
         log(f"perf: profiling the server during an extra {name} run")
@@ -1650,6 +1650,9 @@ def phase_perf(res: Results, plan: Plan, workdir: Path, source: Path, out_prefix
                 g = stack.enter_context(garage_mod.Garage(workdir, f"perf-{name}", garage_bin))
                 extra = g.server_config("perf/")
             server = stack.enter_context(Server(workdir, f"perf-{name}", extra))
+            path = f"perf-{uuid.uuid4().hex}/big.bin"
+            if name.endswith("large-get"):  # the file to GET, not profiled
+                curl_put(f"http://{HOST}:{server.port}{signed_put_target(path, plan.large_bytes)}", source)
             data = workdir / f"perf-{name}.data"
             rec = subprocess.Popen(
                 ["perf", "record", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384",
@@ -1663,8 +1666,9 @@ def phase_perf(res: Results, plan: Plan, workdir: Path, source: Path, out_prefix
                 paths = new_paths("perf", count)
                 run_wrk(server, workdir, f"perf-{name}", "put", [signed_put_target(p, plan.small_bytes) for p in paths],
                         plan.small_concurrency, plan.small_bytes, unique=name.startswith("s3-"))
+            elif name.endswith("large-get"):
+                curl([f"http://{HOST}:{server.port}/upload/{path}"])
             else:
-                path = f"perf-{uuid.uuid4().hex}/big.bin"
                 curl_put(f"http://{HOST}:{server.port}{signed_put_target(path, plan.large_bytes)}", source)
             rec.send_signal(signal.SIGINT)
             rec.wait(timeout=120)
@@ -1821,7 +1825,7 @@ def perf_section(res: Results) -> str:
     if not res.perf or not res.perf.get("available"):
         return ""
     out = ["## Where the server spends its time (perf, cpu-clock)", ""]
-    for name in ("small-put", "large-put", "s3-small-put", "s3-large-put"):
+    for name in ("small-put", "large-put", "s3-small-put", "s3-large-put", "s3-large-get"):
         p = res.perf.get(name)
         if not p:
             continue
