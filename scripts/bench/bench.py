@@ -13,7 +13,11 @@ Builds the release binary, then measures on loopback with every store on /dev/sh
 - rss-2g: one 2 GiB PUT, peak server RSS (the bounded-memory target);
 - resumable: the same 1 GiB through tus in 8 MiB PATCHes, when the server advertises tus;
 - many: 500 concurrent slow uploads of 8 MiB (slow_uploads.py), peak server RSS (VmHWM);
-- sweep: PUT and GET req/s at concurrency 1, 8, 32 and 128, drawn as an SVG plot.
+- sweep: PUT and GET req/s at concurrency 1, 8, 32 and 128, drawn as an SVG plot;
+- s3: the server with StoreBackend = "s3" on a local single-node Garage (garage.py), in rounds
+  next to the same work on the local store: small PUT/GET, 1 GiB PUT/GET beside Garage's own
+  speed with a plain S3 client (the ceiling), peak RSS during a 2 GiB PUT and 200 concurrent
+  slow 8 MiB uploads.
 
 Every phase gets a fresh server (so VmHWM is that phase's peak) and a fresh store. Results go to
 bench-results/<date>.md (the table), .json (every raw figure) and -concurrency.svg; the table is
@@ -48,7 +52,8 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
-DEFAULT_BINARY = REPO / "target" / "release" / "hmac-file-server"
+# Where `cargo build --release` puts it: CARGO_TARGET_DIR (relative to the repository) when set.
+DEFAULT_BINARY = (REPO / os.environ.get("CARGO_TARGET_DIR", "target")) / "release" / "hmac-file-server"
 BINARY = DEFAULT_BINARY  # --binary replaces it
 HOST = "127.0.0.1"
 SECRET = "bench-secret-" + "0123456789abcdef"
@@ -93,6 +98,10 @@ class Plan:
     large_rounds: int = 5
     compare_rounds: int = 5
     compare_small_count: int = 5_000
+    s3_rounds: int = 5
+    s3_small_count: int = 3_000
+    s3_many_count: int = 200
+    s3_many_bytes: int = 8 * MIB
 
     @classmethod
     def quick(cls) -> "Plan":
@@ -108,6 +117,9 @@ class Plan:
             large_rounds=1,
             compare_rounds=2,
             compare_small_count=1_000,
+            s3_rounds=1,
+            s3_small_count=500,
+            s3_many_count=50,
         )
 
 
@@ -273,8 +285,9 @@ class Server:
     def problems(self) -> list[str]:
         """WARN/ERROR lines the server logged (config notes about inactive features aside)."""
         lines = self.log_path.read_text(errors="replace").splitlines()
-        # The start-up hint about TrustedProxies is for deployments behind a proxy: none here.
-        quiet = ("not built", "TrustedProxies is empty")
+        # The start-up hint about TrustedProxies is for deployments behind a proxy: none here;
+        # the one about RedisAddr with StoreBackend = "s3" is for several instances: one here.
+        quiet = ("not built", "TrustedProxies is empty", "without RedisAddr: run one instance only")
         return [line for line in lines if re.search(r"\b(WARN|ERROR)\b", line) and not any(q in line for q in quiet)]
 
     def __exit__(self, *exc) -> None:
@@ -539,15 +552,21 @@ def write_target_lists(workdir: Path, name: str, targets: list[str], threads: in
     return str(prefix)
 
 
-def run_wrk(server: Server, workdir: Path, name: str, mode: str, targets: list[str], concurrency: int, body_bytes: int) -> dict:
-    """One wrk run over exactly these targets; returns signed.lua's summary plus CPU use."""
+def run_wrk(
+    server: Server, workdir: Path, name: str, mode: str, targets: list[str], concurrency: int, body_bytes: int,
+    unique: bool = False, also=None,
+) -> dict:
+    """One wrk run over exactly these targets; returns signed.lua's summary plus CPU use. With
+    `unique`, every PUT body differs and every GET body is checked byte for byte (signed.lua);
+    `also` (a process with cpu_seconds(), e.g. the object store) gets its CPU counted too."""
     threads = max(1, min(os.cpu_count() or 2, concurrency, len(targets)))
     prefix = write_target_lists(workdir, name, targets, threads)
     cap_seconds = 20 + len(targets) // 250
     cmd = [
         "wrk", "-t", str(threads), "-c", str(concurrency), "-d", f"{cap_seconds}s", "--timeout", "30s",
         "-s", str(HERE / "signed.lua"), f"http://{HOST}:{server.port}", "--", mode, prefix, str(body_bytes), str(threads),
-    ]
+    ] + (["unique"] if unique else [])
+    also0 = also.cpu_seconds() if also is not None else 0.0
     cpu0 = server.cpu_seconds()
     switches0 = proc_context_switches(server.pid)
     children0 = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -555,6 +574,7 @@ def run_wrk(server: Server, workdir: Path, name: str, mode: str, targets: list[s
     children1 = resource.getrusage(resource.RUSAGE_CHILDREN)
     switches1 = proc_context_switches(server.pid)
     cpu1 = server.cpu_seconds()
+    also1 = also.cpu_seconds() if also is not None else 0.0
     line = next((l for l in r.stdout.splitlines() if l.startswith("BENCH_JSON ")), None)
     if line is None:
         raise RuntimeError(f"wrk printed no summary (exit {r.returncode}):\n{r.stdout}\n{r.stderr}")
@@ -570,6 +590,9 @@ def run_wrk(server: Server, workdir: Path, name: str, mode: str, targets: list[s
     out["server_cpu_s"] = round(cpu1 - cpu0, 3)
     out["server_cpu_us_per_request"] = (cpu1 - cpu0) * 1e6 / max(1, out["answered"])
     out["server_switches_per_request"] = (switches1 - switches0) / max(1, out["answered"])
+    out.setdefault("wrong_body", 0)
+    if also is not None:
+        out["also_cpu_us_per_request"] = (also1 - also0) * 1e6 / max(1, out["answered"])
     out["client_cpu_s"] = round(
         (children1.ru_utime + children1.ru_stime) - (children0.ru_utime + children0.ru_stime), 3
     )
@@ -737,6 +760,7 @@ class Results:
     many: dict = field(default_factory=dict)
     sweep: list = field(default_factory=list)
     compare: dict = field(default_factory=dict)
+    s3: dict = field(default_factory=dict)
     perf: dict = field(default_factory=dict)
     problems: list = field(default_factory=list)  # wrong answers, lost files: exit status 1
     warnings: list = field(default_factory=list)  # a busy machine: figures not to be trusted
@@ -770,8 +794,8 @@ def combine_runs(runs: list[dict]) -> dict:
                 "server_cpu_us_per_request", "server_switches_per_request"):
         out[key] = median([r[key] for r in runs])
         out[f"{key}_all"] = [round(r[key], 3) for r in runs]
-    for key in ("expected", "sent", "answered", "non_2xx", "wrong_length"):
-        out[key] = sum(r[key] for r in runs)
+    for key in ("expected", "sent", "answered", "non_2xx", "wrong_length", "wrong_body"):
+        out[key] = sum(r.get(key, 0) for r in runs)
     for key in ("p50", "p90", "p99", "p999", "max"):
         out["latency_us"][key] = median([r["latency_us"][key] for r in runs])
     for r in runs:
@@ -1130,6 +1154,444 @@ def phase_sweep(res: Results, plan: Plan, workdir: Path) -> None:
         res.problems += [f"sweep: server log: {line}" for line in server.problems()[:20]]
 
 
+# ---- S3 (object storage) ----------------------------------------------------------------------
+# The server with StoreBackend = "s3" against a local single-node Garage (garage.py), next to
+# the same work on the local store in the same round, and Garage's own speed with a plain S3
+# client (curl --aws-sigv4) as the ceiling. Garage stores a 1 MiB block it already has only
+# once, so every body sent to it is made unique: the small PUTs by signed.lua's "unique", the
+# 1 GiB source by new stamps in each of its 1 MiB blocks before each PUT (BlockStamps), the
+# slow uploads by slow_uploads.py --unique.
+
+STAMP_BYTES = 48
+
+
+class BlockStamps:
+    """Writes a new stamp at the start of every 1 MiB block of the source (so no PUT of it
+    repeats a block an earlier one stored) and puts the original bytes back at the end, for
+    the phases that come after."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.size = path.stat().st_size
+        self.offsets = range(0, self.size, MIB)
+        with open(path, "rb") as f:
+            self.original = [os.pread(f.fileno(), STAMP_BYTES, off) for off in self.offsets]
+
+    def stamp(self) -> str:
+        """New stamps; returns the source's sha256 now."""
+        tag = uuid.uuid4().hex
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            for k, off in enumerate(self.offsets):
+                os.pwrite(fd, stamp_bytes(tag, k)[: self.size - off], off)
+        finally:
+            os.close(fd)
+        return file_sha256(self.path)
+
+    def restore(self) -> None:
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            for off, data in zip(self.offsets, self.original):
+                os.pwrite(fd, data, off)
+        finally:
+            os.close(fd)
+
+
+def stamp_bytes(tag: str, block: int) -> bytes:
+    return f"{tag}:{block:012d}:".encode().ljust(STAMP_BYTES, b"#")
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(4 * MIB):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def stamped_pieces(source: Path, tags: list[str]):
+    """The source once per tag, each copy's 1 MiB blocks stamped with its tag, in 4 MiB pieces."""
+    block = 0
+    for tag in tags:
+        with open(source, "rb") as f:
+            while True:
+                piece = bytearray(f.read(4 * MIB))
+                if not piece:
+                    break
+                for at in range(0, len(piece), MIB):
+                    stamp = stamp_bytes(tag, block)[: len(piece) - at]
+                    piece[at : at + len(stamp)] = stamp
+                    block += 1
+                yield piece
+
+
+def put_stamped_copies(port: int, path: str, source: Path, tags: list[str], max_seconds: int = 600) -> tuple[int, float]:
+    """One PUT of len(tags) stamped copies of `source` back to back; returns (status, seconds)."""
+    size = source.stat().st_size * len(tags)
+    with socket.create_connection((HOST, port), timeout=max_seconds) as sock:
+        t0 = time.perf_counter()
+        sock.sendall(
+            (
+                f"PUT {signed_put_target(path, size)} HTTP/1.1\r\nHost: {HOST}:{port}\r\n"
+                f"Content-Type: application/octet-stream\r\nContent-Length: {size}\r\n\r\n"
+            ).encode()
+        )
+        for piece in stamped_pieces(source, tags):
+            sock.sendall(piece)
+        with sock.makefile("rb") as reader:
+            parts = reader.readline().split()
+        seconds = time.perf_counter() - t0
+    return (int(parts[1]) if len(parts) >= 2 else 0), seconds
+
+
+def stored_files(server: Server) -> int:
+    return sum(1 for f in (server.store / "upload").rglob("*") if f.is_file())
+
+
+def s3_objects(garage, prefix: str) -> list[str]:
+    """The file objects under a server's S3Prefix (its own objects, under .hmac-file-server/, aside)."""
+    return [k for k in garage.keys(prefix) if not k[len(prefix):].startswith(".hmac-file-server/")]
+
+
+def wrk_failed(run: dict) -> bool:
+    return not run["complete"] or run["non_2xx"] or run["wrong_length"] or run.get("wrong_body", 0) or any(run["errors"].values())
+
+
+def wrk_problem(label: str, run: dict) -> str:
+    return (
+        f"{label}: {run['answered']}/{run['expected']} answered, non-2xx {run['non_2xx']}, wrong length "
+        f"{run['wrong_length']}, wrong body {run.get('wrong_body', 0)}, statuses {run['statuses']}, socket errors {run['errors']}"
+    )
+
+
+def s3_round(res: Results, plan: Plan, workdir: Path, source: Path, stamps: BlockStamps, garage_bin: Path, i: int) -> dict:
+    """One round: a fresh Garage, a server on it and one on the local store; small PUTs+GETs on
+    both (alternating which goes first), then the 1 GiB PUT+GET by Garage's own client, the
+    server on S3 and the server on the local store (rotating), each after the same warm-up."""
+    import garage as garage_mod
+
+    n, size, c, big = plan.s3_small_count, plan.small_bytes, plan.small_concurrency, plan.large_bytes
+    prefix = f"r{i}/"
+    label = f"s3 round {i + 1}"
+    row: dict = {"round": i + 1}
+    with garage_mod.Garage(workdir, f"r{i}", garage_bin) as g, \
+            Server(workdir, f"s3-r{i}", g.server_config(prefix)) as s3, \
+            Server(workdir, f"s3local-r{i}") as local:
+        servers = {"s3": s3, "local": local}
+        # Small: the same work on both, in alternating order.
+        for name in ("s3", "local") if i % 2 == 0 else ("local", "s3"):
+            server = servers[name]
+            also = g if name == "s3" else None
+            paths = new_paths(f"s3small-{name}", n)
+            wait_quiet()
+            put = run_wrk(server, workdir, f"s3r{i}-{name}-put", "put", [signed_put_target(p, size) for p in paths], c, size, unique=True, also=also)
+            stored = len(s3_objects(g, prefix)) if name == "s3" else stored_files(server)
+            wait_quiet()
+            get = run_wrk(server, workdir, f"s3r{i}-{name}-get", "get", [f"/upload/{p}" for p in paths], c, size, unique=True, also=also)
+            for what, run in (("PUT", put), ("GET", get)):
+                if wrk_failed(run):
+                    res.problems.append(wrk_problem(f"{label} {name} small {what}", run))
+            if stored != n:
+                res.problems.append(f"{label} {name} small: {stored} files stored after {n} PUTs")
+            row[f"{name}_small"] = {
+                "put_rps": put["req_per_s"],
+                "get_rps": get["req_per_s"],
+                "put_cpu_us": put["server_cpu_us_per_request"],
+                "get_cpu_us": get["server_cpu_us_per_request"],
+                "put_store_cpu_us": put.get("also_cpu_us_per_request"),
+                "get_store_cpu_us": get.get("also_cpu_us_per_request"),
+                "put_p99_ms": put["latency_us"]["p99"] / 1000,
+                "get_p99_ms": get["latency_us"]["p99"] / 1000,
+                "stored": stored,
+            }
+            if name == "local":
+                for stored_dir in (server.store / "upload").iterdir():  # keep /dev/shm small
+                    shutil.rmtree(stored_dir, ignore_errors=True)
+
+        # 1 GiB: Garage's own client, the server on S3, the server on the local store.
+        def via_garage() -> dict:
+            key = f"ceiling/{uuid.uuid4().hex}/big.bin"
+            return {
+                "put": lambda: g.put(key, source),
+                "get": lambda: g.get(key),
+                "check": lambda: g.get_sha256(key),
+                "remove": lambda: None,  # a fresh Garage each round; deleted blocks would stay 10 min anyway
+                "cpu": lambda: (0.0, g.cpu_seconds()),
+            }
+
+        def via_server(name: str) -> dict:
+            server = servers[name]
+            path = f"s3large-{uuid.uuid4().hex}/big.bin"
+
+            def check():
+                status, length, sha = get_sha256(server.port, path)
+                return str(status), length, sha
+
+            def remove():
+                stored = server.store / "upload" / path
+                if stored.exists():
+                    stored.unlink()
+
+            return {
+                "put": lambda: curl_put(f"http://{HOST}:{server.port}{signed_put_target(path, big)}", source),
+                "get": lambda: curl([f"http://{HOST}:{server.port}/upload/{path}"]),
+                "check": check,
+                "remove": remove,
+                "cpu": lambda: (server.cpu_seconds(), g.cpu_seconds()),
+            }
+
+        contestants = [("garage", via_garage), ("s3", lambda: via_server("s3")), ("local", lambda: via_server("local"))]
+        for name, make in contestants[i % 3 :] + contestants[: i % 3]:
+            how = make()
+            sha = stamps.stamp()
+            wait_quiet()
+            shm_write_mibs(workdir, big)  # the large phase's warm-up, for each alike
+            cpu0 = how["cpu"]()
+            put_status, put_s, put_bytes = how["put"]()
+            cpu1 = how["cpu"]()
+            get_status, get_s, get_bytes = how["get"]()
+            cpu2 = how["cpu"]()
+            got_status, got_len, got_sha = how["check"]()
+            how["remove"]()
+            ok = put_status in ("200", "201") and get_status == "200" and get_bytes == big and got_len == big and got_sha == sha
+            if not ok:
+                res.problems.append(
+                    f"{label} 1 GiB {name}: PUT {put_status} ({put_bytes} bytes), GET {get_status} ({get_bytes} bytes), "
+                    f"check {got_status}, {got_len} bytes, sha256 {'matches' if got_sha == sha else 'DIFFERS'}"
+                )
+            row[f"{name}_large"] = {
+                "put_status": put_status,
+                "get_status": get_status,
+                "put_mibs": big / MIB / put_s if put_status in ("200", "201") else 0.0,
+                "get_mibs": big / MIB / get_s if get_status == "200" and get_bytes == big else 0.0,
+                "sha256_ok": got_sha == sha and got_len == big,
+                "server_cpu_s_per_gib_put": (cpu1[0] - cpu0[0]) * GIB / big,
+                "server_cpu_s_per_gib_get": (cpu2[0] - cpu1[0]) * GIB / big,
+                "garage_cpu_s_per_gib_put": (cpu1[1] - cpu0[1]) * GIB / big,
+                "garage_cpu_s_per_gib_get": (cpu2[1] - cpu1[1]) * GIB / big,
+            }
+        left = g.multipart_uploads(prefix)
+        if left:
+            res.problems.append(f"{label}: multipart uploads left in the bucket: {left[:5]}")
+        for name, server in servers.items():
+            if not server.alive():
+                res.problems.append(f"{label}: the server on {name} died")
+            res.problems += [f"{label} {name}: server log: {line}" for line in server.problems()[:10]]
+        res.problems += [f"{label}: garage log: {line}" for line in g.problems()[:10]]
+        row["garage_peak_rss_mib"] = g.hwm_mib()
+    for kind in ("put", "get"):
+        ceiling, on_s3, local_ = (row[f"{k}_large"][f"{kind}_mibs"] for k in ("garage", "s3", "local"))
+        row[f"large_{kind}_of_ceiling"] = on_s3 / ceiling if ceiling else float("nan")
+        row[f"large_{kind}_of_local"] = on_s3 / local_ if local_ else float("nan")
+        row[f"small_{kind}_of_local"] = row["s3_small"][f"{kind}_rps"] / row["local_small"][f"{kind}_rps"]
+    log(
+        f"{label}: {big // MIB} MiB PUT {row['garage_large']['put_mibs']:.0f} (Garage) / {row['s3_large']['put_mibs']:.0f} (S3) / "
+        f"{row['local_large']['put_mibs']:.0f} (local) MiB/s, GET {row['garage_large']['get_mibs']:.0f} / "
+        f"{row['s3_large']['get_mibs']:.0f} / {row['local_large']['get_mibs']:.0f}; small PUT {row['s3_small']['put_rps']:.0f} / "
+        f"{row['local_small']['put_rps']:.0f} req/s, GET {row['s3_small']['get_rps']:.0f} / {row['local_small']['get_rps']:.0f}"
+    )
+    return row
+
+
+def s3_memory(res: Results, plan: Plan, workdir: Path, source: Path, garage_bin: Path) -> dict:
+    """Peak RSS of a fresh server on S3 during one 2 GiB PUT, and of another during many
+    concurrent slow 8 MiB uploads; every stored file read back and checked."""
+    import garage as garage_mod
+    import slow_uploads
+
+    out: dict = {}
+    copies = max(1, plan.big_bytes // source.stat().st_size)
+    size = copies * source.stat().st_size
+    with garage_mod.Garage(workdir, "mem", garage_bin) as g:
+        log(f"s3 memory: one {size // MIB} MiB PUT to the server on S3, peak RSS")
+        with Server(workdir, "s3-big", g.server_config("big/")) as server:
+            path = f"s3big-{uuid.uuid4().hex}/huge.bin"
+            tags = [uuid.uuid4().hex for _ in range(copies)]
+            wait_quiet()
+            with Sampler(server.pid) as sampler:
+                status, seconds = put_stamped_copies(server.port, path, source, tags)
+            hwm = server.hwm_mib()
+            got_status, got_len, got_sha = get_sha256(server.port, path, max_seconds=600)
+            digest = hashlib.sha256()
+            for piece in stamped_pieces(source, tags):
+                digest.update(piece)
+            ok = status == 201 and got_status == 200 and got_len == size and got_sha == digest.hexdigest()
+            out["big"] = {
+                "bytes": size,
+                "status": status,
+                "seconds": seconds,
+                "mib_per_s": size / MIB / seconds,
+                "peak_rss_mib": hwm,
+                "max_threads": sampler.max_threads,
+                "sha256_ok": ok,
+            }
+            if not ok:
+                res.problems.append(
+                    f"s3 memory {size // MIB} MiB: PUT {status}, GET {got_status}, {got_len} bytes, "
+                    f"sha256 {'matches' if got_sha == digest.hexdigest() else 'DIFFERS'}"
+                )
+            res.problems += [f"s3 memory big: server log: {line}" for line in server.problems()[:10]]
+
+        n, each = plan.s3_many_count, plan.s3_many_bytes
+        log(f"s3 memory: {n} concurrent slow uploads of {each // MIB} MiB to the server on S3, peak RSS")
+        paths = new_paths("s3many", n)
+        targets = workdir / "targets-s3many"
+        targets.write_text("".join(signed_put_target(p, each) + "\n" for p in paths))
+        with Server(workdir, "s3-many", g.server_config("many/")) as server:
+            wait_quiet()
+            cpu0 = server.cpu_seconds()
+            with Sampler(server.pid) as sampler:
+                r = subprocess.run(
+                    [
+                        sys.executable, str(HERE / "slow_uploads.py"), "--port", str(server.port),
+                        "--targets", str(targets), "--size", str(each), "--tick-ms", str(plan.many_tick_ms),
+                        "--max-seconds", "120", "--unique",
+                    ],
+                    capture_output=True, text=True, timeout=200, preexec_fn=raise_nofile_limit,
+                )
+            if r.returncode != 0 or not r.stdout.strip():
+                raise RuntimeError(f"slow_uploads.py failed:\n{r.stderr}")
+            many = json.loads(r.stdout.strip().splitlines()[-1])
+            many.update({
+                "peak_rss_mib": server.hwm_mib(),
+                "max_threads": sampler.max_threads,
+                "server_cpu_s": round(server.cpu_seconds() - cpu0, 3),
+            })
+            stored = s3_objects(g, "many/")
+            wrong = [
+                p for k, p in enumerate(paths)
+                if get_sha256(server.port, p) != (200, each, slow_uploads.body_sha256(each, 64 * 1024, k, True))
+            ]
+            many.update({"stored": len(stored), "wrong": len(wrong)})
+            out["many"] = many
+            if many["created"] != n or len(stored) != n or wrong:
+                res.problems.append(
+                    f"s3 memory many: {many['created']} of {n} got 201 ({many['statuses']}), {len(stored)} objects stored, "
+                    f"{len(wrong)} read back wrong (e.g. {wrong[:3]})"
+                )
+            res.problems += [f"s3 memory many: server log: {line}" for line in server.problems()[:10]]
+        left = g.multipart_uploads("")
+        if left:
+            res.problems.append(f"s3 memory: multipart uploads left in the bucket: {left[:5]}")
+        res.problems += [f"s3 memory: garage log: {line}" for line in g.problems()[:10]]
+        out["garage_peak_rss_mib"] = g.hwm_mib()
+    return out
+
+
+def phase_s3(res: Results, plan: Plan, workdir: Path, source: Path) -> None:
+    import garage as garage_mod
+
+    garage_bin = garage_mod.binary()
+    if garage_bin is None or not garage_bin.exists():
+        log("s3: no garage binary (cargo install garage --locked, or GARAGE_BIN): skipped")
+        res.s3 = {"available": False}
+        res.warnings.append("s3 phase skipped: no garage binary (cargo install garage --locked, or set GARAGE_BIN)")
+        return
+    res.machine["tools"]["garage"] = garage_mod.version(garage_bin)
+    log(
+        f"s3: {plan.s3_rounds} rounds against a single-node Garage on {STORE_ROOT}: {plan.s3_small_count} PUTs+GETs of "
+        f"{plan.small_bytes // 1024} KiB at c={plan.small_concurrency} (S3 and local), {plan.large_bytes // MIB} MiB PUT+GET "
+        "(Garage's own client, S3, local)"
+    )
+    stamps = BlockStamps(source)
+    rows = []
+    try:
+        for i in range(plan.s3_rounds):
+            rows.append(s3_round(res, plan, workdir, source, stamps, garage_bin, i))
+        memory = s3_memory(res, plan, workdir, source, garage_bin)
+    finally:
+        stamps.restore()
+    left = [p.name for p in workdir.glob("garage-*")]
+    if left:
+        res.problems.append(f"s3: Garage folders left behind: {left}")
+
+    def col(key: str) -> list[float]:
+        return [r[key] for r in rows]
+
+    def sub(group: str, key: str) -> list[float]:
+        return [r[group][key] for r in rows]
+
+    res.s3 = {
+        "available": True,
+        "garage": res.machine["tools"]["garage"],
+        "rounds": rows,
+        "medians": {
+            "large_put_of_ceiling": median(col("large_put_of_ceiling")),
+            "large_get_of_ceiling": median(col("large_get_of_ceiling")),
+            "large_put_of_local": median(col("large_put_of_local")),
+            "large_get_of_local": median(col("large_get_of_local")),
+            "small_put_of_local": median(col("small_put_of_local")),
+            "small_get_of_local": median(col("small_get_of_local")),
+            **{
+                f"{who}_large_{kind}_mibs": median(sub(f"{who}_large", f"{kind}_mibs"))
+                for who in ("garage", "s3", "local")
+                for kind in ("put", "get")
+            },
+            **{
+                f"{who}_small_{key}": median(sub(f"{who}_small", key))
+                for who in ("s3", "local")
+                for key in ("put_rps", "get_rps", "put_cpu_us", "get_cpu_us")
+            },
+            "s3_small_put_store_cpu_us": median(sub("s3_small", "put_store_cpu_us")),
+            "s3_small_get_store_cpu_us": median(sub("s3_small", "get_store_cpu_us")),
+        },
+        **memory,
+    }
+
+
+def s3_section(res: Results) -> str:
+    s = res.s3
+    if not s:
+        return ""
+    if not s.get("available"):
+        return "## Object storage (S3) next to the local store\n\nNot run: no garage binary (`cargo install garage --locked`, or `GARAGE_BIN`).\n"
+    p, m, rows = res.plan, s["medians"], s["rounds"]
+    mib = p["large_bytes"] // MIB
+    pct = lambda xs: ", ".join(f"{x:.0%}" for x in xs)  # noqa: E731
+    big, many = s["big"], s["many"]
+    lines = [
+        "## Object storage (S3) next to the local store",
+        "",
+        f"A single-node {s['garage'].split(' [')[0]} on {STORE_ROOT} (Garage's defaults: lmdb metadata, 1 MiB blocks, zstd level 1), "
+        "a fresh one each round; the server with `StoreBackend = \"s3\"` (S3PartSize 8 MiB, the default) and one on the local "
+        f"store, each round's work on both. The ceiling is Garage with a plain S3 client: `curl --aws-sigv4` with "
+        f"`UNSIGNED-PAYLOAD`, one PutObject of the same {mib} MiB (curl makes no multipart upload; the server, on a store that "
+        "ignores `If-None-Match: *` as Garage does, sends 8 MiB UploadParts) and a GetObject of it. Every body is unique "
+        "(Garage keeps one copy of equal blocks), every PUT answered 201 (200 from Garage), every GET checked byte for byte.",
+        "",
+        f"| round | small PUT req/s, S3 / local | small GET req/s, S3 / local | {mib} MiB PUT MiB/s: Garage / S3 / local | "
+        f"PUT S3 of ceiling | {mib} MiB GET MiB/s: Garage / S3 / local | GET S3 of ceiling |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        g, s3l, lo = r["garage_large"], r["s3_large"], r["local_large"]
+        lines.append(
+            f"| {r['round']} | {fmt(r['s3_small']['put_rps'])} / {fmt(r['local_small']['put_rps'])} ({r['small_put_of_local']:.0%}) | "
+            f"{fmt(r['s3_small']['get_rps'])} / {fmt(r['local_small']['get_rps'])} ({r['small_get_of_local']:.0%}) | "
+            f"{fmt(g['put_mibs'])} / {fmt(s3l['put_mibs'])} / {fmt(lo['put_mibs'])} | {r['large_put_of_ceiling']:.0%} | "
+            f"{fmt(g['get_mibs'])} / {fmt(s3l['get_mibs'])} / {fmt(lo['get_mibs'])} | {r['large_get_of_ceiling']:.0%} |"
+        )
+    cpu = lambda who, k: median([r[f"{who}_large"][k] for r in rows])  # noqa: E731
+    lines += [
+        "",
+        "| figure | this run (median) | per round | target | met |",
+        "|---|---|---|---|---|",
+        f"| {mib} MiB PUT through the server on S3, of Garage's own PUT | {m['large_put_of_ceiling']:.0%} ({fmt(m['s3_large_put_mibs'])} of {fmt(m['garage_large_put_mibs'])} MiB/s) | {pct(r['large_put_of_ceiling'] for r in rows)} | ≥ 80% | {verdict(m['large_put_of_ceiling'] >= 0.8)} |",
+        f"| {mib} MiB GET through the server on S3, of Garage's own GET | {m['large_get_of_ceiling']:.0%} ({fmt(m['s3_large_get_mibs'])} of {fmt(m['garage_large_get_mibs'])} MiB/s) | {pct(r['large_get_of_ceiling'] for r in rows)} | ≥ 80% | {verdict(m['large_get_of_ceiling'] >= 0.8)} |",
+        f"| {mib} MiB PUT / GET on S3, of the same server on the local store | {m['large_put_of_local']:.0%} / {m['large_get_of_local']:.0%} ({fmt(m['local_large_put_mibs'])} / {fmt(m['local_large_get_mibs'])} MiB/s) | {pct(r['large_put_of_local'] for r in rows)} / {pct(r['large_get_of_local'] for r in rows)} | | |",
+        f"| CPU s per GiB PUT: server on S3 + Garage / Garage alone (curl) / server on local | {cpu('s3', 'server_cpu_s_per_gib_put'):.2f} + {cpu('s3', 'garage_cpu_s_per_gib_put'):.2f} / {cpu('garage', 'garage_cpu_s_per_gib_put'):.2f} / {cpu('local', 'server_cpu_s_per_gib_put'):.2f} | | | |",
+        f"| CPU s per GiB GET: server on S3 + Garage / Garage alone (curl) / server on local | {cpu('s3', 'server_cpu_s_per_gib_get'):.2f} + {cpu('s3', 'garage_cpu_s_per_gib_get'):.2f} / {cpu('garage', 'garage_cpu_s_per_gib_get'):.2f} / {cpu('local', 'server_cpu_s_per_gib_get'):.2f} | | | |",
+        f"| small PUT, {p['s3_small_count']:,} × {p['small_bytes'] // 1024} KiB, c={p['small_concurrency']}: req/s S3 / local | {fmt(m['s3_small_put_rps'])} / {fmt(m['local_small_put_rps'])} ({m['small_put_of_local']:.0%}) | {pct(r['small_put_of_local'] for r in rows)} | | |",
+        f"| | server CPU µs per PUT, S3 (+ Garage's) / local | {fmt(m['s3_small_put_cpu_us'])} (+ {fmt(m['s3_small_put_store_cpu_us'])}) / {fmt(m['local_small_put_cpu_us'])} | | | |",
+        f"| small GET, the same files: req/s S3 / local | {fmt(m['s3_small_get_rps'])} / {fmt(m['local_small_get_rps'])} ({m['small_get_of_local']:.0%}) | {pct(r['small_get_of_local'] for r in rows)} | | |",
+        f"| | server CPU µs per GET, S3 (+ Garage's) / local | {fmt(m['s3_small_get_cpu_us'])} (+ {fmt(m['s3_small_get_store_cpu_us'])}) / {fmt(m['local_small_get_cpu_us'])} | | | |",
+        f"| one {big['bytes'] // MIB} MiB PUT to the server on S3 | peak server RSS (VmHWM) | {big['peak_rss_mib']:.1f} MiB ({fmt(big['mib_per_s'])} MiB/s, answer {big['status']}, sha256 {'matches' if big['sha256_ok'] else 'DIFFERS'}) | < 100 MiB | {verdict(big['peak_rss_mib'] < 100 and big['sha256_ok'])} |",
+        f"| {many['uploads']} concurrent slow uploads × {many['bytes_each'] // MIB} MiB to the server on S3 | peak server RSS (VmHWM) | {many['peak_rss_mib']:.1f} MiB ({many['created']} × 201, peak {many['peak_in_flight']} in flight, {many['stored']} objects, {many['wrong']} read back wrong) | < 200 MiB | {verdict(many['peak_rss_mib'] < 200 and many['created'] == many['uploads'] and not many['wrong'])} |",
+        f"| Garage's peak RSS (VmHWM), rounds / memory tests | {', '.join(fmt(r['garage_peak_rss_mib']) for r in rows)} / {fmt(s['garage_peak_rss_mib'])} MiB | | | |",
+    ]
+    return "\n".join(lines)
+
+
 def perf_works() -> bool:
     if shutil.which("perf") is None:
         return False
@@ -1164,18 +1626,33 @@ def parse_perf_report(report: str, with_children: bool) -> list[dict]:
     return rows
 
 
-def phase_perf(res: Results, plan: Plan, workdir: Path, source: Path, out_prefix: Path) -> None:
+def phase_perf(res: Results, plan: Plan, workdir: Path, source: Path, out_prefix: Path, s3: bool = False) -> None:
     """Profiles the server (perf record -e cpu-clock, DWARF call graphs: Rust release builds
     have no frame pointers) during an extra small-PUT run and an extra large PUT; not counted in
-    the table. Writes the flat and the inclusive (children) reports beside the results."""
+    the table. With `s3` (the s3 phase ran), also the server on a fresh Garage during the same
+    two. Writes the flat and the inclusive (children) reports beside the results."""
     if not perf_works():
         log("perf: not available (Debian: apt-get install linux-perf); skipped")
         res.perf = {"available": False}
         return
+    import contextlib
+
+    import garage as garage_mod
+
+    garage_bin = garage_mod.binary() if s3 else None
+    names = ["small-put", "large-put"] + (["s3-small-put", "s3-large-put", "s3-large-get"] if garage_bin else [])
     reports = {}
-    for name in ("small-put", "large-put"):
+    for name in names:
         log(f"perf: profiling the server during an extra {name} run")
-        with Server(workdir, f"perf-{name}") as server:
+        with contextlib.ExitStack() as stack:
+            extra: tuple[str, ...] = ()
+            if name.startswith("s3-"):
+                g = stack.enter_context(garage_mod.Garage(workdir, f"perf-{name}", garage_bin))
+                extra = g.server_config("perf/")
+            server = stack.enter_context(Server(workdir, f"perf-{name}", extra))
+            path = f"perf-{uuid.uuid4().hex}/big.bin"
+            if name.endswith("large-get"):  # the file to GET, not profiled
+                curl_put(f"http://{HOST}:{server.port}{signed_put_target(path, plan.large_bytes)}", source)
             data = workdir / f"perf-{name}.data"
             rec = subprocess.Popen(
                 ["perf", "record", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384",
@@ -1184,11 +1661,14 @@ def phase_perf(res: Results, plan: Plan, workdir: Path, source: Path, out_prefix
             )
             time.sleep(0.5)
             wait_quiet()
-            if name == "small-put":
-                paths = new_paths("perf", plan.small_count)
-                run_wrk(server, workdir, "perf-put", "put", [signed_put_target(p, plan.small_bytes) for p in paths], plan.small_concurrency, plan.small_bytes)
+            if name.endswith("small-put"):
+                count = plan.small_count if name == "small-put" else plan.s3_small_count
+                paths = new_paths("perf", count)
+                run_wrk(server, workdir, f"perf-{name}", "put", [signed_put_target(p, plan.small_bytes) for p in paths],
+                        plan.small_concurrency, plan.small_bytes, unique=name.startswith("s3-"))
+            elif name.endswith("large-get"):
+                curl([f"http://{HOST}:{server.port}/upload/{path}"])
             else:
-                path = f"perf-{uuid.uuid4().hex}/big.bin"
                 curl_put(f"http://{HOST}:{server.port}{signed_put_target(path, plan.large_bytes)}", source)
             rec.send_signal(signal.SIGINT)
             rec.wait(timeout=120)
@@ -1345,7 +1825,7 @@ def perf_section(res: Results) -> str:
     if not res.perf or not res.perf.get("available"):
         return ""
     out = ["## Where the server spends its time (perf, cpu-clock)", ""]
-    for name in ("small-put", "large-put"):
+    for name in ("small-put", "large-put", "s3-small-put", "s3-large-put", "s3-large-get"):
         p = res.perf.get(name)
         if not p:
             continue
@@ -1374,19 +1854,25 @@ def markdown(res: Results, plot_name: str | None) -> str:
         f"(and steal) while each phase ran: "
         + (", ".join(f"{k} {v['others']:.0%} ({v['steal']:.0%})" for k, v in res.other_cpu.items()) or "—"),
         "",
-        table(res),
-        "",
-        "Throughput against concurrency (64 KiB, "
-        f"{res.plan['sweep_count']:,} requests per point):",
-        "",
-        sweep_table(res),
-        "",
     ]
+    main_table = table(res)
+    if main_table.count("\n") > 1:  # more than its head: --only may have left it empty
+        lines += [main_table, ""]
+    if res.sweep:
+        lines += [
+            f"Throughput against concurrency (64 KiB, {res.plan['sweep_count']:,} requests per point):",
+            "",
+            sweep_table(res),
+            "",
+        ]
     if plot_name:
         lines += [f"![throughput against concurrency]({plot_name})", ""]
     compared = compare_table(res)
     if compared:
         lines += [compared, ""]
+    s3 = s3_section(res)
+    if s3:
+        lines += [s3, ""]
     perf = perf_section(res)
     if perf:
         lines += [perf, ""]
@@ -1421,14 +1907,14 @@ def main() -> int:
         help="also run the compare phase: this binary (e.g. the build before a change) against the one under test, interleaved",
     )
     parser.add_argument("--out", default=str(REPO / "bench-results"), help="folder for the results (default: bench-results/)")
-    parser.add_argument("--only", default="", help="comma-separated phases to run (ceilings,small,large,big,checksum,resumable,many,sweep,compare)")
+    parser.add_argument("--only", default="", help="comma-separated phases to run (ceilings,small,large,big,checksum,resumable,many,sweep,s3,compare)")
     args = parser.parse_args()
 
     STORE_ROOT = Path(args.store_root).resolve()
     if not sys.platform.startswith("linux") or not STORE_ROOT.is_dir():
         sys.exit(f"bench: needs Linux and the folder {STORE_ROOT}")
     plan = Plan.quick() if args.quick else Plan()
-    phases = set(args.only.split(",")) if args.only else {"ceilings", "small", "large", "big", "checksum", "resumable", "many", "sweep"}
+    phases = set(args.only.split(",")) if args.only else {"ceilings", "small", "large", "big", "checksum", "resumable", "many", "sweep", "s3"}
     if args.compare:
         phases.add("compare")
     elif "compare" in phases:
@@ -1444,6 +1930,9 @@ def main() -> int:
         sys.exit(f"bench: {BINARY} is missing; run cargo build --release")
 
     need = plan.large_bytes + plan.many_count * plan.many_bytes + plan.small_count * plan.small_bytes + GIB // 2
+    if "s3" in phases:  # a round's Garage holds two large objects and the small files, beside the local copy and the warm-up
+        need = max(need, 5 * plan.large_bytes + plan.s3_small_count * plan.small_bytes + GIB // 2,
+                   plan.large_bytes + plan.big_bytes + plan.s3_many_count * plan.s3_many_bytes + GIB // 2)
     free = shutil.disk_usage(STORE_ROOT).free
     if free < need:
         sys.exit(f"bench: {STORE_ROOT} has {free // MIB} MiB free, needs about {need // MIB} MiB")
@@ -1480,6 +1969,7 @@ def main() -> int:
             ("resumable", lambda: phase_resumable(res, plan, workdir, source, sha256)),
             ("many", lambda: phase_many(res, plan, workdir)),
             ("sweep", lambda: phase_sweep(res, plan, workdir)),
+            ("s3", lambda: phase_s3(res, plan, workdir, source)),
             ("compare", lambda: phase_compare(res, plan, workdir, source, sha256, Path(args.compare or "."))),
         ]
         for name, step in steps:
@@ -1488,7 +1978,7 @@ def main() -> int:
                 step()
                 res.other_cpu[name] = other_cpu_share(before, cpu_checkpoint())
         if args.perf:
-            phase_perf(res, plan, workdir, source, out_prefix)
+            phase_perf(res, plan, workdir, source, out_prefix, s3=bool(res.s3.get("available")))
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
     res.seconds = time.monotonic() - t0

@@ -3,11 +3,18 @@
 -- when the last answer is in, so it makes exactly N requests and its duration ends with the
 -- last answer.
 --
---   wrk -t T -c C -d CAP --timeout 30s -s signed.lua URL -- put|get LIST_PREFIX BODY_BYTES T
+--   wrk -t T -c C -d CAP --timeout 30s -s signed.lua URL -- put|get LIST_PREFIX BODY_BYTES T [unique]
 --
 -- LIST_PREFIX.<thread index> holds one request target per line ("/upload/p?v=…" for put,
 -- "/upload/p" for get). Counts answers other than 201 (put) / 200 (get) and, for get, bodies
 -- of the wrong length; prints one line starting with "BENCH_JSON " from done().
+--
+-- With "unique", every body differs (its first 128 bytes name its path; an object store that
+-- keeps one copy of equal blocks, as Garage does, would otherwise store one block for all of
+-- them), and a GET checks its body byte for byte: it must be the body of one of the thread's
+-- targets, and each of them must come back once ("wrong_body" counts the others). wrk does not
+-- say which request an answer is for, so this checks that the answers are the uploaded bodies,
+-- each once, not which connection got which.
 --
 -- No overshoot: delay() hands out the list's entries one by one; once a thread's list is
 -- used up its idle connections are parked for a minute, so no request beyond the list
@@ -53,15 +60,32 @@ function init(args)
       targets[#targets + 1] = line
    end
    total = #targets
-   reserved, sent, answered, bad, wrong_length = 0, 0, 0, 0, 0
+   reserved, sent, answered, bad, wrong_length, wrong_body = 0, 0, 0, 0, 0, 0
    first_us, last_us = 0, 0
    statuses = {}
-   if mode == "put" then
-      -- Any content does; a fixed pattern keeps runs alike.
-      body = string.rep("0123456789abcdef", math.floor(body_bytes / 16)) ..
-             string.rep("z", body_bytes % 16)
-      put_headers = { ["Content-Type"] = "application/octet-stream" }
+   -- Any content does; a fixed pattern keeps runs alike.
+   body = string.rep("0123456789abcdef", math.floor(body_bytes / 16)) ..
+          string.rep("z", body_bytes % 16)
+   unique = args[5] == "unique" and body_bytes >= HEAD_BYTES
+   if unique then
+      rest = body:sub(HEAD_BYTES + 1)
+      expected_heads, seen_heads = {}, {}
+      for _, target in ipairs(targets) do
+         expected_heads[head_of(target)] = true
+      end
    end
+   put_headers = { ["Content-Type"] = "application/octet-stream" }
+end
+
+-- The first HEAD_BYTES of a unique body: the path's 32-hex folder name first (LuaJIT tells
+-- long strings apart by a few sampled bytes, the first four among them), then the path.
+HEAD_BYTES = 128
+
+function head_of(target)
+   local path = target:gsub("%?.*$", "")
+   local hex = path:match("%x+/") or ""
+   local head = hex .. path
+   return (head .. string.rep(" ", HEAD_BYTES)):sub(1, HEAD_BYTES)
 end
 
 function build(target)
@@ -70,6 +94,9 @@ function build(target)
       return wrk.format("OPTIONS", "/", nil, nil)
    end
    if mode == "put" then
+      if unique then
+         return wrk.format("PUT", target, put_headers, head_of(target) .. rest)
+      end
       return wrk.format("PUT", target, put_headers, body)
    end
    return wrk.format("GET", target, nil, nil)
@@ -121,6 +148,13 @@ function response(status, headers, body)
       bad = bad + 1
    elseif #body ~= body_bytes then
       wrong_length = wrong_length + 1
+   elseif unique then
+      local head = body:sub(1, HEAD_BYTES)
+      if not expected_heads[head] or seen_heads[head] or body:sub(HEAD_BYTES + 1) ~= rest then
+         wrong_body = wrong_body + 1
+      else
+         seen_heads[head] = true
+      end
    end
    if answered == total then
       finish()
@@ -136,7 +170,7 @@ local function json_number_map(t)
 end
 
 function done(summary, latency, requests)
-   local sent_all, answered_all, bad_all, wrong_all, expected = 0, 0, 0, 0, 0
+   local sent_all, answered_all, bad_all, wrong_all, wrong_body_all, expected = 0, 0, 0, 0, 0, 0
    local first, last = math.huge, 0
    local statuses_all = {}
    for _, thread in ipairs(threads) do
@@ -145,6 +179,7 @@ function done(summary, latency, requests)
       answered_all = answered_all + thread:get("answered")
       bad_all = bad_all + thread:get("bad")
       wrong_all = wrong_all + thread:get("wrong_length")
+      wrong_body_all = wrong_body_all + thread:get("wrong_body")
       local f, l = thread:get("first_us"), thread:get("last_us")
       if f > 0 and f < first then first = f end
       if l > last then last = l end
@@ -160,11 +195,11 @@ function done(summary, latency, requests)
    local e = summary.errors
    io.write(string.format(
       'BENCH_JSON {"expected": %d, "sent": %d, "answered": %d, "non_2xx": %d, ' ..
-      '"wrong_length": %d, "statuses": %s, "duration_us": %d, "wrk_duration_us": %d, ' ..
+      '"wrong_length": %d, "wrong_body": %d, "statuses": %s, "duration_us": %d, "wrk_duration_us": %d, ' ..
       '"requests": %d, "bytes_read": %d, "errors": {"connect": %d, "read": %d, ' ..
       '"write": %d, "status": %d, "timeout": %d}, "latency_us": {"min": %d, ' ..
       '"mean": %.1f, "p50": %d, "p90": %d, "p99": %d, "p999": %d, "max": %d}}\n',
-      expected, sent_all, answered_all, bad_all, wrong_all, json_number_map(statuses_all),
+      expected, sent_all, answered_all, bad_all, wrong_all, wrong_body_all, json_number_map(statuses_all),
       duration, summary.duration, summary.requests, summary.bytes,
       e.connect, e.read, e.write, e.status, e.timeout,
       latency.min, latency.mean, latency:percentile(50), latency:percentile(90),
