@@ -2,7 +2,10 @@
 //!
 //! A body of at most one part, on a store that honours `If-None-Match: *`, goes up in one
 //! PutObject that carries it: the request starts at once and the body's chunks are fed to it
-//! as they arrive. Anything else is a multipart upload: each part is an UploadPart request of
+//! as they arrive. On a store that would replace an object (Garage), a body of at most
+//! [`BUFFERED_BYTES`] is kept in memory and the commit writes it in one PutObject under the
+//! key's shared lock, after looking whether the key is taken. Anything else is a multipart
+//! upload: each part is an UploadPart request of
 //! exactly its length, fed the same way, one after the other, and the commit completes the
 //! upload under the key's shared lock after looking whether the key is taken. Dropped without
 //! a commit, the PutObject is cancelled (the store gets a short body and stores nothing) or
@@ -12,7 +15,7 @@ use std::sync::Arc;
 
 use aws_sdk_s3::primitives::ByteStream as SdkByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart};
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -20,6 +23,10 @@ use super::body::ChannelBody;
 use super::{DIGEST_META, Inner, call};
 use crate::store::digest::{Digests, Hashers};
 use crate::store::{StageSpec, StoreError, TakeError};
+
+/// The largest body kept in memory until the commit on a store that would replace an object
+/// (as large as a file that a download reads whole).
+const BUFFERED_BYTES: u64 = crate::store::SMALL_FILE_BYTES;
 
 /// See the module documentation.
 #[derive(Debug)]
@@ -40,9 +47,14 @@ enum Mode {
         sender: Option<mpsc::Sender<Bytes>>,
         request: Option<JoinHandle<Result<(), StoreError>>>,
     },
-    /// An empty file, which the commit writes with one PutObject (some stores refuse an empty
-    /// part, and a multipart upload must have one).
-    Empty { content_type: String, sidecar: bool },
+    /// A small body, on a store that would replace an object: kept in memory and written by
+    /// the commit in one PutObject under the key's lock (two requests, where a multipart
+    /// upload takes four; and an empty file, as some stores refuse an empty part).
+    Buffered {
+        content_type: String,
+        sidecar: bool,
+        body: BytesMut,
+    },
     /// A multipart upload.
     Multipart {
         upload_id: String,
@@ -76,10 +88,11 @@ impl S3Staged {
         // A digest may be checked before the commit: then the object must not be visible
         // before it, which a PutObject would make it.
         let single = inner.native_create && spec.size <= inner.part_bytes && !spec.hashing.any();
-        let mode = if spec.size == 0 && !single {
-            Mode::Empty {
+        let mode = if !single && spec.size <= BUFFERED_BYTES {
+            Mode::Buffered {
                 content_type: spec.content_type.to_string(),
                 sidecar: spec.hashing.sha256,
+                body: BytesMut::with_capacity(spec.size as usize),
             }
         } else if single {
             let (sender, body) = ChannelBody::new(spec.size);
@@ -201,7 +214,10 @@ impl S3Staged {
                 }
                 Ok(())
             }
-            Mode::Empty { .. } => Err(StoreError::other("more bytes than the upload's size")),
+            Mode::Buffered { body, .. } => {
+                body.extend_from_slice(&chunk);
+                Ok(())
+            }
             Mode::Multipart { .. } => match self.feed_parts(chunk).await {
                 Err(e) => Err(self.lost(e).await),
                 fed => fed,
@@ -279,7 +295,11 @@ impl S3Staged {
                 self.committed = true;
                 Ok(())
             }
-            Mode::Empty { content_type, sidecar } => {
+            Mode::Buffered {
+                content_type,
+                sidecar,
+                body,
+            } => {
                 let _guard = self.inner.locks.lock(&self.key).await?;
                 match self.inner.head(&self.key).await {
                     Ok(_) => return Err(StoreError::Exists),
@@ -292,9 +312,10 @@ impl S3Staged {
                     .put_object()
                     .bucket(&self.inner.bucket)
                     .key(&self.key)
-                    .content_length(0)
+                    .content_length(body.len() as i64)
                     .content_type(content_type.as_str())
-                    .if_none_match("*");
+                    .if_none_match("*")
+                    .body(SdkByteStream::from(std::mem::take(body).freeze()));
                 if *sidecar {
                     put = put.metadata(DIGEST_META, "sidecar");
                 }
@@ -349,7 +370,7 @@ impl Drop for S3Staged {
                     task.abort();
                 }
             }
-            Mode::Empty { .. } => {}
+            Mode::Buffered { .. } => {}
             Mode::Multipart { upload_id, part, .. } => {
                 if let Some(part) = part.take() {
                     part.request.abort();
