@@ -250,6 +250,9 @@ fn build(r: &mut Reader<'_>) -> Option<Config> {
     let s3 = S3Settings::read(r, store.backend);
     let logging = LogSettings::read(r);
     let limits = Limits::read(r);
+    if let Some(s3) = &s3 {
+        s3.check_fits(r, limits.max_upload_bytes);
+    }
     let bans = BanSettings::read(r);
     let retention = RetentionSettings::read(r);
     let metrics = MetricsSettings::read(r);

@@ -522,3 +522,42 @@ fn debug_never_prints_secrets() {
     );
     assert!(debug.contains("redis://redis.example:6379/1"), "{debug}");
 }
+
+#[cfg(feature = "s3")]
+#[test]
+fn s3_settings() {
+    let base = "Secret = \"0123456789abcdef\"\nStoreBackend = \"s3\"\nS3Bucket = \"files\"\nS3Prefix = \"up\"\n";
+    let c = load_str(
+        base,
+        &[("AWS_ACCESS_KEY_ID", "GK1"), ("AWS_SECRET_ACCESS_KEY", "s3cr3t")],
+        &[],
+    )
+    .unwrap();
+    let s3 = c.s3.expect("the bucket's settings");
+    assert_eq!(
+        (s3.bucket.as_str(), s3.prefix.as_str()),
+        ("files", "up/"),
+        "the prefix ends with /"
+    );
+    assert_eq!((s3.region.as_str(), s3.endpoint.as_deref()), ("us-east-1", None));
+    assert_eq!((s3.access_key_id.as_str(), s3.part_bytes), ("GK1", 8 << 20));
+    assert!(!format!("{s3:?}").contains("s3cr3t"), "Debug hides the secret key");
+
+    let err = load_str(base, &[], &[]).unwrap_err();
+    assert_eq!(keys_of(err), ["S3AccessKeyId", "S3SecretAccessKey"]);
+    let creds = "S3AccessKeyId = \"GK1\"\nS3SecretAccessKey = \"x\"\n";
+    let err = load_str(&format!("{base}{creds}S3PartSize = \"4MiB\"\n"), &[], &[]).unwrap_err();
+    assert_eq!(keys_of(err), ["S3PartSize"], "below S3's smallest part");
+    let err = load_str(&format!("{base}{creds}MaxUploadSize = \"100GiB\"\n"), &[], &[]).unwrap_err();
+    assert!(
+        err.problems[0].message.contains("at least \"11MiB\""),
+        "{:?}",
+        err.problems
+    );
+    load_str(
+        &format!("{base}{creds}MaxUploadSize = \"100GiB\"\nS3PartSize = \"11MiB\"\n"),
+        &[],
+        &[],
+    )
+    .unwrap();
+}

@@ -6,6 +6,8 @@ use crate::config::{Secret, StoreBackend};
 
 /// Smallest part of a multipart upload that S3 accepts (but for the last).
 const MIN_PART_BYTES: u64 = 5 << 20;
+/// Most parts of one multipart upload.
+const MAX_PARTS: u64 = 10_000;
 /// Largest part S3 accepts.
 const MAX_PART_BYTES: u64 = 5 << 30;
 
@@ -32,6 +34,23 @@ pub struct S3Settings {
 
 impl S3Settings {
     /// `None` unless the backend is S3 (the keys are still read, so a bad one is reported).
+    /// The largest upload must fit in S3's 10,000 parts of a multipart upload.
+    pub(in crate::config) fn check_fits(&self, r: &mut Reader<'_>, max_upload_bytes: u64) {
+        let most = MAX_PARTS * self.part_bytes;
+        if max_upload_bytes > most {
+            let needed = max_upload_bytes.div_ceil(MAX_PARTS).div_ceil(1 << 20);
+            r.fail(
+                &keys::S3_PART_SIZE,
+                format!(
+                    "{} parts of {} bytes hold at most {most} bytes, less than MaxUploadSize ({max_upload_bytes}): \
+                     S3 takes at most {MAX_PARTS} parts; set S3PartSize to at least \"{needed}MiB\"",
+                    MAX_PARTS, self.part_bytes
+                ),
+                (),
+            );
+        }
+    }
+
     pub(in crate::config) fn read(r: &mut Reader<'_>, backend: StoreBackend) -> Option<Self> {
         let endpoint = r.text(&keys::S3_ENDPOINT);
         let region = r.text(&keys::S3_REGION);

@@ -11,10 +11,10 @@
 //!   that is not completed is aborted (and, after a crash, swept).
 //! - **No overwrite**: where the store honours `If-None-Match: *` (checked at start with a
 //!   probe object), a single PutObject carries it. Where it does not (Garage 2.5 reads no such
-//!   header on PutObject nor on CompleteMultipartUpload), every upload is a multipart upload
-//!   whose completion takes a lock shared by every instance ([`KeyLocks`], through the upload
-//!   state: Redis with several instances), looks whether the key is taken, and only then
-//!   completes.
+//!   header on PutObject nor on CompleteMultipartUpload), the commit takes a lock shared by
+//!   every instance ([`KeyLocks`], through the upload state: Redis with several instances),
+//!   looks whether the key is taken, and only then writes: a small body (kept in memory until
+//!   then) in one PutObject, a larger one by completing its multipart upload.
 //! - **Metadata**: the content type is the object's Content-Type; the SHA-256 (with
 //!   ChecksumVerification) a small JSON sidecar object, written after the commit and read only
 //!   for objects whose user metadata says they have one.
@@ -122,6 +122,8 @@ where
     let result = request.await;
     let outcome = match &result {
         Ok(_) => "ok",
+        // The answer to "is the key taken?" more often than not: no trouble.
+        Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 404 => "not_found",
         Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() < 500 => "refused",
         Err(_) => "error",
     };
