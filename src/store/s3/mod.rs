@@ -222,7 +222,7 @@ impl S3Store {
                 NoOverwrite::Native("If-None-Match: * on PutObject; completions also under a shared lock")
             } else {
                 NoOverwrite::SharedLock(
-                    "the store ignores If-None-Match: *; every upload is multipart, completed under a lock shared through the upload state",
+                    "the store ignores If-None-Match: *; commits look for the key under a lock shared through the upload state, then write (a small body in one PutObject, a larger one by completing its multipart upload)",
                 )
             },
             durability: "the object store's (visible only when whole)",
