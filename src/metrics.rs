@@ -54,6 +54,11 @@ pub const S3_REQUEST_DURATION: &str = "hmac_file_server_s3_request_duration_seco
 /// Seconds per request, by method and status.
 pub const REQUEST_DURATION: &str = "hmac_file_server_request_duration_seconds";
 
+/// The reasons retention deletes a file for (labels of [`RETENTION_DELETIONS`] and words of
+/// the deletion report): older than DeleteFilesAfterPeriod, older than MaxRetentionTime, the
+/// store over MaxRetentionSize.
+pub const RETENTION_REASONS: [&str; 3] = ["delete_files_after_period", "max_retention_time", "max_retention_size"];
+
 /// Upload duration buckets: 10 ms to 10 min.
 const UPLOAD_BUCKETS: &[f64] = &[
     0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
@@ -89,6 +94,14 @@ pub fn install() -> Result<PrometheusHandle, String> {
     }
     gauge!(ACTIVE_UPLOADS).set(0.0);
     gauge!(BANNED_CLIENTS).set(0.0);
+    gauge!(UNFINISHED_UPLOADS).set(0.0);
+    gauge!(UNFINISHED_BYTES).set(0.0);
+    // The unlabelled histogram too (its buckets and _count at 0), so that dashboards and
+    // alert rules see a series, not "no data", before the first upload.
+    let _ = histogram!(UPLOAD_DURATION);
+    for reason in RETENTION_REASONS {
+        counter!(RETENTION_DELETIONS, "reason" => reason).absolute(0);
+    }
     Ok(handle)
 }
 

@@ -47,10 +47,11 @@ pub enum Reason {
 impl Reason {
     /// The label in metrics and reports.
     pub fn label(self) -> &'static str {
+        let [after_period, max_time, max_size] = metrics::RETENTION_REASONS;
         match self {
-            Reason::DeleteAfterPeriod => "delete_files_after_period",
-            Reason::MaxRetentionTime => "max_retention_time",
-            Reason::MaxRetentionSize => "max_retention_size",
+            Reason::DeleteAfterPeriod => after_period,
+            Reason::MaxRetentionTime => max_time,
+            Reason::MaxRetentionSize => max_size,
         }
     }
 }

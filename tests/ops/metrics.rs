@@ -183,3 +183,48 @@ async fn metrics_count_exactly_what_happened() {
         .expect("+Inf bucket");
     assert_eq!(inf, after.val(UPLOAD_DURATION_COUNT, &[]), "+Inf bucket = count");
 }
+
+/// Issue #11: every series that has no labels, and the retention counter for each reason, is
+/// exported from the start with zero values, so a fresh server's dashboards and alert rules
+/// see 0 and not "no data" (the upload duration histogram used to appear with the first
+/// upload).
+#[tokio::test]
+async fn every_series_is_exported_at_zero_from_the_start() {
+    let server = TestServer::start("");
+    let http = client();
+    let maddr = metrics_addr(&server.log());
+    let text = scrape_text(&http, &maddr).await;
+    let fresh = parse_prometheus(&text);
+    for name in [
+        UPLOADS,
+        UPLOAD_ERRORS,
+        DOWNLOADS,
+        UPLOAD_BYTES,
+        DOWNLOAD_BYTES,
+        AUTH_FAILURES,
+        UPLOAD_DURATION_COUNT,
+        "hmac_file_server_upload_duration_seconds_sum",
+        ACTIVE_UPLOADS,
+        "hmac_file_server_banned_clients",
+        "hmac_file_server_bans_total",
+        "hmac_file_server_bans_withheld_total",
+        "hmac_file_server_untrusted_forwarded_total",
+        "hmac_file_server_unfinished_uploads",
+        "hmac_file_server_unfinished_bytes",
+    ] {
+        assert_eq!(fresh.get(name, &[]), Some(0.0), "{name} at 0 from the start:\n{text}");
+    }
+    assert_eq!(
+        fresh.get(UPLOAD_DURATION_BUCKET, &[("le", "+Inf")]),
+        Some(0.0),
+        "the histogram's buckets are there:\n{text}"
+    );
+    assert!(text.contains("# TYPE hmac_file_server_upload_duration_seconds histogram"));
+    for reason in ["delete_files_after_period", "max_retention_time", "max_retention_size"] {
+        assert_eq!(
+            fresh.get("hmac_file_server_retention_deletions_total", &[("reason", reason)]),
+            Some(0.0),
+            "retention deletions for {reason}:\n{text}"
+        );
+    }
+}
