@@ -1,5 +1,6 @@
 //! SPEC §3 "Answers": one test (or more) per row of the table, through the real binary.
-//! Status codes, what is (not) left on disk, what is logged, and the CORS headers.
+//! Status codes, what is (not) left in the store, what is logged, and the CORS headers, on
+//! each store (local, and a Garage bucket) where the answer does not depend on a local disk.
 
 mod common;
 
@@ -14,6 +15,29 @@ use common::{
 use hmac_file_server::auth;
 use hmac_file_server::config::Secret;
 use reqwest::{Method, StatusCode};
+
+on_each_store!(
+    put_with_v_token_is_201_and_stores_exact_bytes,
+    put_with_v2_signs_the_content_type,
+    put_with_metronome_token_is_like_v2,
+    put_with_v3_valid_is_201_and_expired_is_403,
+    highest_token_version_wins,
+    missing_malformed_or_wrong_tokens_are_403_and_store_nothing,
+    existing_file_is_409_and_untouched,
+    chunked_put_without_length_is_411,
+    put_without_length_or_body_is_zero_bytes,
+    body_shorter_than_length_then_close_stores_nothing,
+    body_longer_than_length_stores_only_the_signed_bytes,
+    over_max_upload_size_is_413_before_the_body,
+    bad_paths_are_refused_and_store_nothing_anywhere,
+    other_methods_are_405_with_allow,
+    options_on_any_path_without_token_is_2xx_with_cors,
+    cors_headers_on_201_403_404_409_413,
+    metronome_delete_with_default_delete_secret,
+    metronome_delete_with_configured_delete_secret,
+    banned_client_gets_429_with_retry_after,
+    a_ban_lifts_after_auto_ban_time,
+);
 
 /// A raw PUT request with a Content-Length body and extra header lines (each ending in CRLF).
 fn raw_put(target: &str, body: &[u8], extra_headers: &str) -> Vec<u8> {
@@ -64,29 +88,42 @@ fn log_barrier(server: &TestServer) {
 // PUT stored → 201, for every token kind
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn put_with_v_token_is_201_and_stores_exact_bytes() {
-    let server = TestServer::start("");
+async fn put_with_v_token_is_201_and_stores_exact_bytes(store: &str) {
+    let server = TestServer::start(store);
     let http = client();
     let body = payload(12_345, 7);
     let url = server.signed_v("v1/file%20one.bin", "v1/file one.bin", body.len() as u64);
     let put = put_typed(&http, &url, "image/png", body.clone()).await;
     assert_eq!(put.status(), StatusCode::CREATED);
-    assert_eq!(std::fs::read(server.files_dir().join("v1/file one.bin")).unwrap(), body);
-    assert_eq!(server.sidecars(), 1, "metadata kept beside the file");
+    assert_eq!(server.stored("v1/file one.bin").unwrap(), body);
+    // Locally the metadata is a sidecar beside the file; on S3 the object's own Content-Type
+    // (a sidecar there only holds a SHA-256, with ChecksumVerification).
+    match server.s3() {
+        None => assert_eq!(server.sidecars(), 1, "metadata kept beside the file"),
+        Some(s3) => {
+            assert_eq!(
+                s3.content_type("v1/file one.bin").as_deref(),
+                Some("image/png"),
+                "metadata kept with the object"
+            );
+            assert_eq!(server.sidecars(), 0, "no sidecar object without a digest");
+        }
+    }
     // application/octet-stream (every OMEMO upload) needs no sidecar: GET's default.
     let url = server.signed_v("v1/plain.bin", "v1/plain.bin", 3);
     assert_eq!(
         http.put(&url).body(vec![1, 2, 3]).send().await.unwrap().status(),
         StatusCode::CREATED
     );
-    assert_eq!(server.sidecars(), 1, "no sidecar for the default type");
+    match server.s3() {
+        None => assert_eq!(server.sidecars(), 1, "no sidecar for the default type"),
+        Some(_) => assert_eq!(server.sidecars(), 0, "no sidecar for the default type"),
+    }
     assert_eq!(server.temporaries(), 0);
 }
 
-#[tokio::test]
-async fn put_with_v2_signs_the_content_type() {
-    let server = TestServer::start("");
+async fn put_with_v2_signs_the_content_type(store: &str) {
+    let server = TestServer::start(store);
     let http = client();
     let body = payload(2000, 1);
     let n = body.len() as u64;
@@ -100,7 +137,7 @@ async fn put_with_v2_signs_the_content_type() {
     let url = server.signed_v2("v2/b.jpg", "v2/b.jpg", n, "image/jpeg");
     let put = put_typed(&http, &url, "image/png", body.clone()).await;
     assert_eq!(put.status(), StatusCode::FORBIDDEN, "v2 signs the content type");
-    assert!(!server.files_dir().join("v2/b.jpg").exists());
+    assert_eq!(server.stored("v2/b.jpg"), None);
 
     // Without a Content-Type: signed as application/octet-stream.
     let url = server.signed_v2("v2/c.bin", "v2/c.bin", n, "application/octet-stream");
@@ -133,7 +170,7 @@ async fn put_with_v2_signs_the_content_type() {
     assert_eq!(stored, expected);
     for name in &expected {
         assert_eq!(
-            std::fs::read(server.files_dir().join(name)).unwrap(),
+            server.stored(name.to_str().unwrap()).unwrap(),
             body,
             "{}",
             name.display()
@@ -142,9 +179,8 @@ async fn put_with_v2_signs_the_content_type() {
     assert_eq!(server.temporaries(), 0);
 }
 
-#[tokio::test]
-async fn put_with_metronome_token_is_like_v2() {
-    let server = TestServer::start("");
+async fn put_with_metronome_token_is_like_v2(store: &str) {
+    let server = TestServer::start(store);
     let http = client();
     let body = payload(777, 2);
     let n = body.len() as u64;
@@ -167,9 +203,8 @@ async fn put_with_metronome_token_is_like_v2() {
     assert_eq!(server.stored_files().len(), 2);
 }
 
-#[tokio::test]
-async fn put_with_v3_valid_is_201_and_expired_is_403() {
-    let server = TestServer::start("");
+async fn put_with_v3_valid_is_201_and_expired_is_403(store: &str) {
+    let server = TestServer::start(store);
     let http = client();
     let body = payload(3000, 3);
     let decoded = "v3dir/my photo.jpg";
@@ -232,12 +267,11 @@ async fn put_with_v3_valid_is_201_and_expired_is_403() {
     let url = server.signed_v3(raw, decoded, future);
     let put = put_typed(&http, &url, "image/jpeg", body.clone()).await;
     assert_eq!(put.status(), StatusCode::CREATED, "valid v3");
-    assert_eq!(std::fs::read(server.files_dir().join(decoded)).unwrap(), body);
+    assert_eq!(server.stored(decoded).unwrap(), body);
 }
 
-#[tokio::test]
-async fn highest_token_version_wins() {
-    let server = TestServer::start("");
+async fn highest_token_version_wins(store: &str) {
+    let server = TestServer::start(store);
     let http = client();
     let body = payload(500, 4);
     let n = body.len() as u64;
@@ -291,11 +325,7 @@ async fn highest_token_version_wins() {
             .await
             .unwrap();
         assert_eq!(put.status(), *want, "{path}: {query}");
-        assert_eq!(
-            server.files_dir().join(path).exists(),
-            *want == StatusCode::CREATED,
-            "{path}"
-        );
+        assert_eq!(server.stored(path).is_some(), *want == StatusCode::CREATED, "{path}");
     }
     assert_eq!(server.temporaries(), 0);
 }
@@ -305,9 +335,8 @@ async fn highest_token_version_wins() {
 // never the token or the secret
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn missing_malformed_or_wrong_tokens_are_403_and_store_nothing() {
-    let server = TestServer::start("");
+async fn missing_malformed_or_wrong_tokens_are_403_and_store_nothing(store: &str) {
+    let server = TestServer::start(store);
     let http = client();
     let body = payload(1000, 5);
     let n = body.len() as u64;
@@ -402,16 +431,14 @@ async fn missing_malformed_or_wrong_tokens_are_403_and_store_nothing() {
 // Valid token, file exists → 409, existing file untouched; the token comes first
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn existing_file_is_409_and_untouched() {
-    let server = TestServer::start("");
+async fn existing_file_is_409_and_untouched(store: &str) {
+    let server = TestServer::start(store);
     let http = client();
     let first = payload(4000, 10);
     let url = server.signed_v2("ex/f.png", "ex/f.png", 4000, "image/png");
     let put = put_typed(&http, &url, "image/png", first.clone()).await;
     assert_eq!(put.status(), StatusCode::CREATED);
-    let path = server.files_dir().join("ex/f.png");
-    let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+    let stamp = server.stored_stamp("ex/f.png").expect("stored");
 
     // Same size, other bytes and type; then another size; then another token kind.
     let second = payload(4000, 11);
@@ -450,11 +477,11 @@ async fn existing_file_is_409_and_untouched() {
         .unwrap();
     assert_eq!(put.status(), StatusCode::FORBIDDEN, "token before existence");
 
-    assert_eq!(std::fs::read(&path).unwrap(), first, "bytes untouched");
+    assert_eq!(server.stored("ex/f.png").unwrap(), first, "bytes untouched");
     assert_eq!(
-        std::fs::metadata(&path).unwrap().modified().unwrap(),
-        mtime,
-        "mtime untouched"
+        server.stored_stamp("ex/f.png").expect("stored"),
+        stamp,
+        "mtime (on S3: ETag and last-modified) untouched"
     );
     let get = http.get(server.url("ex/f.png")).send().await.unwrap();
     assert_eq!(get.headers()["content-type"], "image/png", "metadata untouched");
@@ -467,9 +494,8 @@ async fn existing_file_is_409_and_untouched() {
 // Length: chunked → 411; no length and no body → 0 bytes; short and long bodies
 // ---------------------------------------------------------------------------------------
 
-#[test]
-fn chunked_put_without_length_is_411() {
-    let server = TestServer::start("");
+async fn chunked_put_without_length_is_411(store: &str) {
+    let server = TestServer::start(store);
     for (name, target) in [
         ("v", server.target(&server.signed_v("ch/a.bin", "ch/a.bin", 5))),
         (
@@ -486,57 +512,63 @@ fn chunked_put_without_length_is_411() {
     server.assert_nothing_stored("chunked PUT");
 }
 
-#[test]
-fn put_without_length_or_body_is_zero_bytes() {
-    let server = TestServer::start("");
+async fn put_without_length_or_body_is_zero_bytes(store: &str) {
+    let server = TestServer::start(store);
     let target = server.target(&server.signed_v("zero/none.bin", "zero/none.bin", 0));
     let r = server.raw_one(format!("PUT {target} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
     assert_eq!(r.status, 201);
-    let meta = std::fs::metadata(server.files_dir().join("zero/none.bin")).unwrap();
-    assert!(meta.is_file());
-    assert_eq!(meta.len(), 0);
+    assert_eq!(server.stored("zero/none.bin"), Some(Vec::new()), "an empty file");
+    assert_eq!(server.stored_files(), vec![PathBuf::from("zero/none.bin")]);
     // A token for any other size does not match an absent body.
     let target = server.target(&server.signed_v("zero/one.bin", "zero/one.bin", 1));
     let r = server.raw_one(format!("PUT {target} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
     assert_eq!(r.status, 403);
-    assert!(!server.files_dir().join("zero/one.bin").exists());
+    assert_eq!(server.stored("zero/one.bin"), None);
     assert_eq!(server.temporaries(), 0);
 }
 
-#[test]
-fn body_shorter_than_length_then_close_stores_nothing() {
-    let server = TestServer::start("");
-    let size = 100_000usize;
-    let body = payload(size, 20);
-    let target = server.target(&server.signed_v("short/x.bin", "short/x.bin", size as u64));
-    let mut s = server.connect(Duration::from_secs(10));
-    let head = format!("PUT {target} HTTP/1.1\r\nHost: test\r\nContent-Length: {size}\r\n\r\n");
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(&body[..40_000]).unwrap();
-    // The upload is under way: a temporary exists…
-    assert!(
-        wait_until(Duration::from_secs(10), || server.temporaries() == 1),
-        "no temporary while uploading"
-    );
-    // …and the client goes away.
-    drop(s);
-    let line = server.wait_for_access("PUT", "/upload/short/x.bin", Duration::from_secs(10));
-    assert!(!line.contains("status=201"), "{line}");
-    assert!(
-        wait_until(Duration::from_secs(10), || server.temporaries() == 0),
-        "temporary left behind"
-    );
-    server.assert_nothing_stored("short body");
-    let r = server.raw_one(b"GET /upload/short/x.bin HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n");
-    assert_eq!(r.status, 404);
+async fn body_shorter_than_length_then_close_stores_nothing(store: &str) {
+    let server = TestServer::start(store);
+    // 100 000 bytes, and 400 000: more than the 256 KiB an S3 store keeps in memory until the
+    // commit, so that there the body streams into a multipart upload.
+    for (name, size) in [("short/x.bin", 100_000usize), ("short/y.bin", 400_000)] {
+        let body = payload(size, 20);
+        let target = server.target(&server.signed_v(name, name, size as u64));
+        let mut s = server.connect(Duration::from_secs(10));
+        let head = format!("PUT {target} HTTP/1.1\r\nHost: test\r\nContent-Length: {size}\r\n\r\n");
+        s.write_all(head.as_bytes()).unwrap();
+        s.write_all(&body[..40_000]).unwrap();
+        // The upload is under way: a temporary exists (but for a small body in memory on S3)…
+        assert!(
+            wait_until(Duration::from_secs(10), || server.uploads_in_progress() == 1),
+            "{name}: no upload in progress"
+        );
+        if server.s3().is_none() || size > 256 * 1024 {
+            assert!(
+                wait_until(Duration::from_secs(10), || server.temporaries() == 1),
+                "{name}: no temporary while uploading"
+            );
+        }
+        // …and the client goes away.
+        drop(s);
+        let line = server.wait_for_access("PUT", &format!("/upload/{name}"), Duration::from_secs(10));
+        assert!(!line.contains("status=201"), "{line}");
+        assert!(
+            wait_until(Duration::from_secs(10), || server.temporaries() == 0),
+            "{name}: temporary left behind"
+        );
+        server.assert_nothing_stored(name);
+        let r = server
+            .raw_one(format!("GET /upload/{name} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n").as_bytes());
+        assert_eq!(r.status, 404, "{name}");
+    }
 }
 
 /// HTTP/1.1 framing: the server reads exactly Content-Length bytes as the body; whatever
 /// follows is the next request on the connection, which here is garbage → 400. The stored
 /// file has exactly the signed bytes.
-#[test]
-fn body_longer_than_length_stores_only_the_signed_bytes() {
-    let server = TestServer::start("");
+async fn body_longer_than_length_stores_only_the_signed_bytes(store: &str) {
+    let server = TestServer::start(store);
     let body = payload(1000, 21);
     let target = server.target(&server.signed_v("long/x.bin", "long/x.bin", 1000));
     let mut request = raw_put(&target, &body, "");
@@ -553,7 +585,7 @@ fn body_longer_than_length_stores_only_the_signed_bytes() {
         Some(&400),
         "the extra bytes are a bad next request: {statuses:?}"
     );
-    assert_eq!(std::fs::read(server.files_dir().join("long/x.bin")).unwrap(), body);
+    assert_eq!(server.stored("long/x.bin").unwrap(), body);
     assert_eq!(server.stored_files().len(), 1);
     assert_eq!(server.temporaries(), 0);
 }
@@ -562,9 +594,8 @@ fn body_longer_than_length_stores_only_the_signed_bytes() {
 // Size over MaxUploadSize → 413 before the body is read
 // ---------------------------------------------------------------------------------------
 
-#[test]
-fn over_max_upload_size_is_413_before_the_body() {
-    let server = TestServer::start("MaxUploadSize = \"1KiB\"");
+async fn over_max_upload_size_is_413_before_the_body(store: &str) {
+    let server = TestServer::start(&format!("{store}MaxUploadSize = \"1KiB\"\n"));
     // Headers only, with Expect: 100-continue: the answer is 413, not an invitation.
     let target = server.target(&server.signed_v("big/a.bin", "big/a.bin", 4096));
     let mut s = server.connect(Duration::from_secs(10));
@@ -597,9 +628,8 @@ fn over_max_upload_size_is_413_before_the_body() {
 // Bad paths → 400 or 403, nothing stored anywhere
 // ---------------------------------------------------------------------------------------
 
-#[test]
-fn bad_paths_are_refused_and_store_nothing_anywhere() {
-    let server = TestServer::start("");
+async fn bad_paths_are_refused_and_store_nothing_anywhere(store: &str) {
+    let server = TestServer::start(store);
     let tag = format!("escape-{}-{}", std::process::id(), now_unix());
     let long_segment = "s".repeat(256);
     // (raw path after /upload/, the decoded path the XMPP server would have signed)
@@ -672,10 +702,19 @@ fn bad_paths_are_refused_and_store_nothing_anywhere() {
         dir = d.parent();
     }
     assert!(!Path::new("/tmp").join(&tag).exists());
+    // On S3, nothing escaped S3Prefix either (a key is not normalised: `files/../x` is a key).
+    if let Some(s3) = server.s3() {
+        let keys = s3.bucket_keys();
+        assert!(
+            keys.iter().all(|k| k.starts_with(&s3.prefix) && !k.contains(&tag)),
+            "objects appeared: {keys:?}"
+        );
+    }
 }
 
 /// SPEC §6: nothing is written through a symlink that points out of the store (one an
 /// operator left there, or one planted by someone with access to the disk).
+// Local only: a symlink inside the store is a local-filesystem thing (S3 keys have none).
 #[tokio::test]
 async fn put_through_a_symlink_out_of_the_store_writes_nothing_outside() {
     let server = TestServer::start("");
@@ -716,6 +755,7 @@ async fn put_through_a_symlink_out_of_the_store_writes_nothing_outside() {
 }
 
 /// SPEC §6: nothing outside the store is deleted through a symlink that points out of it.
+// Local only: a symlink inside the store is a local-filesystem thing (S3 keys have none).
 #[tokio::test]
 async fn delete_through_a_symlink_out_of_the_store_removes_nothing_outside() {
     let server = TestServer::start("");
@@ -742,9 +782,8 @@ async fn delete_through_a_symlink_out_of_the_store_removes_nothing_outside() {
 // Other methods → 405 with Allow
 // ---------------------------------------------------------------------------------------
 
-#[test]
-fn other_methods_are_405_with_allow() {
-    let server = TestServer::start("");
+async fn other_methods_are_405_with_allow(store: &str) {
+    let server = TestServer::start(store);
     let target = server.target(&server.signed_v("m/x.bin", "m/x.bin", 3));
     // POST is tus creation on a slot URL (tests/tus.rs); PATCH only acts on tus uploads.
     for method in ["PATCH", "PROPFIND", "TRACE", "MKCOL", "COPY"] {
@@ -771,9 +810,8 @@ fn other_methods_are_405_with_allow() {
 // CORS: OPTIONS anywhere without a token; the headers on every kind of answer
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn options_on_any_path_without_token_is_2xx_with_cors() {
-    let server = TestServer::start("");
+async fn options_on_any_path_without_token_is_2xx_with_cors(store: &str) {
+    let server = TestServer::start(store);
     let http = client();
     let paths = [
         "/upload/some/file.jpg",
@@ -806,9 +844,8 @@ async fn options_on_any_path_without_token_is_2xx_with_cors() {
     server.assert_nothing_stored("OPTIONS");
 }
 
-#[tokio::test]
-async fn cors_headers_on_201_403_404_409_413() {
-    let server = TestServer::start("MaxUploadSize = \"1KiB\"");
+async fn cors_headers_on_201_403_404_409_413(store: &str) {
+    let server = TestServer::start(&format!("{store}MaxUploadSize = \"1KiB\"\n"));
     let http = client();
     let body = payload(100, 30);
     let url = server.signed_v("c/x.bin", "c/x.bin", 100);
@@ -853,9 +890,8 @@ async fn cors_headers_on_201_403_404_409_413() {
 // Metronome DELETE
 // ---------------------------------------------------------------------------------------
 
-#[tokio::test]
-async fn metronome_delete_with_default_delete_secret() {
-    let server = TestServer::start("");
+async fn metronome_delete_with_default_delete_secret(store: &str) {
+    let server = TestServer::start(store);
     let http = client();
     let body = payload(5000, 40);
     let path = "del/some file.jpg";
@@ -899,11 +935,7 @@ async fn metronome_delete_with_default_delete_secret() {
             .unwrap();
         assert_eq!(r.status(), StatusCode::FORBIDDEN, "DELETE ?{query}");
         assert_cors_reqwest(&r, "DELETE 403");
-        assert_eq!(
-            std::fs::read(server.files_dir().join(path)).unwrap(),
-            body,
-            "kept after ?{query}"
-        );
+        assert_eq!(server.stored(path).unwrap(), body, "kept after ?{query}");
     }
     // The token of one file does not delete another.
     let r = http
@@ -912,7 +944,20 @@ async fn metronome_delete_with_default_delete_secret() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::FORBIDDEN);
-    assert_eq!(server.sidecars(), 2);
+    assert_eq!(
+        server.stored("del/keep.bin").unwrap(),
+        [1, 2, 3],
+        "the other file is kept"
+    );
+    // Locally each type is a sidecar; on S3 the object's own Content-Type (no sidecar object).
+    match server.s3() {
+        None => assert_eq!(server.sidecars(), 2),
+        Some(s3) => {
+            assert_eq!(s3.content_type(path).as_deref(), Some("image/jpeg"));
+            assert_eq!(s3.content_type("del/keep.bin").as_deref(), Some("text/plain"));
+            assert_eq!(server.sidecars(), 0);
+        }
+    }
 
     let r = http
         .delete(format!("{}?token={good}", server.url(raw)))
@@ -930,7 +975,14 @@ async fn metronome_delete_with_default_delete_secret() {
         vec![PathBuf::from("del/keep.bin")],
         "only the other file is left"
     );
-    assert_eq!(server.sidecars(), 1, "its metadata went too");
+    match server.s3() {
+        None => assert_eq!(server.sidecars(), 1, "its metadata went too"),
+        Some(s3) => {
+            assert_eq!(s3.content_type(path), None, "its metadata went too");
+            assert_eq!(s3.content_type("del/keep.bin").as_deref(), Some("text/plain"));
+            assert_eq!(server.sidecars(), 0);
+        }
+    }
 
     // Deleting a missing file (valid token) → 404.
     let r = http
@@ -961,9 +1013,8 @@ async fn metronome_delete_with_default_delete_secret() {
     assert!(!log.contains(SECRET));
 }
 
-#[tokio::test]
-async fn metronome_delete_with_configured_delete_secret() {
-    let server = TestServer::start("DeleteSecret = \"metronome-delete-secret-xyz\"");
+async fn metronome_delete_with_configured_delete_secret(store: &str) {
+    let server = TestServer::start(&format!("{store}DeleteSecret = \"metronome-delete-secret-xyz\"\n"));
     let http = client();
     let put = http
         .put(server.signed_v("ds/a.bin", "ds/a.bin", 4))
@@ -983,7 +1034,7 @@ async fn metronome_delete_with_configured_delete_secret() {
         StatusCode::FORBIDDEN,
         "the upload secret is not the delete secret when one is set"
     );
-    assert!(server.files_dir().join("ds/a.bin").exists());
+    assert!(server.stored("ds/a.bin").is_some());
     let good = auth::sign_delete(&secret(), "ds/a.bin", &Secret::new("metronome-delete-secret-xyz"));
     let r = http
         .delete(format!("{}?token={good}", server.url("ds/a.bin")))
@@ -991,7 +1042,7 @@ async fn metronome_delete_with_configured_delete_secret() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
-    assert!(!server.files_dir().join("ds/a.bin").exists());
+    assert_eq!(server.stored("ds/a.bin"), None);
     log_barrier(&server);
     assert!(!server.log().contains("metronome-delete-secret-xyz"));
 }
@@ -1021,14 +1072,13 @@ fn retry_after_secs(r: &RawResponse) -> u64 {
     })
 }
 
-#[tokio::test]
-async fn banned_client_gets_429_with_retry_after() {
+async fn banned_client_gets_429_with_retry_after(store: &str) {
     // A proxy is trusted, but not 127.0.0.1: its forwarding headers are spoofs, and it is
     // banned like any client. (With no proxy trusted at all, a loopback peer that sends
     // forwarding headers is taken for an unlisted local proxy and not banned: tests/ops/bans.rs.)
-    let server = TestServer::start(
-        "BlockAfterFails = 3\nBlockDuration = 300\nAutoBanTime = 600\nTrustedProxies = [\"192.0.2.1/32\"]",
-    );
+    let server = TestServer::start(&format!(
+        "{store}BlockAfterFails = 3\nBlockDuration = 300\nAutoBanTime = 600\nTrustedProxies = [\"192.0.2.1/32\"]\n",
+    ));
     let body = payload(100, 60);
     // Three failed authentications from 127.0.0.1. Each claims another address in
     // X-Forwarded-For, which an untrusted peer cannot make the server believe.
@@ -1049,14 +1099,15 @@ async fn banned_client_gets_429_with_retry_after() {
     // Another address is not banned.
     let r = raw_from(&server, "127.0.0.2", &raw_put(&target, &body, "")).await;
     assert_eq!(r.status, 201, "another client address");
-    assert_eq!(std::fs::read(server.files_dir().join("ban/good.bin")).unwrap(), body);
+    assert_eq!(server.stored("ban/good.bin").unwrap(), body);
     log_barrier_from(&server, "127.0.0.2").await;
     assert!(server.log().to_lowercase().contains("ban"), "bans are logged");
 }
 
-#[tokio::test]
-async fn a_ban_lifts_after_auto_ban_time() {
-    let server = TestServer::start("BlockAfterFails = 2\nBlockDuration = 300\nAutoBanTime = 2");
+async fn a_ban_lifts_after_auto_ban_time(store: &str) {
+    let server = TestServer::start(&format!(
+        "{store}BlockAfterFails = 2\nBlockDuration = 300\nAutoBanTime = 2\n"
+    ));
     let body = payload(10, 61);
     for i in 0..2 {
         let target = format!("/upload/lift/x{i}.bin?v={}", "11".repeat(32));
@@ -1082,7 +1133,7 @@ async fn a_ban_lifts_after_auto_ban_time() {
         assert!(std::time::Instant::now() < deadline, "the ban did not lift");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert_eq!(std::fs::read(server.files_dir().join("lift/good.bin")).unwrap(), body);
+    assert_eq!(server.stored("lift/good.bin").unwrap(), body);
 }
 
 async fn log_barrier_from(server: &TestServer, source: &str) {
@@ -1166,6 +1217,7 @@ fn put_streaming(server: &TestServer, target: &str, size: usize) -> Option<RawRe
     r
 }
 
+// Local only: a full local file system (a small tmpfs) is what it is about.
 #[test]
 fn disk_full_is_507_and_the_partial_file_is_removed() {
     if !is_root() {

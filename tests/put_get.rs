@@ -1,4 +1,5 @@
-//! Uploads and downloads through the real binary: the happy paths, odd names, and races.
+//! Uploads and downloads through the real binary: the happy paths, odd names, and races, on
+//! each store (local, and a Garage bucket).
 
 mod common;
 
@@ -9,9 +10,18 @@ use std::time::Duration;
 use common::{TestServer, client, encode_path, parse_responses, payload, put_typed, read_until_closed, wait_until};
 use reqwest::StatusCode;
 
-#[tokio::test]
-async fn put_then_get_and_head() {
-    let server = TestServer::start("");
+on_each_store!(
+    put_then_get_and_head,
+    zero_byte_file,
+    odd_names_round_trip_under_every_spelling,
+    fifty_racing_puts_to_one_path_give_one_201,
+    two_hundred_concurrent_distinct_uploads,
+    uploads_stay_whole_while_hundreds_of_connections_share_the_read_budget,
+    half_closed_connection_still_gets_its_answers,
+);
+
+async fn put_then_get_and_head(store: &str) {
+    let server = TestServer::start(store);
     let http = client();
     let body = payload(100_000, 1);
     let url = server.signed_v("abc123/photo.jpg", "abc123/photo.jpg", body.len() as u64);
@@ -31,16 +41,12 @@ async fn put_then_get_and_head() {
     assert_eq!(head.headers()["content-length"], "100000");
     assert!(head.bytes().await.unwrap().is_empty());
 
-    assert_eq!(
-        std::fs::read(server.store().join("upload/abc123/photo.jpg")).unwrap(),
-        body
-    );
+    assert_eq!(server.stored("abc123/photo.jpg").unwrap(), body);
     assert_eq!(server.temporaries(), 0);
 }
 
-#[tokio::test]
-async fn zero_byte_file() {
-    let server = TestServer::start("");
+async fn zero_byte_file(store: &str) {
+    let server = TestServer::start(store);
     let http = client();
     let url = server.signed_v("z/empty.txt", "z/empty.txt", 0);
     let put = put_typed(&http, &url, "text/plain", Vec::new()).await;
@@ -53,9 +59,8 @@ async fn zero_byte_file() {
     assert_eq!(head.headers()["content-length"], "0");
 }
 
-#[tokio::test]
-async fn odd_names_round_trip_under_every_spelling() {
-    let server = TestServer::start("");
+async fn odd_names_round_trip_under_every_spelling(store: &str) {
+    let server = TestServer::start(store);
     let http = client();
     let names = [
         "u1/name with spaces.txt",
@@ -91,9 +96,8 @@ async fn odd_names_round_trip_under_every_spelling() {
     assert_eq!(put.status(), StatusCode::CONFLICT);
 }
 
-#[tokio::test]
-async fn fifty_racing_puts_to_one_path_give_one_201() {
-    let server = TestServer::start("");
+async fn fifty_racing_puts_to_one_path_give_one_201(store: &str) {
+    let server = TestServer::start(store);
     let http = client();
     let url = server.signed_v("race/one.bin", "race/one.bin", 200_000);
     let mut tasks = Vec::new();
@@ -127,9 +131,8 @@ async fn fifty_racing_puts_to_one_path_give_one_201() {
     assert_eq!(server.temporaries(), 0, "losers leave nothing behind");
 }
 
-#[tokio::test]
-async fn two_hundred_concurrent_distinct_uploads() {
-    let server = TestServer::start("");
+async fn two_hundred_concurrent_distinct_uploads(store: &str) {
+    let server = TestServer::start(store);
     let http = client();
     let mut tasks = Vec::new();
     for i in 0..200u64 {
@@ -151,9 +154,8 @@ async fn two_hundred_concurrent_distinct_uploads() {
     assert_eq!(server.temporaries(), 0);
 }
 
-#[tokio::test]
-async fn uploads_stay_whole_while_hundreds_of_connections_share_the_read_budget() {
-    let server = TestServer::start("");
+async fn uploads_stay_whole_while_hundreds_of_connections_share_the_read_budget(store: &str) {
+    let server = TestServer::start(store);
     // 300 idle connections make every connection's reads capped (server::read_share): the
     // uploads below reach hyper in small reads and must still arrive byte-exact.
     let idle: Vec<_> = (0..300)
@@ -198,9 +200,8 @@ fn half_closed_exchange(server: &TestServer, request: &[u8]) -> Vec<common::RawR
 /// Issue #14: a client that half-closes its connection after a complete request is still
 /// waiting for the answer and must get it, for uploads and downloads, one request or several.
 /// A half-close in the middle of a body is still a broken-off upload.
-#[test]
-fn half_closed_connection_still_gets_its_answers() {
-    let server = TestServer::start("");
+async fn half_closed_connection_still_gets_its_answers(store: &str) {
+    let server = TestServer::start(store);
     let body = payload(50_000, 14);
     let put = |path: &str, body: &[u8]| {
         let target = server.target(&server.signed_v(path, path, body.len() as u64));
@@ -217,7 +218,7 @@ fn half_closed_connection_still_gets_its_answers() {
     let answers = half_closed_exchange(&server, &put("half/one.bin", &body));
     let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [201], "PUT then half-close; log:\n{}", server.log());
-    assert_eq!(std::fs::read(server.files_dir().join("half/one.bin")).unwrap(), body);
+    assert_eq!(server.stored("half/one.bin").unwrap(), body);
 
     let answers = half_closed_exchange(&server, &get("half/one.bin"));
     let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
@@ -231,10 +232,7 @@ fn half_closed_connection_still_gets_its_answers() {
     let statuses: Vec<u16> = answers.iter().map(|r| r.status).collect();
     assert_eq!(statuses, [201, 200], "PUT and GET then half-close");
     assert_eq!(answers[1].body, body);
-    assert_eq!(
-        std::fs::read(server.files_dir().join("half/two.bin")).unwrap(),
-        &body[..1000]
-    );
+    assert_eq!(server.stored("half/two.bin").unwrap(), &body[..1000]);
 
     // Half of a body, then the half-close: the upload broke off; nothing is stored.
     let whole = put("half/short.bin", &body);
@@ -249,5 +247,5 @@ fn half_closed_connection_still_gets_its_answers() {
         wait_until(Duration::from_secs(10), || server.temporaries() == 0),
         "temporary left behind"
     );
-    assert!(!server.files_dir().join("half/short.bin").exists());
+    assert_eq!(server.stored("half/short.bin"), None);
 }

@@ -6,13 +6,11 @@
 #![cfg(feature = "s3")]
 
 mod common;
-#[path = "common/garage.rs"]
-mod garage;
 #[path = "common/redis.rs"]
 mod redis_fixture;
 
+use common::garage::{self, Garage};
 use common::{TestServer, client, payload};
-use garage::Garage;
 use reqwest::StatusCode;
 
 /// Whether, within 10 s, no multipart upload is under way in the bucket any more (aborts run

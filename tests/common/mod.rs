@@ -31,6 +31,193 @@ pub struct TestServer {
     pub addr: SocketAddr,
     pub base: String,
     log: Arc<Mutex<String>>,
+    /// The bucket its files live in, when its config says `StoreBackend = "s3"`.
+    s3: Option<S3View>,
+}
+
+#[cfg(feature = "s3")]
+pub mod garage;
+
+/// Runs each behaviour (an `async fn(store: &str)` taking extra TOML) once per store: local
+/// (`""`), and, with the `s3` feature, in the bucket of a Garage of its own.
+#[macro_export]
+macro_rules! on_each_store {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn local() {
+                super::$name("").await;
+            }
+            #[cfg(feature = "s3")]
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn s3() {
+                let garage = $crate::common::garage::Garage::start();
+                super::$name(&garage.toml("files/")).await;
+            }
+        }
+    )*};
+}
+
+/// Where a server on `StoreBackend = "s3"` keeps its files, read from its config, so that the
+/// store helpers of [`TestServer`] look into the bucket.
+#[derive(Clone, Debug)]
+pub struct S3View {
+    endpoint: String,
+    bucket: String,
+    /// S3Prefix.
+    pub prefix: String,
+    key_id: String,
+    secret: String,
+}
+
+/// Where the server keeps its own objects and files, under the store or S3Prefix.
+const INTERNAL: &str = ".hmac-file-server/";
+
+impl S3View {
+    fn of(config: &toml::Table) -> Option<S3View> {
+        if config.get("StoreBackend").and_then(|v| v.as_str()) != Some("s3") {
+            return None;
+        }
+        let text = |k: &str| config.get(k).and_then(|v| v.as_str()).unwrap_or_default().to_string();
+        Some(S3View {
+            endpoint: text("S3Endpoint"),
+            bucket: text("S3Bucket"),
+            prefix: text("S3Prefix"),
+            key_id: text("S3AccessKeyId"),
+            secret: text("S3SecretAccessKey"),
+        })
+    }
+
+    /// Runs `f` with an S3 client on a thread of its own (so it works from sync and async
+    /// tests alike) and returns its result.
+    #[cfg(feature = "s3")]
+    pub fn with<T: Send, F>(&self, f: impl FnOnce(aws_sdk_s3::Client, String) -> F + Send) -> T
+    where
+        F: std::future::Future<Output = T>,
+    {
+        use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
+        let config = aws_sdk_s3::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("garage"))
+            .endpoint_url(&self.endpoint)
+            .force_path_style(true)
+            .credentials_provider(Credentials::new(&self.key_id, &self.secret, None, None, "test"))
+            .http_client(
+                aws_smithy_http_client::Builder::new()
+                    .tls_provider(aws_smithy_http_client::tls::Provider::Rustls(
+                        aws_smithy_http_client::tls::rustls_provider::CryptoMode::Ring,
+                    ))
+                    .build_https(),
+            )
+            .build();
+        let client = aws_sdk_s3::Client::from_conf(config);
+        let bucket = self.bucket.clone();
+        std::thread::scope(|s| {
+            s.spawn(move || {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap()
+                    .block_on(f(client, bucket))
+            })
+            .join()
+            .unwrap()
+        })
+    }
+
+    /// The objects under S3Prefix + `under`, as (key without S3Prefix, size), sorted.
+    #[cfg(feature = "s3")]
+    pub fn objects(&self, under: &str) -> Vec<(String, u64)> {
+        let prefix = format!("{}{under}", self.prefix);
+        let mut found = self.with(|client, bucket| async move {
+            let mut found = Vec::new();
+            let mut pages = client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(&prefix)
+                .into_paginator()
+                .send();
+            while let Some(page) = pages.next().await {
+                for o in page.expect("listing the bucket").contents() {
+                    found.push((o.key().unwrap_or_default().to_string(), o.size().unwrap_or(0) as u64));
+                }
+            }
+            found
+        });
+        for (key, _) in &mut found {
+            *key = key[self.prefix.len()..].to_string();
+        }
+        found.sort();
+        found
+    }
+
+    /// The keys (without S3Prefix) of the multipart uploads under way under S3Prefix + `under`.
+    #[cfg(feature = "s3")]
+    pub fn multipart_uploads(&self, under: &str) -> Vec<String> {
+        let prefix = format!("{}{under}", self.prefix);
+        let keys = self.with(|client, bucket| async move {
+            let listed = client
+                .list_multipart_uploads()
+                .bucket(bucket)
+                .prefix(&prefix)
+                .send()
+                .await
+                .expect("listing multipart uploads");
+            listed
+                .uploads()
+                .iter()
+                .filter_map(|u| u.key().map(str::to_string))
+                .collect::<Vec<_>>()
+        });
+        keys.into_iter().map(|k| k[self.prefix.len()..].to_string()).collect()
+    }
+
+    /// The bytes of the object at S3Prefix + `key`, if there is one.
+    #[cfg(feature = "s3")]
+    pub fn read(&self, key: &str) -> Option<Vec<u8>> {
+        let key = format!("{}{key}", self.prefix);
+        self.with(|client, bucket| async move {
+            let got = client.get_object().bucket(bucket).key(key).send().await.ok()?;
+            Some(got.body.collect().await.ok()?.into_bytes().to_vec())
+        })
+    }
+
+    /// Writes `bytes` at S3Prefix + `key` (as an operator or another program would).
+    #[cfg(feature = "s3")]
+    pub fn write(&self, key: &str, bytes: &[u8]) {
+        let key = format!("{}{key}", self.prefix);
+        let body = aws_sdk_s3::primitives::ByteStream::from(bytes.to_vec());
+        self.with(|client, bucket| async move {
+            client
+                .put_object()
+                .bucket(bucket)
+                .key(key)
+                .body(body)
+                .send()
+                .await
+                .expect("writing an object");
+        })
+    }
+
+    #[cfg(not(feature = "s3"))]
+    pub fn objects(&self, _under: &str) -> Vec<(String, u64)> {
+        unreachable!("StoreBackend = \"s3\" needs the s3 feature")
+    }
+
+    #[cfg(not(feature = "s3"))]
+    pub fn multipart_uploads(&self, _under: &str) -> Vec<String> {
+        unreachable!("StoreBackend = \"s3\" needs the s3 feature")
+    }
+
+    #[cfg(not(feature = "s3"))]
+    pub fn read(&self, _key: &str) -> Option<Vec<u8>> {
+        unreachable!("StoreBackend = \"s3\" needs the s3 feature")
+    }
+
+    #[cfg(not(feature = "s3"))]
+    pub fn write(&self, _key: &str, _bytes: &[u8]) {
+        unreachable!("StoreBackend = \"s3\" needs the s3 feature")
+    }
 }
 
 impl TestServer {
@@ -68,6 +255,10 @@ impl TestServer {
 
     /// Starts the server with a given config file and `RUST_LOG`.
     pub fn start_with_config_logging(dir: tempfile::TempDir, config: &Path, rust_log: &str) -> TestServer {
+        let s3 = std::fs::read_to_string(config)
+            .ok()
+            .and_then(|text| text.parse::<toml::Table>().ok())
+            .and_then(|table| S3View::of(&table));
         let mut child = Command::new(env!("CARGO_BIN_EXE_hmac-file-server"))
             .arg("-config")
             .arg(config)
@@ -107,6 +298,33 @@ impl TestServer {
             addr,
             base: format!("http://{addr}"),
             log,
+            s3,
+        }
+    }
+
+    /// The bucket its files are in, when it runs on `StoreBackend = "s3"`.
+    pub fn s3(&self) -> Option<&S3View> {
+        self.s3.as_ref()
+    }
+
+    /// The bytes of the finished file at decoded path `name`, from either store.
+    pub fn stored(&self, name: &str) -> Option<Vec<u8>> {
+        match &self.s3 {
+            Some(s3) => s3.read(name),
+            None => std::fs::read(self.files_dir().join(name)).ok(),
+        }
+    }
+
+    /// Puts a file at decoded path `name` behind the server's back (as an operator copying
+    /// files into the store would), in either store.
+    pub fn place(&self, name: &str, bytes: &[u8]) {
+        match &self.s3 {
+            Some(s3) => s3.write(name, bytes),
+            None => {
+                let path = self.files_dir().join(name);
+                std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+                std::fs::write(path, bytes).unwrap();
+            }
         }
     }
 
@@ -147,11 +365,19 @@ impl TestServer {
         self.child.wait().unwrap()
     }
 
-    /// Files left in the temporary folder.
+    /// Files left in the temporary folder; on S3 also the multipart uploads under way that
+    /// are not the bytes of an unfinished resumable upload.
     pub fn temporaries(&self) -> usize {
-        std::fs::read_dir(self.store().join(".hmac-file-server/tmp"))
+        let local = std::fs::read_dir(self.store().join(".hmac-file-server/tmp"))
             .map(|d| d.count())
-            .unwrap_or(0)
+            .unwrap_or(0);
+        let staged = self.s3.as_ref().map_or(0, |s3| {
+            s3.multipart_uploads("")
+                .iter()
+                .filter(|k| !k.starts_with(&format!("{INTERNAL}partial/")))
+                .count()
+        });
+        local + staged
     }
 
     /// Sends raw bytes on a new connection and returns what came back until the server
@@ -274,8 +500,17 @@ impl TestServer {
         self.store().join("upload")
     }
 
-    /// Every regular file (or symlink) in the upload folder, relative to it.
+    /// Every regular file (or symlink) in the upload folder, relative to it; on S3 every
+    /// object under S3Prefix but the server's own.
     pub fn stored_files(&self) -> Vec<PathBuf> {
+        if let Some(s3) = &self.s3 {
+            return s3
+                .objects("")
+                .into_iter()
+                .filter(|(k, _)| !k.starts_with(INTERNAL))
+                .map(|(k, _)| PathBuf::from(k))
+                .collect();
+        }
         let root = self.files_dir();
         files_under(&root)
             .into_iter()
@@ -285,12 +520,19 @@ impl TestServer {
 
     /// Metadata sidecars present.
     pub fn sidecars(&self) -> usize {
-        files_under(&self.store().join(".hmac-file-server/meta")).len()
+        match &self.s3 {
+            Some(s3) => s3.objects(&format!("{INTERNAL}meta/")).len(),
+            None => files_under(&self.store().join(".hmac-file-server/meta")).len(),
+        }
     }
 
-    /// Asserts that no finished file, sidecar or temporary exists.
+    /// Asserts that no finished file, sidecar or temporary exists (on S3, after waiting up to
+    /// 10 s for the aborts of multipart uploads, which run in the background).
     #[track_caller]
     pub fn assert_nothing_stored(&self, what: &str) {
+        if self.s3.is_some() {
+            wait_until(Duration::from_secs(10), || self.temporaries() == 0);
+        }
         assert_eq!(
             self.stored_files(),
             Vec::<PathBuf>::new(),
@@ -632,5 +874,107 @@ impl TestServer {
             let _ = self.child.wait();
         }
         std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Helpers for the answers/downloads tests on each store: what a finished file looks like in
+// the store beyond its bytes, and the whole bucket (to see that nothing escaped S3Prefix).
+// ---------------------------------------------------------------------------------------
+
+impl S3View {
+    /// The Content-Type of the object at S3Prefix + `key`, if there is one.
+    #[cfg(feature = "s3")]
+    pub fn content_type(&self, key: &str) -> Option<String> {
+        let key = format!("{}{key}", self.prefix);
+        self.with(|client, bucket| async move {
+            let head = client.head_object().bucket(bucket).key(key).send().await.ok()?;
+            head.content_type().map(str::to_string)
+        })
+    }
+
+    /// The ETag and last-modified time (to the millisecond, as listed) of the object at
+    /// S3Prefix + `key`, if there is one: they change when the object is written again.
+    #[cfg(feature = "s3")]
+    pub fn stamp(&self, key: &str) -> Option<String> {
+        let key = format!("{}{key}", self.prefix);
+        self.with(|client, bucket| async move {
+            let listed = client
+                .list_objects_v2()
+                .bucket(bucket)
+                .prefix(&key)
+                .send()
+                .await
+                .expect("listing the bucket");
+            listed
+                .contents()
+                .iter()
+                .find(|o| o.key() == Some(key.as_str()))
+                .map(|o| format!("{:?} {:?}", o.e_tag(), o.last_modified()))
+        })
+    }
+
+    /// Every key in the whole bucket, S3Prefix or not (with it), sorted.
+    #[cfg(feature = "s3")]
+    pub fn bucket_keys(&self) -> Vec<String> {
+        let mut keys = self.with(|client, bucket| async move {
+            let mut keys = Vec::new();
+            let mut pages = client.list_objects_v2().bucket(bucket).into_paginator().send();
+            while let Some(page) = pages.next().await {
+                for o in page.expect("listing the bucket").contents() {
+                    keys.push(o.key().unwrap_or_default().to_string());
+                }
+            }
+            keys
+        });
+        keys.sort();
+        keys
+    }
+
+    #[cfg(not(feature = "s3"))]
+    pub fn content_type(&self, _key: &str) -> Option<String> {
+        unreachable!("StoreBackend = \"s3\" needs the s3 feature")
+    }
+
+    #[cfg(not(feature = "s3"))]
+    pub fn stamp(&self, _key: &str) -> Option<String> {
+        unreachable!("StoreBackend = \"s3\" needs the s3 feature")
+    }
+
+    #[cfg(not(feature = "s3"))]
+    pub fn bucket_keys(&self) -> Vec<String> {
+        unreachable!("StoreBackend = \"s3\" needs the s3 feature")
+    }
+}
+
+impl TestServer {
+    /// Something that changes whenever the finished file at decoded path `name` is written
+    /// again (locally its mtime; on S3 its object's ETag and last-modified time), if it exists.
+    pub fn stored_stamp(&self, name: &str) -> Option<String> {
+        match &self.s3 {
+            Some(s3) => s3.stamp(name),
+            None => std::fs::metadata(self.files_dir().join(name))
+                .and_then(|m| m.modified())
+                .ok()
+                .map(|t| format!("{t:?}")),
+        }
+    }
+
+    /// The uploads in progress now (the `hmac_file_server_active_uploads` gauge of its metrics
+    /// endpoint): shows an upload under way where it leaves no temporary (on S3 a small body
+    /// is kept in memory until the commit).
+    pub fn uploads_in_progress(&self) -> u64 {
+        let log = self.log();
+        let marker = "metrics and health on http://";
+        let start = log.find(marker).expect("a metrics line in the log") + marker.len();
+        let rest = &log[start..];
+        let addr = &rest[..rest.find('/').expect("…/metrics")];
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
+            .unwrap();
+        let text = String::from_utf8_lossy(&read_until_closed(&mut s, Duration::from_secs(10))).into_owned();
+        text.lines()
+            .find_map(|l| l.strip_prefix("hmac_file_server_active_uploads "))
+            .map_or(0, |v| v.trim().parse::<f64>().expect("a gauge value") as u64)
     }
 }
