@@ -72,7 +72,11 @@ async fn retention_deletes_old_files_and_reports(store: &str) {
     assert!(server.stored("fresh/file.bin").is_some(), "the fresh file stays");
     let r = http.get(server.url("fresh/file.bin")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::OK);
-    assert_eq!(r.headers()["content-type"], "text/plain", "the fresh file keeps its type");
+    assert_eq!(
+        r.headers()["content-type"],
+        "text/plain",
+        "the fresh file keeps its type"
+    );
     let r = http.get(server.url("old/file.bin")).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::NOT_FOUND);
     // The local store keeps a file's type in a sidecar; an object keeps it as its own
