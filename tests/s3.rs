@@ -564,22 +564,12 @@ async fn the_probe_finds_what_garage_honours() {
     assert!(garage.objects("p/").await.is_empty(), "the probe object is removed");
 }
 
-/// The cleanup pass aborts multipart uploads under the prefix older than UploadExpiry (left
-/// by a crash), and leaves others alone.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_sweep_aborts_stale_multipart_uploads() {
-    use hmac_file_server::store::s3::S3Store;
-    let garage = Garage::start();
-    let client = garage.client();
-    for key in ["sw/stale.bin", "other/stale.bin"] {
-        client
-            .create_multipart_upload()
-            .bucket(garage::BUCKET)
-            .key(key)
-            .send()
-            .await
-            .unwrap();
-    }
+/// The S3 store of a server configured for `garage` with S3Prefix `prefix`, in this process
+/// (with the embedded state and a local folder for gathering parts, in the returned folder).
+async fn connect_in_process(
+    garage: &Garage,
+    prefix: &str,
+) -> (tempfile::TempDir, hmac_file_server::store::s3::S3Store) {
     let dir = tempfile::tempdir().unwrap();
     let config_file = dir.path().join("c.toml");
     std::fs::write(
@@ -588,7 +578,7 @@ async fn the_sweep_aborts_stale_multipart_uploads() {
             "Secret = \"{}\"\nStoreDir = \"{}\"\n{}",
             common::SECRET,
             dir.path().display(),
-            garage.toml("sw")
+            garage.toml(prefix)
         ),
     )
     .unwrap();
@@ -607,9 +597,29 @@ async fn the_sweep_aborts_stale_multipart_uploads() {
         hmac_file_server::store::RetryPolicy::NONE,
     )
     .unwrap();
-    let store = S3Store::connect(config.s3.as_ref().unwrap(), std::sync::Arc::new(state), local)
-        .await
-        .unwrap();
+    let store =
+        hmac_file_server::store::s3::S3Store::connect(config.s3.as_ref().unwrap(), std::sync::Arc::new(state), local)
+            .await
+            .unwrap();
+    (dir, store)
+}
+
+/// The cleanup pass aborts multipart uploads under the prefix older than UploadExpiry (left
+/// by a crash), and leaves others alone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_sweep_aborts_stale_multipart_uploads() {
+    let garage = Garage::start();
+    let client = garage.client();
+    for key in ["sw/stale.bin", "other/stale.bin"] {
+        client
+            .create_multipart_upload()
+            .bucket(garage::BUCKET)
+            .key(key)
+            .send()
+            .await
+            .unwrap();
+    }
+    let (_dir, store) = connect_in_process(&garage, "sw").await;
     assert_eq!(
         store.sweep_staging(std::time::Duration::from_secs(3600)).await.unwrap(),
         0,
@@ -1138,4 +1148,77 @@ async fn downloads_go_on_while_redis_is_down() {
     assert!(r.headers().contains_key("retry-after"));
     assert_eq!(garage.objects("").await, ["r/kept.bin"], "nothing new in the bucket");
     assert!(no_uploads_left(&garage).await);
+}
+
+/// An unfinished upload's appends shorter than a part write only its tail object: the sweep
+/// counts them as touches (it used to age the upload by its multipart upload's start and
+/// parts alone, and swept an upload a client was still appending to once UploadExpiry had
+/// passed since its creation). What unfinished uploads hold follows this instance's own
+/// appends and removals between two counts of the bucket (MaxUnfinishedSize is checked on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unfinished_uploads_touched_by_their_tails_are_not_swept() {
+    use bytes::Bytes;
+    use hmac_file_server::store::{Hashing, PartialHandle};
+    use std::time::Duration;
+
+    let garage = Garage::start();
+    let (_dir, store) = connect_in_process(&garage, "t/").await;
+    let id = "0123456789abcdef0123456789abcdef";
+    let append = |handle: PartialHandle, offset: u64, seed: u64| {
+        let store = store.clone();
+        async move {
+            let PartialHandle::S3(handle) = handle else {
+                panic!("an S3 handle")
+            };
+            let mut appender = store.append_partial(id, &handle, offset, Hashing::NONE).await.unwrap();
+            appender.write(Bytes::from(payload(1000, seed))).await.unwrap();
+            appender.persist().await.unwrap()
+        }
+    };
+    let handle = store.create_partial(id).await.unwrap();
+    let (len, handle) = append(handle, 0, 1).await;
+    assert_eq!(len, 1000);
+    let usage = store.partials_usage().await.unwrap();
+    assert_eq!((usage.uploads, usage.bytes), (1, 1000), "counted from the bucket");
+    let (len, handle) = append(handle, len, 2).await;
+    assert_eq!(len, 2000);
+    let usage = store.partials_usage().await.unwrap();
+    assert_eq!(
+        (usage.uploads, usage.bytes),
+        (1, 2000),
+        "this instance's append counted at once"
+    );
+
+    tokio::time::sleep(Duration::from_millis(2200)).await;
+    let (len, handle) = append(handle, len, 3).await;
+    assert_eq!(len, 3000);
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // Created 3.5 s ago, no part, its tail written 1.3 s ago.
+    assert_eq!(
+        store.sweep_partials(Duration::from_secs(3)).await.unwrap(),
+        Vec::<String>::new(),
+        "an upload appended to within the age is not swept"
+    );
+    assert_eq!(garage.multipart_uploads("t/").await.len(), 1);
+
+    // Another upload, removed: the count follows.
+    let other = "fedcba9876543210fedcba9876543210";
+    let PartialHandle::S3(h) = store.create_partial(other).await.unwrap() else {
+        unreachable!()
+    };
+    let usage = store.partials_usage().await.unwrap();
+    assert_eq!((usage.uploads, usage.bytes), (2, 3000));
+    store.remove_partial(other, &h).await.unwrap();
+    let usage = store.partials_usage().await.unwrap();
+    assert_eq!((usage.uploads, usage.bytes), (1, 3000), "a removal counted at once");
+
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert_eq!(
+        store.sweep_partials(Duration::from_secs(3)).await.unwrap(),
+        [id],
+        "untouched for 3 s"
+    );
+    assert!(garage.multipart_uploads("t/").await.is_empty());
+    assert!(garage.objects("t/").await.is_empty(), "its tails went with it");
+    drop(handle);
 }

@@ -480,8 +480,8 @@ impl Inner {
         }
     }
 
-    /// The keys and sizes of the objects under `prefix`.
-    async fn objects_with_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+    /// The keys, sizes and modification times of the objects under `prefix`.
+    async fn objects_listed(&self, prefix: &str) -> Result<Vec<(String, u64, SystemTime)>, StoreError> {
         let mut out = Vec::new();
         let mut token = None::<String>;
         loop {
@@ -497,7 +497,8 @@ impl Inner {
             .await?;
             for object in listed.contents() {
                 if let Some(key) = object.key() {
-                    out.push((key.to_string(), object.size().unwrap_or(0).max(0) as u64));
+                    let size = object.size().unwrap_or(0).max(0) as u64;
+                    out.push((key.to_string(), size, system_time(object.last_modified())));
                 }
             }
             token = listed.next_continuation_token().map(str::to_string);
@@ -507,14 +508,10 @@ impl Inner {
         }
     }
 
-    /// The keys of the objects under `prefix`.
-    async fn object_keys(&self, prefix: &str) -> Result<Vec<String>, StoreError> {
-        Ok(self
-            .objects_with_sizes(prefix)
-            .await?
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect())
+    /// The keys and sizes of the objects under `prefix`.
+    async fn objects_with_sizes(&self, prefix: &str) -> Result<Vec<(String, u64)>, StoreError> {
+        let listed = self.objects_listed(prefix).await?;
+        Ok(listed.into_iter().map(|(k, size, _)| (k, size)).collect())
     }
 
     /// The object key of a file.

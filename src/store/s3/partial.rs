@@ -101,6 +101,19 @@ impl Inner {
         format!("{}.tail.{name}", self.partial_key(id))
     }
 
+    /// Keeps the last count of [`S3Store::partials_usage`] up to date with a change made here.
+    fn usage_changed(&self, uploads: i64, bytes: i64) {
+        if let Some((_, usage)) = self.usage.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+            usage.uploads = usage.uploads.saturating_add_signed(uploads);
+            usage.bytes = usage.bytes.saturating_add_signed(bytes);
+        }
+    }
+
+    /// Makes the next [`S3Store::partials_usage`] count from the bucket.
+    fn forget_usage(&self) {
+        *self.usage.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+
     async fn delete_quietly(&self, key: &str) {
         let _ = call(
             "DeleteObject",
@@ -321,6 +334,8 @@ pub struct S3Appender {
     hashers: Option<Box<Hashers>>,
     /// Whether a part went up in this append (then the old tail is in it).
     uploaded: bool,
+    /// The durable length when opened.
+    opened_at: u64,
 }
 
 /// Bytes not yet in a part, in a local file of at most about one part.
@@ -507,6 +522,8 @@ impl S3Appender {
                 self.handle.tail = Some(S3Tail { name, size: len });
             }
         }
+        let durable = self.handle.durable();
+        self.inner.usage_changed(0, durable as i64 - self.opened_at as i64);
         Ok(self.checkpoint())
     }
 }
@@ -529,6 +546,7 @@ impl S3Store {
             .upload_id()
             .ok_or_else(|| StoreError::other("CreateMultipartUpload gave no upload id"))?
             .to_string();
+        inner.usage_changed(1, 0);
         Ok(PartialHandle::S3(S3Handle {
             upload_id,
             parts: Vec::new(),
@@ -573,6 +591,7 @@ impl S3Store {
             taken: 0,
             hashers: Hashers::new(hashing),
             uploaded: false,
+            opened_at: offset,
         })
     }
 
@@ -666,6 +685,9 @@ impl S3Store {
             inner.delete_quietly(&inner.tail_key(id, name)).await;
         }
         inner.delete_quietly(&key).await;
+        if !handle.upload_id.is_empty() {
+            inner.usage_changed(-1, -(handle.durable() as i64));
+        }
         Ok(())
     }
 
@@ -694,12 +716,17 @@ impl S3Store {
                     .send(),
             )
             .await?;
+            // An append shorter than a part writes only a tail object: it touches the upload
+            // as much as a part does.
+            let tails = inner.objects_listed(&format!("{key}.tail.")).await?;
             let last = parts
                 .parts()
                 .iter()
                 .map(|p| system_time(p.last_modified()))
+                .chain(tails.iter().map(|(_, _, modified)| *modified))
                 .max()
-                .unwrap_or(initiated);
+                .unwrap_or(initiated)
+                .max(initiated);
             if last >= before {
                 continue;
             }
@@ -714,16 +741,20 @@ impl S3Store {
                     .send(),
             )
             .await;
-            for tail in inner.object_keys(&format!("{key}.tail.")).await? {
+            for (tail, _, _) in tails {
                 inner.delete_quietly(&tail).await;
             }
             removed.push(id.to_string());
         }
+        if !removed.is_empty() {
+            inner.forget_usage();
+        }
         Ok(removed)
     }
 
-    /// What unfinished uploads hold in the bucket (their parts and tails), counted at most
-    /// every ten seconds.
+    /// What unfinished uploads hold in the bucket (their parts and tails): counted from the
+    /// bucket at most every ten seconds, and in between kept up to date with this instance's
+    /// own creations, appends and removals (another instance's show at the next count).
     pub async fn partials_usage(&self) -> Result<Usage, StoreError> {
         let inner = &self.inner;
         if let Some((at, usage)) = *inner.usage.lock().unwrap_or_else(|e| e.into_inner())
