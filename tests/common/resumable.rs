@@ -15,23 +15,55 @@ use sha2::Digest;
 use super::common::{RawResponse, TestServer, now_unix, read_response};
 use super::redis_fixture::{RedisClient, Reply};
 
-/// Runs each behaviour twice (in the including test crate, which names `common/redis.rs`
-/// `redis_fixture`): embedded state, and Redis state with a redis-server of its own.
+/// Runs each behaviour (an `async fn name(extra: &str)`) once per state backend and store, as
+/// `name::embedded` (embedded state, local store), `name::redis` (Redis state with a
+/// redis-server of its own), and with the `s3` feature `name::s3` (embedded state, files in the
+/// bucket of a Garage of its own) and `name::s3_redis` (Redis state and Garage: the shape of
+/// several instances sharing one bucket). `extra` is the TOML those select (in the including
+/// test crate, which names `common/redis.rs` `redis_fixture`). `name: [variants]` runs only
+/// those variants (say why next to the behaviour).
 #[allow(unused_macros)] // redis_state.rs includes this file but runs one backend at a time
 macro_rules! on_both_backends {
-    ($($name:ident),* $(,)?) => {$(
-        mod $name {
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn embedded() {
-                super::$name("").await;
-            }
-            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-            async fn redis() {
-                let redis = crate::redis_fixture::RedisServer::start();
-                super::$name(&redis.toml()).await;
-            }
+    (@variant $name:ident embedded) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn embedded() {
+            super::$name("").await;
         }
-    )*};
+    };
+    (@variant $name:ident redis) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn redis() {
+            let redis = crate::redis_fixture::RedisServer::start();
+            super::$name(&redis.toml()).await;
+        }
+    };
+    (@variant $name:ident s3) => {
+        #[cfg(feature = "s3")]
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn s3() {
+            let garage = crate::common::garage::Garage::start();
+            super::$name(&garage.toml("files/")).await;
+        }
+    };
+    (@variant $name:ident s3_redis) => {
+        #[cfg(feature = "s3")]
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn s3_redis() {
+            let garage = crate::common::garage::Garage::start();
+            let redis = crate::redis_fixture::RedisServer::start();
+            super::$name(&format!("{}{}", garage.toml("files/"), redis.toml())).await;
+        }
+    };
+    () => {};
+    ($name:ident : [$($variant:ident),* $(,)?] $(, $($rest:tt)*)?) => {
+        mod $name {
+            $(on_both_backends!(@variant $name $variant);)*
+        }
+        $(on_both_backends!($($rest)*);)?
+    };
+    ($name:ident $(, $($rest:tt)*)?) => {
+        on_both_backends!($name: [embedded, redis, s3, s3_redis] $(, $($rest)*)?);
+    };
 }
 
 /// The tus version header value.
@@ -201,24 +233,253 @@ pub fn session_id(token: &str, path: &str) -> String {
     hex::encode(h.finalize())
 }
 
-/// Where the bytes of an unfinished upload live.
+/// Where the bytes of an unfinished upload live in the local store (not on S3).
 pub fn partial_path(server: &TestServer, id: &str) -> PathBuf {
+    assert!(
+        server.s3().is_none(),
+        "on S3 an unfinished upload's bytes are in the bucket"
+    );
     server
         .store()
         .join(".hmac-file-server/partial")
         .join(format!("{id}.part"))
 }
 
-/// Bytes of an unfinished upload on disk (None when there is no file).
+/// Bytes of an unfinished upload in the store (None when there are none): locally its file;
+/// on S3 its parts (as the bucket lists them) and the tail its record names, or, without a
+/// record, every tail object of it (or its completed object, before it goes).
 pub fn partial_len(server: &TestServer, id: &str) -> Option<u64> {
+    if server.s3().is_some() {
+        return s3_partials::len(server, id);
+    }
     std::fs::metadata(partial_path(server, id)).ok().map(|m| m.len())
 }
 
-/// Number of partial-upload files in the store.
+/// Number of unfinished uploads with bytes in the store: locally partial files; on S3
+/// distinct upload ids with a multipart upload or an object (a tail) under the partial prefix.
 pub fn partial_count(server: &TestServer) -> usize {
+    if server.s3().is_some() {
+        return s3_partials::count(server);
+    }
     std::fs::read_dir(server.store().join(".hmac-file-server/partial"))
         .map(|d| d.count())
         .unwrap_or(0)
+}
+
+/// Whether `bytes` are, in the store, the first bytes of upload `id`. On S3 (which cannot read
+/// the parts of an unfinished multipart upload) the parts its record lists must have the MD5
+/// ETags of the matching ranges of `bytes` (so `bytes` may not end inside a part), and the
+/// rest must be the start of the tail object its record names.
+pub fn partial_starts_with(server: &TestServer, id: &str, bytes: &[u8]) -> bool {
+    if server.s3().is_some() {
+        return s3_partials::starts_with(server, id, bytes);
+    }
+    std::fs::read(partial_path(server, id)).is_ok_and(|d| d.len() >= bytes.len() && d[..bytes.len()] == *bytes)
+}
+
+/// Bytes an append under way has taken into the store so far, as far as the test can see:
+/// locally the partial file of upload `id`; on S3 the largest local file a part is gathered in
+/// (under the store's temporary folder, written through a 1 MiB buffer: nothing shows before
+/// that much came; a file shows as soon as an append is open).
+pub fn received_len(server: &TestServer, id: &str) -> u64 {
+    if server.s3().is_some() {
+        return gathering_files(server).into_iter().max().unwrap_or(0);
+    }
+    partial_len(server, id).unwrap_or(0)
+}
+
+/// On S3, the sizes of the local files parts of appends under way are gathered in.
+pub fn gathering_files(server: &TestServer) -> Vec<u64> {
+    std::fs::read_dir(server.store().join(".hmac-file-server/tmp"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| e.file_name().to_string_lossy().ends_with(".s3part"))
+                .filter_map(|e| e.metadata().ok().map(|m| m.len()))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The partial-upload helpers on S3: what the bucket holds for an unfinished upload.
+#[cfg(feature = "s3")]
+mod s3_partials {
+    use super::super::common::{S3View, TestServer};
+    use super::Backend;
+
+    /// Where unfinished uploads are, under S3Prefix.
+    const PARTIAL: &str = ".hmac-file-server/partial/";
+
+    fn view(server: &TestServer) -> &S3View {
+        server.s3().expect("a server on S3")
+    }
+
+    /// The S3 handle in upload `id`'s record, if it has one.
+    fn handle(server: &TestServer, id: &str) -> Option<serde_json::Value> {
+        let record = Backend::of_server(server).record(server, id)?;
+        let handle = record.get("handle")?.clone();
+        (handle["backend"] == "s3").then_some(handle)
+    }
+
+    /// The ids of the multipart uploads at exactly the key of upload `id`.
+    fn uploads(s3: &S3View, id: &str) -> Vec<String> {
+        let key = format!("{}{PARTIAL}{id}", s3.prefix);
+        s3.with(|client, bucket| async move {
+            let listed = client
+                .list_multipart_uploads()
+                .bucket(bucket)
+                .prefix(&key)
+                .send()
+                .await
+                .expect("listing multipart uploads");
+            listed
+                .uploads()
+                .iter()
+                .filter(|u| u.key() == Some(key.as_str()))
+                .filter_map(|u| u.upload_id().map(str::to_string))
+                .collect()
+        })
+    }
+
+    /// The parts of multipart upload `upload_id` of upload `id`: (number, size, ETag without
+    /// quotes); none when there is no such upload.
+    fn parts(s3: &S3View, id: &str, upload_id: &str) -> Vec<(i32, u64, String)> {
+        let key = format!("{}{PARTIAL}{id}", s3.prefix);
+        let upload_id = upload_id.to_string();
+        s3.with(|client, bucket| async move {
+            let Ok(listed) = client
+                .list_parts()
+                .bucket(bucket)
+                .key(key)
+                .upload_id(upload_id)
+                .send()
+                .await
+            else {
+                return Vec::new();
+            };
+            listed
+                .parts()
+                .iter()
+                .map(|p| {
+                    (
+                        p.part_number().unwrap_or(0),
+                        p.size().unwrap_or(0).max(0) as u64,
+                        p.e_tag().unwrap_or_default().trim_matches('"').to_string(),
+                    )
+                })
+                .collect()
+        })
+    }
+
+    /// The objects of upload `id`: its completed object (if any) and its tails (name, size).
+    fn objects(s3: &S3View, id: &str) -> (Option<u64>, Vec<(String, u64)>) {
+        let key = format!("{PARTIAL}{id}");
+        let tail = format!("{key}.tail.");
+        let mut whole = None;
+        let mut tails = Vec::new();
+        for (k, size) in s3.objects(&key) {
+            if k == key {
+                whole = Some(size);
+            } else if let Some(name) = k.strip_prefix(&tail) {
+                tails.push((name.to_string(), size));
+            }
+        }
+        (whole, tails)
+    }
+
+    pub fn len(server: &TestServer, id: &str) -> Option<u64> {
+        let s3 = view(server);
+        let (whole, tails) = objects(s3, id);
+        if whole.is_some() {
+            return whole;
+        }
+        let uploads = uploads(s3, id);
+        if uploads.is_empty() && tails.is_empty() {
+            return None;
+        }
+        let listed = |upload_id: &str| parts(s3, id, upload_id).iter().map(|p| p.1).sum::<u64>();
+        Some(match handle(server, id) {
+            Some(h) => {
+                let tail = h["tail"]["name"]
+                    .as_str()
+                    .map_or(0, |name| tails.iter().find(|t| t.0 == name).map_or(0, |t| t.1));
+                listed(h["upload_id"].as_str().expect("an S3 handle has an upload id")) + tail
+            }
+            None => uploads.iter().map(|u| listed(u)).sum::<u64>() + tails.iter().map(|t| t.1).sum::<u64>(),
+        })
+    }
+
+    pub fn count(server: &TestServer) -> usize {
+        let s3 = view(server);
+        let id_of = |key: &str| -> String {
+            let rest = key.strip_prefix(PARTIAL).unwrap_or(key);
+            rest.split('.').next().unwrap_or(rest).to_string()
+        };
+        let mut ids: Vec<String> = s3
+            .multipart_uploads(PARTIAL)
+            .iter()
+            .map(|k| id_of(k))
+            .chain(s3.objects(PARTIAL).iter().map(|(k, _)| id_of(k)))
+            .collect();
+        ids.sort();
+        ids.dedup();
+        ids.len()
+    }
+
+    pub fn starts_with(server: &TestServer, id: &str, bytes: &[u8]) -> bool {
+        use md5::Digest;
+        let s3 = view(server);
+        let Some(h) = handle(server, id) else { return false };
+        let listed = parts(s3, id, h["upload_id"].as_str().expect("an S3 handle has an upload id"));
+        let mut at = 0usize;
+        for part in h["parts"].as_array().into_iter().flatten() {
+            if at >= bytes.len() {
+                return true;
+            }
+            let number = part["number"].as_i64().unwrap() as i32;
+            let end = at + part["size"].as_u64().unwrap() as usize;
+            assert!(
+                end <= bytes.len(),
+                "cannot check a prefix that ends inside part {number} (bytes {at}..{end}) on S3"
+            );
+            let Some((_, size, etag)) = listed.iter().find(|p| p.0 == number) else {
+                return false; // the record lists a part the bucket does not have
+            };
+            if *size as usize != end - at || *etag != hex::encode(md5::Md5::digest(&bytes[at..end])) {
+                return false;
+            }
+            at = end;
+        }
+        if at >= bytes.len() {
+            return true;
+        }
+        let Some(name) = h["tail"]["name"].as_str() else {
+            return false;
+        };
+        let Some(tail) = s3.read(&format!("{PARTIAL}{id}.tail.{name}")) else {
+            return false;
+        };
+        let rest = &bytes[at..];
+        tail.len() as u64 == h["tail"]["size"].as_u64().unwrap()
+            && tail.len() >= rest.len()
+            && tail[..rest.len()] == *rest
+    }
+}
+
+#[cfg(not(feature = "s3"))]
+mod s3_partials {
+    use super::super::common::TestServer;
+
+    pub fn len(_: &TestServer, _: &str) -> Option<u64> {
+        unreachable!("StoreBackend = \"s3\" needs the s3 feature")
+    }
+
+    pub fn count(_: &TestServer) -> usize {
+        unreachable!("StoreBackend = \"s3\" needs the s3 feature")
+    }
+
+    pub fn starts_with(_: &TestServer, _: &str, _: &[u8]) -> bool {
+        unreachable!("StoreBackend = \"s3\" needs the s3 feature")
+    }
 }
 
 /// The state backend a server's extra TOML selects, seen from the test.
@@ -241,6 +502,12 @@ impl Backend {
             Some(c) => Backend::Redis(c),
             None => Backend::Embedded,
         }
+    }
+
+    /// The backend `server` was started with (read from its config file).
+    pub fn of_server(server: &TestServer) -> Backend {
+        let config = std::fs::read_to_string(server.dir.path().join("config.toml")).unwrap_or_default();
+        Backend::of(&config)
     }
 
     /// Whether this is the embedded state.
@@ -284,10 +551,14 @@ impl Backend {
     /// Makes the upload expired as each backend sees it once UploadExpiry has passed:
     /// embedded, its record's expiry is in the past (its bytes untouched, so the sweeper
     /// must go by the record); Redis, the record is gone (its TTL) and its bytes have not
-    /// been touched for `age` (so the sweeper must go by the bytes).
+    /// been touched for `age` (so the sweeper must go by the bytes). Not on S3 with Redis: the
+    /// bucket's timestamps (of the multipart upload and its parts) cannot be moved back.
     pub fn expire_fully(&self, server: &TestServer, id: &str, age: Duration) {
         match self {
             Backend::Embedded => self.age_record(server, id),
+            Backend::Redis(_) if server.s3().is_some() => {
+                panic!("cannot make the bytes of an upload in the bucket look untouched for {age:?}")
+            }
             Backend::Redis(c) => {
                 c.cmd(&["DEL", &redis_record_key(id)]);
                 let old = std::time::SystemTime::now() - age;
@@ -346,22 +617,22 @@ impl Streaming {
     }
 }
 
-/// Whether `bytes` are, on disk, the first bytes of upload `id`.
-pub fn partial_starts_with(server: &TestServer, id: &str, bytes: &[u8]) -> bool {
-    std::fs::read(partial_path(server, id)).is_ok_and(|d| d.len() >= bytes.len() && d[..bytes.len()] == *bytes)
-}
-
 /// One writer per upload: a PATCH through `first` sends 8 KiB and then hangs (`trickle` =
 /// false: a client whose network went away) or keeps trickling (`trickle` = true). A second
 /// PATCH through `second`, claiming offset 0, must make the first stop and save what it got:
 /// it answers 409 with the saved offset (never 423 after waiting out the first), the first
 /// gets no success, and the upload finishes byte-identical. Servers need BufferSize = 4096
-/// (so bytes reach the disk while the first PATCH runs) and a long ReadTimeout.
+/// (so bytes reach the disk while the first PATCH runs) and a long ReadTimeout. On S3 the
+/// first PATCH sends 1 MiB more first, so that its bytes show in the local file a part is
+/// gathered in (see [`received_len`]).
 pub async fn second_patch_stops_first(first: &TestServer, second: &TestServer, trickle: bool, seed: u64) {
     use std::sync::Arc;
     use std::sync::atomic::{AtomicBool, Ordering};
 
-    let len = 200_000usize;
+    let (len, head) = match first.s3() {
+        None => (200_000usize, 8192),
+        Some(_) => (1_500_000usize, (1 << 20) + 8192),
+    };
     let data = super::common::payload(len, seed);
     let (tus1, tus2) = (Tus::new(first), Tus::new(second));
     let path = format!("writers/{seed}-{trickle}.bin");
@@ -369,12 +640,9 @@ pub async fn second_patch_stops_first(first: &TestServer, second: &TestServer, t
         .create_ok(&first.signed_v(&path, &path, len as u64), len as u64)
         .await;
     let id = id_of(&loc);
-    let a = Streaming::patch(first.addr, &loc, 0, len as u64, &data[..8192]);
+    let a = Streaming::patch(first.addr, &loc, 0, len as u64, &data[..head]);
     assert!(
-        eventually(Duration::from_secs(10), || async {
-            partial_len(first, &id).unwrap_or(0) >= 4096
-        })
-        .await,
+        eventually(Duration::from_secs(10), || async { received_len(first, &id) >= 4096 }).await,
         "the first PATCH's bytes reach the disk; log:\n{}",
         first.log()
     );
@@ -384,7 +652,7 @@ pub async fn second_patch_stops_first(first: &TestServer, second: &TestServer, t
         let data = data.clone();
         std::thread::spawn(move || {
             let mut a = a;
-            let mut sent = 8192;
+            let mut sent = head;
             while trickle && !stop.load(Ordering::SeqCst) && sent + 512 < data.len() {
                 if !a.send(&data[sent..sent + 512]) {
                     break;
