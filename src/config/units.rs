@@ -1,7 +1,8 @@
 //! Parsing of the seed's duration and size notations.
 //!
 //! Durations: an integer is seconds (`ReadTimeout = 900`); a string is either plain seconds
-//! (`"900"`) or a humantime expression (`"30d"`, `"24h"`, `"1h30m"`, `"90s"`).
+//! (`"900"`) or a humantime expression (`"30d"`, `"24h"`, `"1h30m"`, `"90s"`); at most
+//! [`LONGEST_DURATION`], so every deadline the server computes from one stays representable.
 //!
 //! Sizes: an integer is bytes; a string is a number with an optional unit. Every unit is
 //! binary: `KB`/`KiB`/`K` = 1024, `MB`/`MiB`/`M` = 1024², `GB`/`GiB`/`G` = 1024³, `TB`/`TiB`/`T`
@@ -10,17 +11,27 @@
 
 use std::time::Duration;
 
+/// The longest duration any key takes (`"100y"`, years of 365.25 days as humantime counts
+/// them): longer ones mean "forever" in
+/// effect, and `now + d` of a larger one would overflow a clock (`AutoBanTime =
+/// 18446744073709551615` made the first ban panic).
+pub const LONGEST_DURATION: Duration = Duration::from_secs(100 * 31_557_600);
+
 /// Parses a duration string; see the module documentation for the accepted forms.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
     if text.is_empty() {
         return Err("empty duration".into());
     }
-    if let Ok(secs) = text.parse::<u64>() {
-        return Ok(Duration::from_secs(secs));
+    let duration = match text.parse::<u64>() {
+        Ok(secs) => Duration::from_secs(secs),
+        Err(_) => humantime::parse_duration(text)
+            .map_err(|e| format!("`{text}` is not a duration ({e}); use seconds or e.g. \"90s\", \"24h\", \"30d\""))?,
+    };
+    if duration > LONGEST_DURATION {
+        return Err(format!("`{text}` is longer than 100 years"));
     }
-    humantime::parse_duration(text)
-        .map_err(|e| format!("`{text}` is not a duration ({e}); use seconds or e.g. \"90s\", \"24h\", \"30d\""))
+    Ok(duration)
 }
 
 /// Parses a size string into bytes; see the module documentation for the units.
@@ -68,6 +79,14 @@ mod tests {
         assert!(parse_duration("").is_err());
         assert!(parse_duration("soon").is_err());
         assert!(parse_duration("-5s").is_err());
+        assert_eq!(parse_duration("100y").unwrap(), LONGEST_DURATION);
+        assert_eq!(parse_duration("3155760000").unwrap(), LONGEST_DURATION);
+        assert!(parse_duration("3155760001").is_err());
+        assert!(parse_duration("101y").is_err());
+        assert!(
+            parse_duration("18446744073709551615").is_err(),
+            "would overflow a deadline"
+        );
     }
 
     #[test]

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use http::HeaderMap;
 use ipnet::IpNet;
 
+use crate::config::units::LONGEST_DURATION;
 use crate::metrics;
 
 /// Most client addresses tracked at once; beyond it the oldest entries are dropped.
@@ -101,9 +102,11 @@ impl Bans {
             if let (Ok(ip), Some(until)) = (ip.parse::<IpAddr>(), until)
                 && until > now_unix
             {
+                // A hand-edited or garbled end time (u64::MAX) would overflow the clock.
+                let left = Duration::from_secs(until - now_unix).min(LONGEST_DURATION);
                 let entry = Entry {
                     failures: VecDeque::new(),
-                    banned_until: Some(Some(now + Duration::from_secs(until - now_unix))),
+                    banned_until: Some(Some(now + left)),
                 };
                 entries.insert(ip, entry);
             }
@@ -255,7 +258,8 @@ impl Bans {
             return false;
         }
         entry.failures.clear();
-        entry.banned_until = Some(left.map(|d| now + d));
+        // The time left comes from Redis, where anyone with access can set any TTL.
+        entry.banned_until = Some(left.map(|d| now + d.min(LONGEST_DURATION)));
         let in_force = entries.values().filter(|e| e.banned_until.is_some()).count();
         self.save(&mut entries);
         drop(entries);
@@ -517,6 +521,27 @@ mod tests {
             restarted.banned_for(ip, Instant::now()).is_none(),
             "unban by file + reload"
         );
+    }
+
+    /// Found by the `state_files` fuzz target: a ban file whose end time is far beyond what
+    /// the clock holds made the start panic (`overflow when adding duration to instant`).
+    #[test]
+    fn a_ban_file_with_an_end_beyond_the_clock_restores_a_long_ban() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bans.json");
+        std::fs::write(
+            &path,
+            br#"{"192.0.2.9": 18446744073709551615, "2001:db8::9": 11357407135578037661}"#,
+        )
+        .unwrap();
+        let bans = Bans::persistent(path);
+        let now = Instant::now();
+        for ip in ["192.0.2.9", "2001:db8::9"] {
+            let left = bans.banned_for(ip.parse().unwrap(), now).expect("restored");
+            assert!(left > Duration::from_secs(99 * 365 * 86_400) && left <= LONGEST_DURATION);
+        }
+        bans.adopt("192.0.2.10".parse().unwrap(), Some(Duration::MAX), now);
+        assert!(bans.banned_for("192.0.2.10".parse().unwrap(), now).is_some());
     }
 
     #[test]

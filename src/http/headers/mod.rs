@@ -82,7 +82,7 @@ fn parse_content_range(value: &str) -> Result<(u64, u64), ApiError> {
     let (Some(first), Some(last), Some(total)) = (parse(first), parse(last), parse(total)) else {
         return Err(BAD);
     };
-    if total == 0 || last + 1 != total || first > last {
+    if last.checked_add(1) != Some(total) || first > last {
         return Err(BAD);
     }
     Ok((first, total))
@@ -219,6 +219,10 @@ mod tests {
     fn content_ranges() {
         assert_eq!(parse_content_range("bytes 0-99/100").unwrap(), (0, 100));
         assert_eq!(parse_content_range("bytes 40-99/100").unwrap(), (40, 100));
+        assert_eq!(
+            parse_content_range("bytes 0-18446744073709551614/18446744073709551615").unwrap(),
+            (0, u64::MAX)
+        );
         for bad in [
             "bytes 0-98/100",
             "bytes 50-40/100",
@@ -226,6 +230,9 @@ mod tests {
             "0-99/100",
             "bytes a-b/c",
             "bytes 0-0/0",
+            // The last byte at u64::MAX: `last + 1` overflowed (a panic in debug builds).
+            "bytes 0-18446744073709551615/0",
+            "bytes 0-18446744073709551615/18446744073709551615",
         ] {
             assert!(parse_content_range(bad).is_err(), "{bad}");
         }

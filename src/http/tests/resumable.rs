@@ -130,3 +130,63 @@ async fn session_head_without_an_upload_checks_a_v3_token() {
         assert_eq!(response.status(), status);
     }
 }
+
+/// Found by the `handler` fuzz target: a tus request whose body brings every byte of the
+/// upload and then breaks (a chunked body cut before its end) stored the file but answered
+/// 400, so a client still listening retried into a 404 and then a 409. Every byte is in: the
+/// answer is a success, and the file is whole.
+#[tokio::test]
+async fn a_body_that_breaks_after_the_last_byte_completes_the_upload() {
+    let server = server();
+    let bytes = pattern(3000);
+    let body = frames(vec![
+        data(&bytes[..1000]),
+        data(&bytes[1000..]),
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "cut after the last byte",
+        )),
+    ]);
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(slot("t/broken-after.bin", 3000))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "3000")
+        .header("content-type", "application/offset+octet-stream")
+        .body(body)
+        .unwrap();
+    let response = server.send(request).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    assert_eq!(response.headers()["upload-offset"], "3000");
+    assert_eq!(server.file("t/broken-after.bin").await, Some(bytes.clone()));
+
+    // The same on a PATCH: an upload created empty, then all its bytes in one broken body.
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(slot("t/patched.bin", 3000))
+        .header("tus-resumable", "1.0.0")
+        .header("upload-length", "3000")
+        .body(frames(vec![]))
+        .unwrap();
+    let response = server.send(request).await;
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let location = response.headers()["location"].to_str().unwrap().to_string();
+    let body = frames(vec![
+        data(&bytes),
+        Err(io::Error::new(
+            io::ErrorKind::ConnectionReset,
+            "cut after the last byte",
+        )),
+    ]);
+    let request = Request::builder()
+        .method(Method::PATCH)
+        .uri(location)
+        .header("tus-resumable", "1.0.0")
+        .header("upload-offset", "0")
+        .header("content-type", "application/offset+octet-stream")
+        .body(body)
+        .unwrap();
+    let response = server.send(request).await;
+    assert_eq!(response.status(), StatusCode::NO_CONTENT);
+    assert_eq!(server.file("t/patched.bin").await, Some(bytes));
+}
