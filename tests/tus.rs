@@ -469,11 +469,33 @@ async fn concatenation(extra: &str) {
 
     let r = tus.create(&slot, None, &[("upload-concat", &final_list)], None).await;
     assert_eq!(r.status(), StatusCode::CREATED);
+    let loc_final = location_of(&r);
     let want: Vec<u8> = b.iter().chain(a.iter()).copied().collect();
     assert_served(&tus, &server.url(path), &want, "served").await;
     assert_eq!(tus.head(&loc_a).await.status(), StatusCode::NOT_FOUND, "parts used up");
     assert_eq!(partial_count(&server), 0);
     assert_eq!(server.temporaries(), 0);
+
+    // The final upload's Location is a tus resource (tus 1.0, concatenation): HEAD gives its
+    // offset = length and the parts; PATCH is forbidden.
+    let r = tus.head(&loc_final).await;
+    assert_eq!(r.status(), StatusCode::OK, "HEAD on the final upload");
+    assert_eq!(header(&r, "upload-offset"), Some(total.to_string()));
+    assert_eq!(header(&r, "upload-length"), Some(total.to_string()));
+    let parts_of = |l: &str| l.rsplit('/').next().unwrap().to_string();
+    let listed = header(&r, "upload-concat").expect("Upload-Concat on the final upload");
+    let listed: Vec<String> = listed
+        .strip_prefix("final;")
+        .expect("final;")
+        .split(' ')
+        .map(parts_of)
+        .collect();
+    assert_eq!(listed, [parts_of(&loc_b), parts_of(&loc_a)], "the parts, in order");
+    assert_eq!(header(&r, "tus-resumable").as_deref(), Some("1.0.0"));
+    let r = tus.patch(&loc_final, total, b"x".to_vec()).await;
+    assert_eq!(r.status(), StatusCode::FORBIDDEN, "PATCH on a final upload");
+    assert_eq!(header(&r, "tus-resumable").as_deref(), Some("1.0.0"));
+    assert_served(&tus, &server.url(path), &want, "unchanged").await;
 }
 
 async fn expiration(extra: &str) {

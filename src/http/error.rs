@@ -37,6 +37,9 @@ pub enum ApiError {
     /// A file is already at the path.
     #[error("file already exists")]
     Exists,
+    /// A PATCH on a tus final upload (tus 1.0 concatenation: 403).
+    #[error("a final upload cannot be patched")]
+    FinalUpload,
     /// Nothing at the path.
     #[error("not found")]
     NotFound,
@@ -155,7 +158,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::BadPath(_) | ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
-            ApiError::Auth(_) | ApiError::PathEscape => StatusCode::FORBIDDEN,
+            ApiError::Auth(_) | ApiError::PathEscape | ApiError::FinalUpload => StatusCode::FORBIDDEN,
             ApiError::LengthRequired => StatusCode::LENGTH_REQUIRED,
             ApiError::TooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Exists => StatusCode::CONFLICT,

@@ -88,7 +88,18 @@ where
     let deferred = headers::upload_defer_length(headers)?;
 
     let concat = match concat {
-        UploadConcat::Final(parts) => return concatenate(state, config, &slot, &token, &parts, content_type).await,
+        UploadConcat::Final(parts) => {
+            let final_upload = NewUpload {
+                id: random_id(),
+                kind: UploadKind::Tus,
+                key: slot.key.clone(),
+                length: None,
+                content_type,
+                metadata: metadata_raw.filter(|m| !m.trim().is_empty()),
+                concat: Concat::None,
+            };
+            return concatenate(state, config, &slot, &token, &parts, final_upload).await;
+        }
         UploadConcat::Partial => Concat::Partial,
         UploadConcat::None => Concat::None,
     };
@@ -161,26 +172,30 @@ async fn concatenate(
     slot: &Slot,
     token: &Token,
     parts: &[String],
-    content_type: String,
+    final_upload: NewUpload,
 ) -> Result<Response, ApiError> {
     let engine = state.engine();
     let records = engine.parts(parts, &slot.key).await?;
     let total: u64 = records.iter().map(|r| r.offset).sum();
-    authorize(state, slot, token, total, &content_type, CREATE_METHODS)?;
+    authorize(state, slot, token, total, &final_upload.content_type, CREATE_METHODS)?;
     if total > config.limits.max_upload_bytes {
         return Err(ApiError::TooLarge {
             size: total,
             max: config.limits.max_upload_bytes,
         });
     }
-    engine
-        .concatenate(&records, &slot.key, content_type, config.store.checksum_verification)
+    let record = engine
+        .concatenate(
+            &records,
+            final_upload,
+            config.store.checksum_verification,
+            config.limits.upload_expiry,
+        )
         .await?;
     let mut response = tus_response(StatusCode::CREATED);
-    response
-        .headers_mut()
-        .insert(header::LOCATION, location(config, &random_id()));
-    response.headers_mut().insert("upload-offset", HeaderValue::from(total));
+    let h = response.headers_mut();
+    h.insert(header::LOCATION, location(config, &record.id));
+    h.insert("upload-offset", HeaderValue::from(total));
     Ok(response)
 }
 
@@ -214,8 +229,21 @@ pub async fn head(state: &AppState, id: &str, headers: &HeaderMap) -> Result<Res
     if let Some(m) = record.metadata.as_deref().and_then(|m| HeaderValue::from_str(m).ok()) {
         h.insert("upload-metadata", m);
     }
-    if record.concat == Concat::Partial {
-        h.insert("upload-concat", HeaderValue::from_static("partial"));
+    match &record.concat {
+        Concat::Partial => {
+            h.insert("upload-concat", HeaderValue::from_static("partial"));
+        }
+        Concat::Final(parts) => {
+            let config = state.config();
+            let urls: Vec<String> = parts
+                .iter()
+                .map(|id| format!("{}{TUS_SEGMENT}{id}", config.url_prefix()))
+                .collect();
+            if let Ok(value) = HeaderValue::from_str(&format!("final;{}", urls.join(" "))) {
+                h.insert("upload-concat", value);
+            }
+        }
+        Concat::None => {}
     }
     h.insert("upload-expires", expires_header(&record));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
@@ -241,7 +269,7 @@ where
         .with_lock(id, async |held| {
             let mut record = load(state, id).await?;
             if let Concat::Final(_) = record.concat {
-                return Err(ApiError::BadRequest("a final upload cannot be patched"));
+                return Err(ApiError::FinalUpload);
             }
             write_chunk(state, config, &mut record, held, headers, &mut body).await?;
             Ok(record)

@@ -536,15 +536,21 @@ impl Engine {
         Ok(records)
     }
 
-    /// Stores the concatenation of `parts` (from [`Self::parts`]) at `key` through the store's
-    /// no-overwrite commit, then forgets the parts; returns the file's size.
+    /// Stores the concatenation of `parts` (from [`Self::parts`]) at `final_upload.key`
+    /// through the store's no-overwrite commit, then forgets the parts.
+    ///
+    /// The final upload gets a record of its own, returned (complete, its parts' ids in
+    /// `concat`, no bytes), so its Location answers HEAD as tus 1.0 wants (offset = length,
+    /// `Upload-Concat: final;…`) until it expires like any upload.
     pub async fn concatenate(
         &self,
         parts: &[UploadRecord],
-        key: &FileKey,
-        content_type: String,
+        final_upload: NewUpload,
         checksum_verification: bool,
-    ) -> Result<u64, EngineError> {
+        expiry: Duration,
+    ) -> Result<UploadRecord, EngineError> {
+        let key = &final_upload.key;
+        let content_type = final_upload.content_type.clone();
         let total: u64 = parts.iter().map(|r| r.offset).sum();
         let hashing = Hashing {
             sha256: checksum_verification,
@@ -576,7 +582,26 @@ impl Engine {
         }
         metrics::file_stored(total);
         tracing::info!(path = %key, size = total, parts = parts.len(), "tus final upload concatenated");
-        Ok(total)
+        let now = now_unix();
+        let record = UploadRecord {
+            id: final_upload.id,
+            kind: final_upload.kind,
+            key: key.as_str().to_string(),
+            length: Some(total),
+            offset: total,
+            content_type: final_upload.content_type,
+            metadata: final_upload.metadata,
+            created_unix: now,
+            expires_unix: now + expiry.as_secs(),
+            concat: Concat::Final(parts.iter().map(|p| p.id.clone()).collect()),
+            handle: PartialHandle::default(),
+        };
+        // The file is stored, which is what the client asked for: without its record only
+        // HEAD on the final upload's URL does not know it (404).
+        if let Err(e) = self.state.put(&record, expiry).await {
+            tracing::warn!(id = %record.id, path = %key, error = %e, "cannot keep the record of a final upload");
+        }
+        Ok(record)
     }
 
     /// Removes an upload's bytes and record.

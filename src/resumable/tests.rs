@@ -487,14 +487,27 @@ async fn concatenate_joins_the_parts_in_order_and_forgets_them() {
         .parts(&[second.id.clone(), first.id.clone()], &key("joined"))
         .await
         .unwrap();
-    let total = f
+    let final_upload = NewUpload {
+        content_type: "text/plain".into(),
+        ..upload("joined", None)
+    };
+    let final_id = final_upload.id.clone();
+    let record = f
         .engine
-        .concatenate(&parts, &key("joined"), "text/plain".into(), true)
+        .concatenate(&parts, final_upload, true, KEEP.expiry)
         .await
         .unwrap();
     let mut expected = big.clone();
     expected.extend_from_slice(b"abc");
-    assert_eq!(total, expected.len() as u64);
+    let total = expected.len() as u64;
+    assert_eq!((record.length, record.offset), (Some(total), total));
+    assert_eq!(record.concat, Concat::Final(vec![second.id.clone(), first.id.clone()]));
+    assert_eq!(
+        f.state.get(&final_id).await.unwrap(),
+        Some(record.clone()),
+        "the final upload is kept, complete, for HEAD"
+    );
+    assert!(!f.has_bytes(&record).await, "with no bytes of its own");
     assert!(f.file("joined").await == expected);
     let meta = f.store.head(&key("joined")).await.unwrap().meta.unwrap();
     assert_eq!(meta.sha256, Some(hex::encode(sha2::Sha256::digest(&expected))));
