@@ -117,6 +117,28 @@ fn more_than_100_headers_is_431() {
     let at: String = (0..98).map(|i| format!("X-H{i}: v\r\n")).collect();
     let r = server.raw_one(&get_with_headers(&at));
     assert_eq!(r.status, 404, "exactly 100 headers");
+    // hyper answers these by itself; each still has its access line.
+    server.wait_for_lines(&["request refused by the HTTP parser", "status=431"], 2);
+}
+
+#[test]
+fn malformed_requests_get_400_and_an_access_line() {
+    let server = TestServer::start("");
+    for request in [
+        &b"GET /upload/a b c HTTP/1.1\r\nHost: test\r\n\r\n"[..],
+        b"GET /upload/a HTTP/1.1\r\nHost: test\r\nX-Folded: a\r\n b\r\n\r\n",
+        b"GET /upload/a HTTP/1.1\r\nHost: test\r\nBad Header: x\r\n\r\n",
+    ] {
+        let r = server.raw_one(request);
+        assert_eq!(r.status, 400, "{}", String::from_utf8_lossy(request));
+    }
+    // One access line each, written when hyper hands the connection's error back.
+    for line in server.wait_for_lines(&["request refused by the HTTP parser"], 3) {
+        assert!(
+            line.contains("status=400") && line.contains("client=127.0.0.1"),
+            "{line}"
+        );
+    }
 }
 
 #[test]

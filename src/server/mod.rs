@@ -321,8 +321,47 @@ fn spawn_connection<I>(
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(client = ?peer, error = %e, "connection ended with an error");
+            if let Some(status) = parser_answer(&e) {
+                log_parser_answer(peer, status);
+            }
         }
     });
+}
+
+/// The status hyper answered by itself, when it refused to parse a request (malformed
+/// request line or header: 400; head over `READ_BUF_BYTES` or `MAX_HEADERS` headers: 431; a
+/// target too long for its parser: 414). None when it sent nothing.
+fn parser_answer(e: &hyper::Error) -> Option<u16> {
+    if e.is_parse_too_large() {
+        // Parse::UriTooLong and Parse::TooLarge: told apart only by their text.
+        Some(if e.to_string().starts_with("URI too long") {
+            414
+        } else {
+            431
+        })
+    } else if e.is_parse() && !e.is_parse_version_h2() {
+        Some(400)
+    } else {
+        None
+    }
+}
+
+/// The access line of an answer hyper made without calling the handler: the request was
+/// never parsed, so there is no method or path to log (and no Origin to answer with CORS),
+/// and no start time (`ms=0`).
+fn log_parser_answer(peer: Option<IpAddr>, status: u16) {
+    crate::metrics::request_done("-", status, Duration::ZERO);
+    tracing::info!(
+        target: "access",
+        client = %peer.map_or_else(|| "unix".to_string(), |ip| ip.to_string()),
+        method = "-",
+        path = "-",
+        status,
+        bytes_in = 0,
+        bytes_out = 0,
+        ms = 0,
+        "request refused by the HTTP parser"
+    );
 }
 
 /// Registers for SIGTERM and SIGINT now (so a signal that comes during start-up is not

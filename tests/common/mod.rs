@@ -7,7 +7,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hmac_file_server::auth;
 use hmac_file_server::config::Secret;
@@ -336,6 +336,25 @@ impl TestServer {
     /// Everything the server logged so far.
     pub fn log(&self) -> String {
         self.log.lock().unwrap().clone()
+    }
+
+    /// The lines of the log that contain every one of `parts`, once there are `n` of them
+    /// (waiting up to 10 s, for lines written just after an answer); panics otherwise.
+    pub fn wait_for_lines(&self, parts: &[&str], n: usize) -> Vec<String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let lines: Vec<String> = self
+                .log()
+                .lines()
+                .filter(|l| parts.iter().all(|p| l.contains(p)))
+                .map(str::to_string)
+                .collect();
+            if lines.len() >= n || Instant::now() > deadline {
+                assert_eq!(lines.len(), n, "lines with {parts:?} in:\n{}", self.log());
+                return lines;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// The URL of a path under /upload/ (raw: the caller encodes).
