@@ -1044,6 +1044,12 @@ def phase_many(res: Results, plan: Plan, workdir: Path) -> None:
             "max_threads": sampler.max_threads,
             "server_cpu_s": round(server.cpu_seconds() - cpu0, 3),
         })
+        # The blocking pool's idle threads end after tokio's keep-alive (10 s): what is left
+        # 15 s after the burst, and the memory then.
+        time.sleep(15)
+        status = proc_status(server.pid)
+        out["threads_after_15s"] = int(status.get("Threads", "0"))
+        out["rss_after_15s_mib"] = round(int(status.get("VmRSS", "0 kB").split()[0]) / 1024, 1)
         res.many = out
         if out["created"] != n:
             res.problems.append(f"many: only {out['created']} of {n} uploads got 201: {out['statuses']}")
@@ -1797,6 +1803,7 @@ def table(res: Results) -> str:
         rows += [
             f"| many: {m['uploads']} concurrent slow uploads × {m['bytes_each'] // MIB} MiB | peak server RSS (VmHWM) | {m['peak_rss_mib']:.1f} MiB | | | < {TARGETS['many_rss_mib']} MiB | {verdict(m['peak_rss_mib'] < TARGETS['many_rss_mib'])} |",
             f"| | 201 answers / peak in flight / server threads | {m['created']} / {m['peak_in_flight']} / {m['max_threads']} | | | all {m['uploads']} | {verdict(m['created'] == m['uploads'])} |",
+            f"| | server threads and RSS 15 s after the last upload | {m['threads_after_15s']} threads, {m['rss_after_15s_mib']:.1f} MiB | | | | |",
         ]
     if c:
         mib = res.plan["large_bytes"] // MIB
