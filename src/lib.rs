@@ -5,7 +5,8 @@
 //! using only the ones below it (`tests/architecture.rs` fails on an import against the
 //! direction; docs/architecture.md has the picture):
 //!
-//! 1. [`clock`], [`key`] (the decoded upload path), [`metrics`]: leaves.
+//! 1. [`clock`], [`fault`] (failpoints of test builds), [`key`] (the decoded upload path),
+//!    [`metrics`]: leaves.
 //! 2. [`config`]: file, environment and command line into one immutable [`config::Config`].
 //! 3. [`auth`]: the slot and delete tokens, pure functions.
 //! 4. [`store`] (finished files and the bytes of unfinished uploads, behind seams) and
@@ -19,6 +20,7 @@
 #![warn(missing_docs)]
 
 pub mod clock;
+pub mod fault;
 pub mod key;
 pub mod metrics;
 

@@ -13,6 +13,8 @@ use hmac_file_server::{metrics, ops, server};
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(normalize_args(std::env::args()));
+    // FAILPOINTS, in test builds with the `failpoints` feature only.
+    let _failpoints = hmac_file_server::fault::setup();
     if let Some(Command::Keys) = cli.command {
         print!("{}", keys::describe());
         return ExitCode::SUCCESS;

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 /// The layers, lowest first. A module may use the modules of the layers before its own.
 const LAYERS: &[&[&str]] = &[
-    &["clock", "key", "metrics"],
+    &["clock", "fault", "key", "metrics"],
     &["config"],
     &["auth"],
     &["store"],

@@ -504,10 +504,7 @@ async fn health_metrics_and_an_unreachable_store() {
     let mut garage = Garage::start();
     let server = TestServer::start(&garage.toml(""));
     let http = client();
-    let log = server.log();
-    let marker = "metrics and health on http://";
-    let start = log.find(marker).unwrap() + marker.len();
-    let metrics = &log[start..start + log[start..].find('/').unwrap()];
+    let metrics = server.metrics_addr();
     let health = format!("http://{metrics}/health");
     assert_eq!(http.get(&health).send().await.unwrap().status(), StatusCode::OK);
     let r = http
@@ -517,14 +514,7 @@ async fn health_metrics_and_an_unreachable_store() {
         .await
         .unwrap();
     assert_eq!(r.status(), StatusCode::CREATED);
-    let text = http
-        .get(format!("http://{metrics}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = server.metrics_text();
     // A small body on Garage: looked for under the lock (not there), then one PutObject.
     assert!(text.contains("hmac_file_server_s3_requests_total{operation=\"HeadObject\",outcome=\"not_found\"}"));
     for operation in ["PutObject", "HeadBucket"] {

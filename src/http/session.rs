@@ -142,6 +142,12 @@ pub async fn head(state: &AppState, slot: &Slot, headers: &HeaderMap) -> Result<
         engine.forget(&record).await?;
         return Err(ApiError::NotFound);
     }
+    // An upload that has all its bytes but was not committed (a failure or a crash between
+    // its last byte and the commit) is finished now, as tus HEAD does: offset = length then
+    // means the file is stored.
+    engine
+        .finish_if_complete(&record, state.config().store.checksum_verification)
+        .await?;
     let mut response = body::empty(StatusCode::OK);
     let h = response.headers_mut();
     h.insert("upload-offset", HeaderValue::from(record.offset));

@@ -469,11 +469,17 @@ impl Engine {
             .partials
             .complete(&record.id, &record.handle, length, &key, &meta)
             .await;
-        if matches!(committed, Ok(()) | Err(StoreError::Exists)) {
-            // Done, or can never be done (the path is taken): either way the upload is over.
-            self.forget(record).await?;
+        match committed {
+            // Stored, which is what the client asked for: a record that cannot be removed
+            // now is complete and goes at its expiry.
+            Ok(()) => self.forget_stored(record).await,
+            // Can never be done (the path is taken): the upload is over.
+            Err(StoreError::Exists) => {
+                self.forget(record).await?;
+                return Err(StoreError::Exists.into());
+            }
+            Err(e) => return Err(e.into()),
         }
-        committed?;
         metrics::file_stored(length);
         tracing::info!(path = %record.key, size = length, "resumable upload completed");
         Ok(meta)
@@ -578,7 +584,7 @@ impl Engine {
         };
         self.store.commit(staged, key, &meta).await?;
         for part in parts {
-            self.forget(part).await?;
+            self.forget_stored(part).await;
         }
         metrics::file_stored(total);
         tracing::info!(path = %key, size = total, parts = parts.len(), "tus final upload concatenated");
@@ -602,6 +608,14 @@ impl Engine {
             tracing::warn!(id = %record.id, path = %key, error = %e, "cannot keep the record of a final upload");
         }
         Ok(record)
+    }
+
+    /// Forgets an upload whose file is stored: a failure is logged, not answered (the record
+    /// and bytes left go at their expiry).
+    async fn forget_stored(&self, record: &UploadRecord) {
+        if let Err(e) = self.forget(record).await {
+            tracing::warn!(id = %record.id, path = %record.key, error = %e, "the file is stored but its upload cannot be forgotten now; it goes at its expiry");
+        }
     }
 
     /// Removes an upload's bytes and record.

@@ -29,9 +29,16 @@ struct Lock {
 }
 
 impl EmbeddedState {
-    /// Opens (creating) the state folder.
+    /// Opens (creating) the state folder, removing the temporaries of writes that a crash
+    /// cut short (one instance owns this folder: no write is under way now).
     pub fn open(dir: &Path) -> Result<Self, StateError> {
         DirBuilder::new().recursive(true).mode(0o750).create(dir)?;
+        for entry in fs::read_dir(dir)?.flatten() {
+            let name = entry.file_name();
+            if name.to_str().is_some_and(|n| n.starts_with('.') && n.ends_with(".tmp")) {
+                let _ = fs::remove_file(entry.path());
+            }
+        }
         // The newest upload of each slot holds it, as when they were created.
         let mut records: Vec<UploadRecord> = fs::read_dir(dir)?
             .flatten()
@@ -77,6 +84,7 @@ impl EmbeddedState {
                 let mut f = OpenOptions::new().write(true).create_new(true).mode(0o640).open(&tmp)?;
                 f.write_all(&bytes)?;
                 f.sync_all()?;
+                crate::fault::point("state.put.rename")?;
                 fs::rename(&tmp, &path)?;
                 fs::File::open(&dir)?.sync_all()
             })();
@@ -312,7 +320,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_torn_temporary_left_by_a_crash_is_ignored() {
+    async fn a_torn_temporary_left_by_a_crash_is_ignored_and_removed_at_open() {
         let dir = tempfile::tempdir().unwrap();
         let r = record(ID, 100);
         state(dir.path()).put(&r, HOUR).await.unwrap();
@@ -322,6 +330,7 @@ mod tests {
         assert_eq!(reopened.get(ID).await.unwrap(), Some(r));
         assert_eq!(reopened.expired(1_000).await.unwrap(), vec![ID.to_string()]);
         assert_eq!(reopened.get(OTHER_ID).await.unwrap(), None);
+        assert_eq!(files_in(dir.path()), vec![format!("{ID}.json")]);
     }
 
     #[tokio::test]

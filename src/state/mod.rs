@@ -128,12 +128,23 @@ impl UploadState {
 
     /// Creates or replaces a record; it expires by itself after `ttl` where the backend can.
     pub async fn put(&self, record: &UploadRecord, ttl: Duration) -> Result<(), StateError> {
+        self.failpoint("state.put")?;
         dispatch!(self, s => s.put(record, ttl).await)
     }
 
     /// Removes a record.
     pub async fn delete(&self, id: &str) -> Result<(), StateError> {
+        self.failpoint("state.delete")?;
         dispatch!(self, s => s.delete(id).await)
+    }
+
+    /// Failpoint `name` (test builds), failing as this backend fails: Redis unreachable, or
+    /// the embedded state's I/O error.
+    fn failpoint(&self, name: &str) -> Result<(), StateError> {
+        crate::fault::point(name).map_err(|e| match self {
+            UploadState::Embedded(_) => StateError::Io(e),
+            UploadState::Redis(_) => StateError::Unavailable(e.to_string()),
+        })
     }
 
     /// Ids of records that expired before `now_unix` (the sweeper removes them and their

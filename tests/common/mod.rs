@@ -255,6 +255,12 @@ impl TestServer {
 
     /// Starts the server with a given config file and `RUST_LOG`.
     pub fn start_with_config_logging(dir: tempfile::TempDir, config: &Path, rust_log: &str) -> TestServer {
+        Self::spawn(dir, config, &[("RUST_LOG", rust_log)])
+    }
+
+    /// Starts the server with a given config file and environment variables (`RUST_LOG`
+    /// defaults to debug).
+    fn spawn(dir: tempfile::TempDir, config: &Path, env: &[(&str, &str)]) -> TestServer {
         let s3 = std::fs::read_to_string(config)
             .ok()
             .and_then(|text| text.parse::<toml::Table>().ok())
@@ -262,7 +268,8 @@ impl TestServer {
         let mut child = Command::new(env!("CARGO_BIN_EXE_hmac-file-server"))
             .arg("-config")
             .arg(config)
-            .env("RUST_LOG", rust_log)
+            .env("RUST_LOG", "debug,hyper=warn")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -854,8 +861,13 @@ impl TestServer {
     /// folder of a stopped server ([`TestServer::stop_keep_dir`]) this is a restart on the
     /// same store. `extra_toml` overrides the defaults as in [`TestServer::start`].
     pub fn start_in(dir: tempfile::TempDir, extra_toml: &str) -> TestServer {
+        Self::start_in_env(dir, extra_toml, &[])
+    }
+
+    /// [`TestServer::start_in`] with environment variables (`FAILPOINTS` of the crash matrix).
+    pub fn start_in_env(dir: tempfile::TempDir, extra_toml: &str, env: &[(&str, &str)]) -> TestServer {
         let store = dir.path().join("store");
-        Self::start_on_store(dir, &store, extra_toml)
+        Self::start_on_store(dir, &store, extra_toml, env)
     }
 
     /// Starts a second server whose `StoreDir` is `other`'s store (as instances behind a
@@ -866,10 +878,10 @@ impl TestServer {
         let dir = tempfile::tempdir().unwrap();
         let shared = other.store();
         std::os::unix::fs::symlink(&shared, dir.path().join("store")).unwrap();
-        Self::start_on_store(dir, &shared, extra_toml)
+        Self::start_on_store(dir, &shared, extra_toml, &[])
     }
 
-    fn start_on_store(dir: tempfile::TempDir, store: &Path, extra_toml: &str) -> TestServer {
+    fn start_on_store(dir: tempfile::TempDir, store: &Path, extra_toml: &str, env: &[(&str, &str)]) -> TestServer {
         let config = dir.path().join("config.toml");
         let mut table: toml::Table = format!(
             "ListenPort = \"127.0.0.1:0\"\nMetricsPort = \"127.0.0.1:0\"\nBlockAfterFails = 0\n\
@@ -881,7 +893,7 @@ impl TestServer {
         let extra: toml::Table = extra_toml.parse().expect("extra_toml is valid TOML");
         table.extend(extra);
         std::fs::write(&config, toml::to_string(&table).unwrap()).unwrap();
-        Self::start_with_config(dir, &config)
+        Self::spawn(dir, &config, env)
     }
 
     /// Stops the server with `signal` (`"TERM"`: graceful; `"KILL"`: kill -9), waits for the
@@ -983,17 +995,32 @@ impl TestServer {
     /// endpoint): shows an upload under way where it leaves no temporary (on S3 a small body
     /// is kept in memory until the commit).
     pub fn uploads_in_progress(&self) -> u64 {
+        self.metric("hmac_file_server_active_uploads").map_or(0, |v| v as u64)
+    }
+
+    /// The address of its metrics listener (`host:port`), from the start-up log line.
+    pub fn metrics_addr(&self) -> String {
         let log = self.log();
         let marker = "metrics and health on http://";
         let start = log.find(marker).expect("a metrics line in the log") + marker.len();
         let rest = &log[start..];
-        let addr = &rest[..rest.find('/').expect("…/metrics")];
-        let mut s = TcpStream::connect(addr).unwrap();
+        rest[..rest.find('/').expect("…/metrics")].to_string()
+    }
+
+    /// Its `/metrics` text.
+    pub fn metrics_text(&self) -> String {
+        let mut s = TcpStream::connect(self.metrics_addr()).unwrap();
         s.write_all(b"GET /metrics HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n")
             .unwrap();
-        let text = String::from_utf8_lossy(&read_until_closed(&mut s, Duration::from_secs(10))).into_owned();
-        text.lines()
-            .find_map(|l| l.strip_prefix("hmac_file_server_active_uploads "))
-            .map_or(0, |v| v.trim().parse::<f64>().expect("a gauge value") as u64)
+        String::from_utf8_lossy(&read_until_closed(&mut s, Duration::from_secs(10))).into_owned()
+    }
+
+    /// The value of the unlabelled metric `name` (a gauge or counter), if exported.
+    pub fn metric(&self, name: &str) -> Option<f64> {
+        self.metrics_text().lines().find_map(|l| {
+            l.strip_prefix(name)
+                .and_then(|v| v.strip_prefix(' '))
+                .map(|v| v.trim().parse::<f64>().expect("a metric value"))
+        })
     }
 }

@@ -60,11 +60,13 @@ pub(super) fn dir_beneath(root_fd: &OwnedFd, rel: &str, create: bool) -> Result<
 
 /// Renames `from` into the store at `key` unless something is there already, creating the
 /// key's folders beneath the root (never through a symlink that leads out), then fsyncs the
-/// folder.
+/// folder. When that fsync fails the file is moved back to `from`: an error leaves nothing at
+/// the key.
 pub(super) fn rename_into_store(root_fd: &OwnedFd, from: &Path, key: &FileKey) -> Result<(), StoreError> {
     let (dir_rel, name) = split_key(key);
     for attempt in 0..3 {
         let dir = dir_beneath(root_fd, dir_rel, true)?;
+        crate::fault::point("store.commit.rename").map_err(classify_write)?;
         let cwd = rustix::fs::CWD;
         let result = match rustix::fs::renameat_with(cwd, from, &dir, name, RenameFlags::NOREPLACE) {
             // File systems without RENAME_NOREPLACE: `link` fails if the target exists.
@@ -76,7 +78,15 @@ pub(super) fn rename_into_store(root_fd: &OwnedFd, from: &Path, key: &FileKey) -
             other => other,
         };
         match result {
-            Ok(()) => return rustix::fs::fsync(&dir).map_err(|e| classify_write(e.into())),
+            Ok(()) => {
+                let synced = crate::fault::point("store.commit.dir_fsync")
+                    .and_then(|()| rustix::fs::fsync(&dir).map_err(io::Error::from));
+                if let Err(e) = synced {
+                    move_back(&dir, name, from);
+                    return Err(classify_write(e));
+                }
+                return Ok(());
+            }
             Err(Errno::EXIST) | Err(Errno::NOTDIR) | Err(Errno::ISDIR) | Err(Errno::NOTEMPTY) => {
                 return Err(StoreError::Exists);
             }
@@ -86,6 +96,30 @@ pub(super) fn rename_into_store(root_fd: &OwnedFd, from: &Path, key: &FileKey) -
         }
     }
     Err(StoreError::other("rename kept failing"))
+}
+
+/// Undoes a rename into the store whose commit failed afterwards: the file at `name` in `dir`
+/// goes back to `from` (a temporary, or a partial upload's bytes, which must not be lost).
+fn move_back(dir: &OwnedFd, name: &str, from: &Path) {
+    let back = rustix::fs::renameat_with(dir, name, rustix::fs::CWD, from, RenameFlags::NOREPLACE);
+    match back.and_then(|()| rustix::fs::fsync(dir)) {
+        Ok(()) => tracing::warn!(file = %from.display(), "a commit failed after its rename; the file was moved back"),
+        Err(e) => {
+            tracing::error!(file = %from.display(), error = %e, "a commit failed after its rename and the file cannot be moved back")
+        }
+    }
+}
+
+/// Moves the file at `key` back to `to` after a commit that failed past its rename (see
+/// [`rename_into_store`]).
+pub(super) fn take_back(root_fd: &OwnedFd, key: &FileKey, to: &Path) {
+    let (dir_rel, name) = split_key(key);
+    match dir_beneath(root_fd, dir_rel, false) {
+        Ok(dir) => move_back(&dir, name, to),
+        Err(e) => {
+            tracing::error!(file = %to.display(), error = %e, "a commit failed after its rename and the file cannot be moved back")
+        }
+    }
 }
 
 /// fsyncs a folder (after a rename into it).

@@ -38,7 +38,7 @@ use super::meta::{FileMeta, sidecar_name};
 use super::{ByteStream, Capabilities, Hashing, ListStream, Listed, NoOverwrite, ObjectInfo, RetryPolicy};
 use super::{SMALL_FILE_BYTES, StoreError};
 use crate::key::{FileKey, INTERNAL_DIR};
-use beneath::{dir_beneath, open_beneath, rename_into_store, split_key};
+use beneath::{dir_beneath, open_beneath, rename_into_store, split_key, take_back};
 use staged::{FILE_MODE, Settled};
 
 const DIR_MODE: u32 = 0o750;
@@ -292,6 +292,7 @@ impl LocalStore {
                 .take()
                 .ok_or_else(|| StoreError::other("staged file already closed"))?;
             file.set_modified(unique_commit_time())?;
+            crate::fault::point("store.fsync").map_err(classify_write)?;
             retrying(inner.retry, "fsync", || file.sync_all().map_err(classify_write))?;
             drop(file);
             let path = staged
@@ -316,21 +317,42 @@ impl LocalStore {
                 f.write_all(json).map_err(classify_write)?;
             }
 
-            retrying(inner.retry, "rename", || rename_into_store(&inner.root()?, &path, &key))?;
-            staged.disarm();
+            let root = inner.root()?;
+            retrying(inner.retry, "rename", || rename_into_store(&root, &path, &key))?;
 
-            match meta_guard.0.take() {
-                Some(meta_tmp) => {
-                    if let Err(e) = fs::rename(&meta_tmp, &sidecar) {
-                        DirBuilder::new().recursive(true).mode(DIR_MODE).create(&shard_dir)?;
-                        fs::rename(&meta_tmp, &sidecar).map_err(|_| e)?;
-                    }
-                }
+            // The file is at its key; a sidecar that cannot follow it takes it back out (an
+            // error answer leaves nothing at the key).
+            let placed = match meta_guard.0.take() {
+                Some(meta_tmp) => crate::fault::point("store.commit.sidecar")
+                    .map_err(StoreError::from)
+                    .and_then(|()| match fs::rename(&meta_tmp, &sidecar) {
+                        Ok(()) => Ok(()),
+                        Err(e) => {
+                            DirBuilder::new().recursive(true).mode(DIR_MODE).create(&shard_dir)?;
+                            fs::rename(&meta_tmp, &sidecar).map_err(|_| e.into())
+                        }
+                    })
+                    .inspect_err(|_| {
+                        let _ = fs::remove_file(&meta_tmp);
+                    }),
                 None => {
                     let _ = fs::remove_file(&sidecar);
+                    Ok(())
+                }
+            };
+            match placed {
+                Ok(()) => {
+                    staged.disarm();
+                    Ok(())
+                }
+                Err(e) => {
+                    take_back(&root, &key, &path);
+                    Err(match e {
+                        StoreError::Io(e) => classify_write(e),
+                        other => other,
+                    })
                 }
             }
-            Ok(())
         })
         .await
     }
@@ -399,10 +421,18 @@ impl LocalStore {
                 Ok(_) | Err(Errno::NOENT) => return Err(StoreError::NotFound),
                 Err(e) => return Err(StoreError::Io(e.into())),
             };
+            crate::fault::point("store.delete")?;
             rustix::fs::unlinkat(&dir, name, rustix::fs::AtFlags::empty()).map_err(io::Error::from)?;
+            // The file is gone, which is what was asked: a sidecar that stays is only logged
+            // (it is never used for another file: it must match a file's size at this key,
+            // and the next commit there replaces or removes it).
             let (shard, sidecar) = sidecar_name(&key);
-            match fs::remove_file(inner.meta_dir.join(shard).join(sidecar)) {
-                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e.into()),
+            let removed = crate::fault::point("store.delete.sidecar")
+                .and_then(|()| fs::remove_file(inner.meta_dir.join(shard).join(sidecar)));
+            match removed {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => {
+                    tracing::warn!(path = %key, error = %e, "file deleted, its metadata sidecar stays");
+                }
                 _ => {}
             }
             // Remove the folders the file leaves empty, deepest first (beneath the root only).

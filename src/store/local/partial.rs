@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use super::beneath::sync_dir;
 use super::staged::FILE_MODE;
-use super::{LocalStore, StagedFile, remove_older_than, run_blocking_store};
+use super::{LocalStore, StagedFile, classify_write, remove_older_than, run_blocking_store};
 use crate::store::digest::{Digests, Hashers};
 use crate::store::{ByteStream, Hashing, PartialHandle, StoreError, Usage};
 
@@ -41,12 +41,16 @@ impl LocalStore {
         let path = self.partial_path(id);
         let buffer_bytes = self.inner.buffer_bytes;
         run_blocking_store(move || {
-            let mut file = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .mode(FILE_MODE)
-                .open(&path)?;
+            let mut file = crate::fault::point("store.partial.open")
+                .and_then(|()| {
+                    OpenOptions::new()
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .mode(FILE_MODE)
+                        .open(&path)
+                })
+                .map_err(classify_write)?;
             let len = file.metadata()?.len();
             if len < offset {
                 return Err(StoreError::other(format!(
@@ -74,7 +78,9 @@ impl LocalStore {
                 .clone()
                 .ok_or_else(|| StoreError::other("nothing written"))?;
             let len = fs::metadata(&path)?.len();
-            fs::rename(&path, &dest)?;
+            crate::fault::point("store.partial.keep")
+                .and_then(|()| fs::rename(&path, &dest))
+                .map_err(classify_write)?;
             staged.disarm();
             if let Some(parent) = dest.parent() {
                 sync_dir(parent)?;
@@ -141,9 +147,11 @@ impl LocalStore {
     /// Removes the bytes of resumable upload `id`.
     pub async fn remove_partial(&self, id: &str) -> Result<(), StoreError> {
         let path = self.partial_path(id);
-        run_blocking_store(move || match fs::remove_file(path) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
-            _ => Ok(()),
+        run_blocking_store(move || {
+            match crate::fault::point("store.partial.remove").and_then(|()| fs::remove_file(path)) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e.into()),
+                _ => Ok(()),
+            }
         })
         .await
     }

@@ -70,6 +70,7 @@ impl FileParts {
             let mut random = [0u8; 16];
             rand::fill(&mut random);
             let path = self.tmp_dir.join(format!("{}.part", hex::encode(random)));
+            crate::fault::point("store.temp.create").map_err(classify_write)?;
             let file = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -90,6 +91,7 @@ impl FileParts {
             }
         }
         let file = self.ensure_file()?;
+        crate::fault::point("store.write").map_err(classify_write)?;
         for group in chunks.chunks(512) {
             let mut slices: Vec<IoSlice<'_>> = group.iter().map(|b| IoSlice::new(b)).collect();
             let mut slices = &mut slices[..];
@@ -283,6 +285,7 @@ impl StagedFile {
         let (chunks, hashed) = self.take_pending();
         self.blocking(move |s| {
             s.write_chunks(&chunks, hashed)?;
+            crate::fault::point("store.fsync").map_err(classify_write)?;
             s.ensure_file()?.sync_data().map_err(classify_write)
         })
         .await
