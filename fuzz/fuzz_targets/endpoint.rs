@@ -39,9 +39,14 @@ fuzz_target!(|input: Input<'_>| {
             assert_eq!(method, Method::OPTIONS);
             return;
         }
-        Endpoint::TusUpload { .. } => {
+        Endpoint::TusUpload { .. } | Endpoint::DraftUpload { .. } => {
             assert!(uri.path().starts_with(prefix));
             return;
+        }
+        Endpoint::DraftCreate { slot, interop } => {
+            assert!(method == Method::PUT || method == Method::POST);
+            assert!((3..=8).contains(&interop));
+            slot
         }
         Endpoint::Put(slot) => {
             assert_eq!(method, Method::PUT);

@@ -94,6 +94,7 @@ fuzz_target!(|input: Input<'_>| {
                 expires_unix: f.expires_unix,
                 concat: if f.partial { Concat::Partial } else { Concat::None },
                 handle: Default::default(),
+                completed: f.partial && f.tus,
             };
             let state = UploadState::Embedded(EmbeddedState::open(dir.path()).unwrap());
             runtime().block_on(async {

@@ -5,8 +5,9 @@
 
 use http::{HeaderMap, Method, Uri};
 
+use super::draft::{DRAFT_SEGMENT, DraftAction};
 use super::error::{self, ApiError};
-use super::headers::SESSION_TOKEN;
+use super::headers::{SESSION_TOKEN, draft};
 use super::slot::Slot;
 use super::tus::TUS_SEGMENT;
 use crate::key::FileKey;
@@ -27,6 +28,22 @@ pub enum Endpoint {
         id: String,
         /// HEAD, PATCH or DELETE.
         action: TusAction,
+    },
+    /// An upload resource of the IETF resumable-upload draft,
+    /// `<prefix>.hmac-file-server/resumable/<id>`.
+    DraftUpload {
+        /// The upload id as sent (checked by the engine).
+        id: String,
+        /// HEAD/GET, PATCH or DELETE.
+        action: DraftAction,
+    },
+    /// PUT or POST on a slot with `Upload-Draft-Interop-Version` and `Upload-Complete`: an
+    /// upload creation of the IETF resumable-upload draft.
+    DraftCreate {
+        /// The slot.
+        slot: Slot,
+        /// The client's interop version.
+        interop: u32,
     },
     /// PUT on a slot: a whole-file upload or a session resume.
     Put(Slot),
@@ -83,10 +100,28 @@ impl Endpoint {
                 action,
             });
         }
+        if let Some(id) = rest.strip_prefix(DRAFT_SEGMENT) {
+            let action = match *method {
+                Method::HEAD | Method::GET => DraftAction::Offset,
+                Method::PATCH => DraftAction::Append,
+                Method::DELETE => DraftAction::Cancel,
+                _ => return Err(ApiError::MethodNotAllowed(error::ALLOW_DRAFT)),
+            };
+            return Ok(Endpoint::DraftUpload {
+                id: id.to_string(),
+                action,
+            });
+        }
         let key = FileKey::from_url_path(rest)?;
         let full_path = format!("{prefix}{}", key.as_str());
         let query = uri.query().unwrap_or("").to_string();
         let slot = Slot { key, full_path, query };
+        let draft_creation = matches!(*method, Method::PUT | Method::POST)
+            && draft::is_draft_request(headers)
+            && !headers.contains_key("tus-resumable");
+        if draft_creation && let Some(interop) = draft::interop_version(headers)? {
+            return Ok(Endpoint::DraftCreate { slot, interop });
+        }
         Ok(match *method {
             Method::PUT => Endpoint::Put(slot),
             Method::POST => Endpoint::TusCreate(slot),

@@ -152,6 +152,8 @@ impl From<StoreError> for ApiError {
 pub const ALLOW: &str = "OPTIONS, HEAD, GET, PUT, POST, DELETE";
 /// Methods served on tus upload resources.
 pub const ALLOW_TUS: &str = "OPTIONS, HEAD, PATCH, DELETE";
+/// Methods served on upload resources of the IETF resumable-upload draft.
+pub const ALLOW_DRAFT: &str = "OPTIONS, HEAD, GET, PATCH, DELETE";
 
 impl ApiError {
     /// The status code for this error.

@@ -8,6 +8,7 @@
 pub mod body;
 pub mod cors;
 pub mod delete;
+pub mod draft;
 pub mod endpoint;
 pub mod error;
 pub mod get;
@@ -214,6 +215,12 @@ where
             };
         }
         Endpoint::TusCreate(slot) => tus::create(state, config, slot, request).await,
+        Endpoint::DraftUpload { id, action } => match action {
+            draft::DraftAction::Offset => draft::offset(state, config, &id, request.headers()).await,
+            draft::DraftAction::Append => draft::patch(state, config, &id, request).await,
+            draft::DraftAction::Cancel => draft::cancel(state, &id).await,
+        },
+        Endpoint::DraftCreate { slot, interop } => draft::create(state, config, slot, interop, request).await,
         Endpoint::SessionHead(slot) => session::head(state, &slot, request.headers()).await,
         Endpoint::Download(slot) => get::get(state, slot, &request).await,
         Endpoint::Delete(slot) => delete::delete(state, config, slot).await,
@@ -227,5 +234,6 @@ fn options(config: &Config) -> Response {
     r.headers_mut()
         .insert(header::ALLOW, HeaderValue::from_static(error::ALLOW));
     tus::options_headers(r.headers_mut(), config.limits.max_upload_bytes);
+    draft::options_headers(r.headers_mut(), config);
     r
 }

@@ -320,6 +320,7 @@ impl Engine {
             expires_unix: now + expiry.as_secs(),
             concat: new.concat,
             handle,
+            completed: false,
         };
         if let Err(e) = self.state.put(&record, expiry).await {
             let _ = self.partials.remove(&record.id, &record.handle).await;
@@ -501,7 +502,7 @@ impl Engine {
         record: &UploadRecord,
         checksum_verification: bool,
     ) -> Result<(), EngineError> {
-        if record.length != Some(record.offset) || record.concat != Concat::None {
+        if record.length != Some(record.offset) || record.concat != Concat::None || record.completed {
             return Ok(());
         }
         self.with_lock(&record.id, async |_| match self.state.get(&record.id).await? {
@@ -601,6 +602,7 @@ impl Engine {
             expires_unix: now + expiry.as_secs(),
             concat: Concat::Final(parts.iter().map(|p| p.id.clone()).collect()),
             handle: PartialHandle::default(),
+            completed: true,
         };
         // The file is stored, which is what the client asked for: without its record only
         // HEAD on the final upload's URL does not know it (404).
@@ -608,6 +610,24 @@ impl Engine {
             tracing::warn!(id = %record.id, path = %key, error = %e, "cannot keep the record of a final upload");
         }
         Ok(record)
+    }
+
+    /// Keeps the record of upload `record`, finished and stored (its bytes are gone), until
+    /// `expiry`: its resource goes on answering offset retrieval (offset = length, complete).
+    /// A failure is logged: the file is stored all the same.
+    pub async fn remember_completed(&self, record: &UploadRecord, expiry: Duration) {
+        let now = now_unix();
+        let done = UploadRecord {
+            offset: record.length.unwrap_or(record.offset),
+            length: Some(record.length.unwrap_or(record.offset)),
+            handle: PartialHandle::default(),
+            expires_unix: now + expiry.as_secs(),
+            completed: true,
+            ..record.clone()
+        };
+        if let Err(e) = self.state.put(&done, expiry).await {
+            tracing::warn!(id = %record.id, error = %e, "cannot keep the record of a completed upload");
+        }
     }
 
     /// Forgets an upload whose file is stored: a failure is logged, not answered (the record

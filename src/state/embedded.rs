@@ -226,6 +226,7 @@ mod tests {
             expires_unix,
             concat: Concat::Final(vec![OTHER_ID.to_string(), ID.to_string()]),
             handle: PartialHandle::Local,
+            completed: false,
         }
     }
 

@@ -46,6 +46,8 @@ pub enum UploadKind {
     Tus,
     /// The seed's X-Session-Token scheme.
     Session,
+    /// The IETF draft "Resumable Uploads for HTTP".
+    Draft,
 }
 
 /// tus concatenation role.
@@ -89,6 +91,10 @@ pub struct UploadRecord {
     /// Where the store keeps the upload's bytes.
     #[serde(default)]
     pub handle: PartialHandle,
+    /// Finished and stored: a record kept after the commit (no bytes) so that the upload
+    /// resource still answers (the IETF draft's offset retrieval after a lost final answer).
+    #[serde(default)]
+    pub completed: bool,
 }
 
 impl UploadRecord {

@@ -77,6 +77,8 @@ class TusServer:
     def base(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    extra_config: str = ""
+
     def start(self) -> None:
         assert self.proc is None or self.proc.exited()
         self.store.mkdir(exist_ok=True)
@@ -87,6 +89,7 @@ class TusServer:
             f'Secret = "{self.secret}"\n'
             f'StoreDir = "{self.store}"\n'
             'MaxUploadSize = "64MiB"\n'
+            + self.extra_config
         )
         self.runs += 1
         env = dict(os.environ, NO_COLOR="1", RUST_BACKTRACE="1")

@@ -22,6 +22,8 @@
 //                     tus-js-client's own NodeHttpStack: everything else (URLs, headers, offsets,
 //                     retries) is tus-js-client's.
 //   maxRetries        retries allowed in all (default 2), so a stuck upload fails fast
+//   protocol          tus-js-client's protocol option: "tus-v1" (default), or its IETF
+//                     resumable-upload draft modes "ietf-draft-03" / "ietf-draft-05"
 //
 // Prints one JSON object per line on stdout: every request (method, URL, tus headers) and
 // response (status, tus headers), chunk completions, retries, and how the run ended:
@@ -39,9 +41,10 @@ function emit(obj) {
 }
 
 const REQUEST_HEADERS = ['Tus-Resumable', 'Upload-Length', 'Upload-Offset', 'Upload-Metadata',
-  'Upload-Defer-Length', 'Upload-Concat', 'Content-Type'];
+  'Upload-Defer-Length', 'Upload-Concat', 'Content-Type', 'Upload-Draft-Interop-Version',
+  'Upload-Complete'];
 const RESPONSE_HEADERS = ['Tus-Resumable', 'Location', 'Upload-Offset', 'Upload-Length',
-  'Upload-Metadata', 'Upload-Concat', 'Upload-Expires'];
+  'Upload-Metadata', 'Upload-Concat', 'Upload-Expires', 'Upload-Complete', 'Upload-Limit'];
 
 function pick(getter, names) {
   const out = {};
@@ -160,6 +163,7 @@ const options = {
   },
 };
 if (opts.endpoint) options.endpoint = opts.endpoint;
+if (opts.protocol) options.protocol = opts.protocol;
 if (opts.uploadDataDuringCreation) options.uploadDataDuringCreation = true;
 if (opts.parallelUploads) options.parallelUploads = opts.parallelUploads;
 if (opts.uploadUrl) options.uploadUrl = opts.uploadUrl;

@@ -6,6 +6,7 @@
 
 pub mod conditional;
 pub mod digest;
+pub mod draft;
 pub mod range;
 
 use std::collections::BTreeMap;
