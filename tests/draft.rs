@@ -22,6 +22,7 @@ on_both_backends!(
     limits_and_lengths_are_enforced_on_every_request: [embedded, redis],
     interop_versions_3_and_5: [embedded, redis],
     resumed_after_kill: [embedded, redis],
+    interim_104_names_the_resource_before_the_content: [embedded, redis, s3_redis],
 );
 
 const PREFIX: &str = "/upload/.hmac-file-server/resumable/";
@@ -456,4 +457,91 @@ async fn resumed_after_kill(extra: &str) {
     };
     assert_eq!(r.status(), StatusCode::CREATED, "resumed at {at}");
     assert_eq!(get(&server, path).await, (StatusCode::OK, data));
+}
+
+/// Example 1 of the draft as an iOS client lives it: the whole file in the creation request,
+/// the `104 (Upload Resumption Supported)` with the upload resource arriving while the content
+/// is still being sent, the connection lost, then offset retrieval and the rest appended. Then
+/// a creation that completes, with its 104 and its 201 on one keep-alive connection that
+/// serves another request after them; and no 104 without the draft's headers or on HTTP/1.0.
+async fn interim_104_names_the_resource_before_the_content(extra: &str) {
+    use std::time::Duration;
+    let server = TestServer::start(extra);
+    let data = payload(400_000, 7);
+    let path = "draft/interim.bin";
+    let url = server.signed_v(path, path, data.len() as u64);
+    let head = format!(
+        "PUT {} HTTP/1.1\r\nHost: {}\r\nUpload-Draft-Interop-Version: 8\r\nUpload-Complete: ?1\r\n\
+         Content-Length: {}",
+        server.target(&url),
+        server.addr,
+        data.len()
+    );
+    let mut streaming = resumable::Streaming::start(server.addr, &head, &data[..10_000]);
+    let interim = streaming
+        .response(Duration::from_secs(10))
+        .expect("an interim answer while sending");
+    assert_eq!(interim.status, 104);
+    assert_eq!(interim.header("upload-draft-interop-version"), Some("8"));
+    let loc = interim.header("location").expect("Location in the 104").to_string();
+    assert!(loc.starts_with(PREFIX), "{loc}");
+    assert!(
+        interim
+            .header("upload-limit")
+            .is_some_and(|l| l.starts_with("max-size="))
+    );
+    streaming.cut();
+
+    // The upload resource the 104 named: its offset, and the rest appended.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let at = loop {
+        let r = retrieve(&server, &loc).await;
+        assert_eq!(r.status(), StatusCode::NO_CONTENT);
+        // The broken-off request saves what it got once the server notices the cut.
+        let at = offset(&r);
+        if at > 0 || std::time::Instant::now() > deadline {
+            break at;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(at <= 10_000, "offset {at} past what was sent");
+    let r = append(&server, &loc, at, true, &data[at..]).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    assert_eq!(get(&server, path).await, (StatusCode::OK, data.clone()));
+
+    // 104 then 201 on one connection, and the connection still serves the next request.
+    let other = "draft/interim-2.bin";
+    let url = server.signed_v(other, other, 5);
+    let request = format!(
+        "PUT {} HTTP/1.1\r\nHost: h\r\nUpload-Draft-Interop-Version: 6\r\nUpload-Complete: ?1\r\n\
+         Content-Length: 5\r\n\r\nhello\
+         GET /upload/{other} HTTP/1.1\r\nHost: h\r\n\r\n",
+        server.target(&url),
+    );
+    let answers = server.raw_responses(request.as_bytes(), Duration::from_secs(2));
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [104, 201, 200], "{answers:?}");
+    assert_eq!(answers[0].header("upload-draft-interop-version"), Some("6"));
+    assert!(
+        answers[0]
+            .header("upload-limit")
+            .is_some_and(|l| l.contains("expires="))
+    );
+    assert_eq!(answers[2].body, b"hello");
+
+    // Without the draft's headers, on HTTP/1.0, or through a proxy (which may not forward
+    // interim answers): no interim answer.
+    let draft_headers = "Upload-Draft-Interop-Version: 8\r\nUpload-Complete: ?1\r\n";
+    let proxied = "Upload-Draft-Interop-Version: 8\r\nUpload-Complete: ?1\r\nX-Forwarded-For: 192.0.2.1\r\n";
+    for (version, extra) in [("1.1", ""), ("1.0", draft_headers), ("1.1", proxied)] {
+        let name = format!("draft/plain-{version}-{}.bin", extra.len());
+        let url = server.signed_v(&name, &name, 3);
+        let request = format!(
+            "PUT {} HTTP/{version}\r\nHost: h\r\n{extra}Content-Length: 3\r\nConnection: close\r\n\r\nabc",
+            server.target(&url)
+        );
+        let answers = server.raw_responses(request.as_bytes(), Duration::from_secs(2));
+        let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+        assert_eq!(statuses, [201], "HTTP/{version}, {extra:?}: {answers:?}");
+    }
 }

@@ -7,10 +7,10 @@ const ALLOW_ORIGIN: &str = "*";
 const ALLOW_METHODS: &str = "OPTIONS, HEAD, GET, PUT, POST, PATCH, DELETE";
 const ALLOW_HEADERS: &str = "Authorization, Content-Type, Content-Length, Content-Range, X-Session-Token, \
 Tus-Resumable, Upload-Length, Upload-Offset, Upload-Metadata, Upload-Checksum, Upload-Concat, \
-Upload-Defer-Length, Content-Digest, Repr-Digest, Range, If-Range, If-None-Match, If-Modified-Since";
+Upload-Defer-Length, Upload-Complete, Upload-Incomplete, Upload-Draft-Interop-Version, Content-Digest, Repr-Digest, Range, If-Range, If-None-Match, If-Modified-Since";
 const EXPOSE_HEADERS: &str = "Location, Upload-Offset, Upload-Length, Upload-Expires, X-Session-Token, \
 Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm, ETag, Last-Modified, \
-Content-Length, Content-Range, Content-Disposition, Accept-Ranges, Repr-Digest";
+Content-Length, Content-Range, Content-Disposition, Accept-Ranges, Repr-Digest, Upload-Complete, Upload-Incomplete, Upload-Limit";
 const MAX_AGE: &str = "86400";
 
 /// Adds the CORS headers to a response.

@@ -11,15 +11,17 @@
 //! upload is created (`Upload-Length`, or `Content-Length` with `Upload-Complete: ?1`); a v3
 //! token signs the method and path.
 //!
-//! Interop versions 3 to 8 (see [`headers::draft::INTEROP_VERSIONS`]). Not sent: the
-//! `104 (Upload Resumption Supported)` interim response, which hyper's server cannot send
-//! (docs/operations.md, "Resumable uploads"): a client learns the upload resource from the
-//! final answer to a creation that did not complete the upload.
+//! Interop versions 3 to 8 (see [`headers::draft::INTEROP_VERSIONS`]). A creation over
+//! HTTP/1.1 gets the `104 (Upload Resumption Supported)` interim response with the upload
+//! resource's Location before its content is read (through [`Interim`]: hyper's server has no
+//! API for it), so a client whose request breaks off can resume it; not when it came through
+//! a proxy, which may not forward interim responses (nginx 1.22 does not).
 
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 
 use super::headers::{self, draft};
+use super::interim::Interim;
 use super::slot::{Slot, authorize};
 use super::{ApiError, Response, body};
 use crate::app::AppState;
@@ -75,9 +77,12 @@ pub fn options_headers(headers: &mut HeaderMap, config: &Config) {
     }
 }
 
+fn location_text(config: &Config, id: &str) -> String {
+    format!("{}{DRAFT_SEGMENT}{id}", config.url_prefix())
+}
+
 fn location(config: &Config, id: &str) -> HeaderValue {
-    HeaderValue::from_str(&format!("{}{DRAFT_SEGMENT}{id}", config.url_prefix()))
-        .unwrap_or(HeaderValue::from_static("/"))
+    HeaderValue::from_str(&location_text(config, id)).unwrap_or(HeaderValue::from_static("/"))
 }
 
 /// The headers every answer about an upload carries: offset, completeness, length, limits.
@@ -204,6 +209,23 @@ where
     };
     let mut record = engine.create(new, (&config.limits).into()).await?;
     tracing::info!(path = %record.key, id = %record.id, length = ?record.length, interop, "resumable (IETF draft) upload created");
+    // The upload resource, before the content: a client whose request breaks off can resume.
+    // Not through a proxy: nginx (1.22 at least) takes a 104 from its upstream for the final
+    // answer and the real one for its body, which hangs a keep-alive upstream connection.
+    if let Some(interim) = head.extensions.get::<Interim>()
+        && !through_proxy(headers)
+    {
+        let mut fields = vec![
+            ("Upload-Draft-Interop-Version", interop.to_string()),
+            ("Location", location_text(config, &record.id)),
+        ];
+        if let Some(limit) = upload_limit(config, interop, config.limits.upload_expiry.as_secs())
+            && let Ok(limit) = limit.to_str()
+        {
+            fields.push(("Upload-Limit", limit.to_string()));
+        }
+        interim.send(104, "Upload Resumption Supported", &fields);
+    }
     let id = record.id.clone();
     let outcome = engine
         .with_lock(&id, async |held| {
@@ -220,6 +242,14 @@ where
         .insert(header::LOCATION, location(config, &record.id));
     state_headers(&mut response, config, interop, &record);
     Ok(response)
+}
+
+/// Whether the request came through a proxy (one that says so: `Via`, `Forwarded`,
+/// `X-Forwarded-For` or `X-Real-IP`).
+fn through_proxy(headers: &HeaderMap) -> bool {
+    ["via", "forwarded", "x-forwarded-for", "x-real-ip"]
+        .iter()
+        .any(|name| headers.contains_key(*name))
 }
 
 /// How an append ended when it did not fail.

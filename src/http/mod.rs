@@ -13,6 +13,7 @@ pub mod endpoint;
 pub mod error;
 pub mod get;
 pub mod headers;
+pub mod interim;
 pub mod put;
 pub mod session;
 pub mod slot;

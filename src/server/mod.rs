@@ -3,6 +3,7 @@
 //! SIGTERM/SIGINT; reload on SIGHUP; the metrics listener; and the periodic jobs ([`jobs`]:
 //! retention and sweeps on one leader instance, lifting bans, re-reading the secret).
 
+pub mod interim;
 pub mod jobs;
 pub mod listener;
 pub mod metrics_listener;
@@ -26,12 +27,14 @@ use tokio_io_timeout::TimeoutStream;
 use crate::app::AppState;
 use crate::config::{Config, Sources};
 use crate::http::handle;
+use crate::http::interim::Interim;
 use crate::ops::logging::LogHandle;
 use crate::resumable::Engine;
 use crate::state::embedded::EmbeddedState;
 use crate::state::redis::RedisState;
 use crate::state::{StateError, UploadState};
 use crate::store::{LocalStore, RetryPolicy, Store, StoreError};
+use interim::InterimStream;
 use read_share::ReadShare;
 use tokio_util::sync::CancellationToken;
 
@@ -313,11 +316,17 @@ fn spawn_connection<I>(
 {
     let mut io = TimeoutStream::new(io);
     io.set_write_timeout(Some(write_timeout));
-    let service = service_fn(move |request| {
+    // Interim responses (104 of the resumable-upload draft) that handlers queue.
+    let interim = Interim::default();
+    let io = InterimStream::new(Box::pin(io), interim.clone());
+    let service = service_fn(move |mut request: hyper::Request<hyper::body::Incoming>| {
         let state = state.clone();
+        if request.version() == hyper::Version::HTTP_11 {
+            request.extensions_mut().insert(interim.clone());
+        }
         async move { Ok::<_, Infallible>(handle(state, peer, request).await) }
     });
-    let connection = graceful.watch(builder.serve_connection(TokioIo::new(Box::pin(io)), service));
+    let connection = graceful.watch(builder.serve_connection(TokioIo::new(io), service));
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(client = ?peer, error = %e, "connection ended with an error");

@@ -818,6 +818,8 @@ pub fn assert_cors(get: impl Fn(&str) -> Option<String>, what: &str) {
         "Upload-Checksum",
         "Upload-Concat",
         "Upload-Defer-Length",
+        "Upload-Complete",
+        "Upload-Draft-Interop-Version",
         "Content-Digest",
     ] {
         assert!(
@@ -826,7 +828,15 @@ pub fn assert_cors(get: impl Fn(&str) -> Option<String>, what: &str) {
         );
     }
     let exposed = list("access-control-expose-headers");
-    for h in ["Location", "Upload-Offset", "X-Session-Token", "Tus-Resumable", "ETag"] {
+    for h in [
+        "Location",
+        "Upload-Offset",
+        "X-Session-Token",
+        "Tus-Resumable",
+        "ETag",
+        "Upload-Complete",
+        "Upload-Limit",
+    ] {
         assert!(
             exposed.contains(&h.to_ascii_lowercase()),
             "{what}: Expose-Headers lacks {h}: {exposed:?}"
