@@ -11,7 +11,8 @@ Builds the release binary, then measures on loopback with every store on /dev/sh
 - large: 1 GiB PUT and GET with curl, sha256 of the downloaded bytes checked, in rounds with
   the two loopback ceilings (each PUT after the same /dev/shm warm-up), ratios per round;
 - rss-2g: one 2 GiB PUT, peak server RSS (the bounded-memory target);
-- resumable: the same 1 GiB through tus in 8 MiB PATCHes, when the server advertises tus;
+- resumable: the same 1 GiB through tus and through the IETF resumable-upload draft (interop
+  version 8) in 8 MiB PATCHes, in rounds with one plain PUT each, ratios per round;
 - many: 500 concurrent slow uploads of 8 MiB (slow_uploads.py), peak server RSS (VmHWM);
 - sweep: PUT and GET req/s at concurrency 1, 8, 32 and 128, drawn as an SVG plot;
 - s3: the server with StoreBackend = "s3" on a local single-node Garage (garage.py), in rounds
@@ -674,71 +675,92 @@ def raw_put(port: int, target: str, source: Path, max_seconds: int = 300) -> flo
     return seconds if status == 201 else None
 
 
-def tus_upload(port: int, path: str, source: Path, chunk_bytes: int, max_seconds: int = 300) -> dict:
-    """Creates a tus upload at the signed slot URL and sends `source` in PATCHes of
-    `chunk_bytes`; returns status, seconds (creation to last PATCH answer) and MiB/s."""
+def read_final_head(reader) -> tuple[int, dict[str, str]]:
+    """Reads response heads from `reader` until a final one (interim 1xx answers, such as the
+    draft's 104, are skipped; http.client takes them for the answer); returns its status and
+    lower-cased headers, its body read and dropped."""
+    while True:
+        status_line = reader.readline().decode()
+        if not status_line:
+            raise ConnectionError("connection closed before an answer")
+        status = int(status_line.split()[1])
+        headers = {}
+        while True:
+            line = reader.readline().decode()
+            if line in ("\r\n", ""):
+                break
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+        if 100 <= status < 200:
+            continue
+        length = int(headers.get("content-length", "0"))
+        if length:
+            reader.read(length)
+        return status, headers
+
+
+def tus_upload(
+    port: int, path: str, source: Path, chunk_bytes: int, max_seconds: int = 300, draft: bool = False
+) -> dict:
+    """Creates a tus upload (with `draft`: an upload of the IETF resumable-upload draft,
+    interop version 8) at the signed slot URL and sends `source` in PATCHes of `chunk_bytes`;
+    returns status, seconds (creation to last PATCH answer) and MiB/s.
+
+    Everything goes over one raw socket, the bodies with sendfile, as curl sends the plain PUT:
+    the client must not be what is measured (http.client copies each 8 MiB body through Python
+    and made tus look slower than it is)."""
     size = source.stat().st_size
     deadline = time.monotonic() + max_seconds
-    conn = http.client.HTTPConnection(HOST, port, timeout=max_seconds)
+    protocol = "Upload-Draft-Interop-Version: 8\r\n" if draft else "Tus-Resumable: 1.0.0\r\n"
+    sock = socket.create_connection((HOST, port), timeout=max_seconds)
+    reader = sock.makefile("rb")
     try:
         t0 = time.perf_counter()
-        conn.request(
-            "POST",
-            signed_put_target(path, size),
-            headers={"Tus-Resumable": "1.0.0", "Upload-Length": str(size), "Content-Length": "0"},
+        creation = "Upload-Complete: ?0\r\n" if draft else ""
+        sock.sendall(
+            (
+                f"POST {signed_put_target(path, size)} HTTP/1.1\r\nHost: {HOST}:{port}\r\n{protocol}{creation}"
+                f"Upload-Length: {size}\r\nContent-Length: 0\r\n\r\n"
+            ).encode()
         )
-        resp = conn.getresponse()
-        resp.read()
-        location = resp.getheader("Location")
-        if resp.status != 201 or not location:
-            return {"status": f"creation answered {resp.status}", "seconds": 0.0, "mib_per_s": 0.0}
+        status, headers = read_final_head(reader)
+        location = headers.get("location")
+        if status != 201 or not location:
+            return {"status": f"creation answered {status}", "seconds": 0.0, "mib_per_s": 0.0}
         if location.startswith("http"):
             location = "/" + location.split("/", 3)[3]
-        # The PATCHes go over a raw socket with sendfile, as curl sends the plain PUT: the
-        # client must not be what is measured (http.client copies each 8 MiB body through
-        # Python and made tus look slower than it is).
-        conn.close()
-        sock = socket.create_connection((HOST, port), timeout=max_seconds)
         with open(source, "rb") as f:
             offset = 0
             patches = 0
-            reader = sock.makefile("rb")
             while offset < size:
                 if time.monotonic() > deadline:
                     return {"status": "timeout", "seconds": 0.0, "mib_per_s": 0.0}
                 n = min(chunk_bytes, size - offset)
-                head = (
-                    f"PATCH {location} HTTP/1.1\r\nHost: {HOST}:{port}\r\nTus-Resumable: 1.0.0\r\n"
-                    f"Upload-Offset: {offset}\r\nContent-Type: application/offset+octet-stream\r\n"
-                    f"Content-Length: {n}\r\n\r\n"
-                ).encode()
-                sock.sendall(head)
+                if draft:
+                    last = "?1" if offset + n == size else "?0"
+                    content_type = "application/partial-upload"
+                    protocol_lines = f"{protocol}Upload-Complete: {last}\r\n"
+                else:
+                    content_type = "application/offset+octet-stream"
+                    protocol_lines = protocol
+                sock.sendall(
+                    (
+                        f"PATCH {location} HTTP/1.1\r\nHost: {HOST}:{port}\r\n{protocol_lines}"
+                        f"Content-Type: {content_type}\r\nUpload-Offset: {offset}\r\nContent-Length: {n}\r\n\r\n"
+                    ).encode()
+                )
                 sock.sendfile(f, offset, n)
-                status_line = reader.readline().decode()
-                status = int(status_line.split()[1])
-                new_offset = offset + n
-                length = 0
-                while True:
-                    line = reader.readline().decode()
-                    if line in ("\r\n", ""):
-                        break
-                    name, _, value = line.partition(":")
-                    if name.lower() == "upload-offset":
-                        new_offset = int(value)
-                    elif name.lower() == "content-length":
-                        length = int(value)
-                if length:
-                    reader.read(length)
-                if status != 204:
+                status, headers = read_final_head(reader)
+                # The draft's completing append answers what a PUT does: 201.
+                if status != 204 and not (draft and status == 201 and offset + n == size):
                     return {"status": f"PATCH at {offset} answered {status}", "seconds": 0.0, "mib_per_s": 0.0}
-                offset = new_offset
+                offset = int(headers.get("upload-offset", offset + n))
                 patches += 1
-            reader.close()
-            sock.close()
         seconds = time.perf_counter() - t0
         return {"status": "ok", "patches": patches, "seconds": seconds, "mib_per_s": size / MIB / seconds}
     finally:
-        conn.close()
+        reader.close()
+        sock.close()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -984,8 +1006,9 @@ def phase_resumable(res: Results, plan: Plan, workdir: Path, source: Path, sha25
         # to this server with the same client (raw socket, sendfile), in rounds (one of each),
         # so the machine's state (page cache, tmpfs pages) is the same for both, each after
         # the large phase's warm-up; the ratio is taken within each round, its median reported.
-        tus_runs, plain_runs = [], []
+        tus_runs, plain_runs, draft_runs = [], [], []
         out = {"status": "ok"}
+        draft_out = {"status": "ok"}
         for _ in range(plan.large_rounds):
             wait_quiet()
             plain_path = f"plain-{uuid.uuid4().hex}/big.bin"
@@ -1003,7 +1026,21 @@ def phase_resumable(res: Results, plan: Plan, workdir: Path, source: Path, sha25
             status, length, got_sha = get_sha256(server.port, path)
             out["sha256_ok"] = status == 200 and length == plan.large_bytes and got_sha == sha256
             tus_runs.append(out["mib_per_s"])
-            for stored in (server.store / "upload" / plain_path, server.store / "upload" / path):
+            draft_path = f"draft-{uuid.uuid4().hex}/big.bin"
+            wait_quiet()
+            shm_write_mibs(workdir, plan.large_bytes)
+            draft_out = tus_upload(server.port, draft_path, source, plan.tus_chunk_bytes, draft=True)
+            if draft_out["status"] != "ok":
+                res.problems.append(f"resumable (IETF draft): {draft_out['status']}")
+                break
+            status, length, got_sha = get_sha256(server.port, draft_path)
+            draft_out["sha256_ok"] = status == 200 and length == plan.large_bytes and got_sha == sha256
+            draft_runs.append(draft_out["mib_per_s"])
+            for stored in (
+                server.store / "upload" / plain_path,
+                server.store / "upload" / path,
+                server.store / "upload" / draft_path,
+            ):
                 if stored.exists():
                     stored.unlink()  # keep /dev/shm small
         if tus_runs:
@@ -1015,6 +1052,14 @@ def phase_resumable(res: Results, plan: Plan, workdir: Path, source: Path, sha25
             out["ratios"] = [t / p for t, p in zip(tus_runs, plain_runs)]
             out["ratio"] = statistics.median(out["ratios"])
             out["plain_runs"] = plain_runs
+        if draft_runs and len(draft_runs) == len(plain_runs):
+            out["draft"] = {
+                "mib_per_s": statistics.median(draft_runs),
+                "runs": draft_runs,
+                "ratios": [d / p for d, p in zip(draft_runs, plain_runs)],
+                "sha256_ok": draft_out.get("sha256_ok", False),
+            }
+            out["draft"]["ratio"] = statistics.median(out["draft"]["ratios"])
         out.update({"built": True, "tus_version": version, "peak_rss_mib": server.hwm_mib()})
         res.resumable = out
 
@@ -1798,6 +1843,13 @@ def table(res: Results) -> str:
                 if r.get("ratios")
                 else f"| resumable, tus {r['tus_version']}, {chunk} MiB PATCHes | MiB/s | {fmt(r.get('mib_per_s', 0.0))} ({r['status']}, sha256 {'matches' if r.get('sha256_ok') else 'not checked/differs'}) | | | | — |"
             )
+            d = r.get("draft")
+            if d:
+                rows.append(
+                    f"| resumable, IETF draft (interop 8), {chunk} MiB PATCHes (same rounds) | MiB/s | "
+                    f"{fmt(d['mib_per_s'])}; per round {d['ratio']:.0%} ({', '.join(f'{x:.0%}' for x in d['ratios'])}) of the plain PUT of its round; "
+                    f"sha256 {'matches' if d['sha256_ok'] else 'differs'} | | | ≥ 80% of the plain PUT | {verdict(d['ratio'] >= 0.8)} |"
+                )
     m = res.many
     if m:
         rows += [
