@@ -1,7 +1,9 @@
 //! Every parser of request headers: Range, If-Range and the conditional headers, Content-Range
 //! of session resumes, Content-Length and the tus numbers, RFC 9530 Content-Digest /
 //! Repr-Digest, the tus headers (Upload-Metadata, Upload-Checksum, Upload-Concat,
-//! Upload-Defer-Length), X-Session-Token, Content-Type, and the forwarded client address.
+//! Upload-Defer-Length), the IETF resumable-upload draft's (Upload-Draft-Interop-Version,
+//! Upload-Complete / Upload-Incomplete), X-Session-Token, Content-Type, and the forwarded
+//! client address.
 //!
 //! Properties: no panic on any header set; every value a parser accepts is within the rules
 //! the handlers rely on (a range inside the file, a resume offset below the total, digests of
@@ -42,6 +44,9 @@ const NAMES: &[&str] = &[
     "x-session-token",
     "x-forwarded-for",
     "x-real-ip",
+    "upload-draft-interop-version",
+    "upload-complete",
+    "upload-incomplete",
 ];
 
 #[derive(Arbitrary, Debug)]
@@ -129,6 +134,18 @@ fuzz_target!(|input: Input<'_>| {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
         );
+    }
+
+    // The draft's headers: a version is one of those spoken; completeness reads the same in
+    // both spellings of interop version 3 and the others.
+    if let Ok(Some(version)) = headers::draft::interop_version(&map) {
+        assert!(headers::draft::INTEROP_VERSIONS.contains(&version));
+        if let Ok(complete) = headers::draft::upload_complete(&map, version) {
+            let (name, value) = headers::draft::complete_header(version, complete);
+            let mut answer = HeaderMap::new();
+            answer.insert(name, HeaderValue::from_static(value));
+            assert_eq!(headers::draft::upload_complete(&answer, version).ok(), Some(complete));
+        }
     }
 
     // The client address: a forwarded one only from a trusted peer.
