@@ -19,6 +19,10 @@ Builds the release binary, then measures on loopback with every store on /dev/sh
   next to the same work on the local store: small PUT/GET, 1 GiB PUT/GET beside Garage's own
   speed with a plain S3 client (the ceiling), peak RSS during a 2 GiB PUT and 200 concurrent
   slow 8 MiB uploads.
+- peer: the server side by side with prosody-filer (built by ../shared/peers/build.sh) and, for
+  downloads, nginx serving the server's store, in the same run, interleaved (peers.py): in each
+  round the same 5,000 small PUTs and GETs (wrk) and one 1 GiB PUT and GET (curl) on each, req/s,
+  MiB/s and server CPU per request, ratios within the round (`--rounds`, `--small-count`).
 
 Every phase gets a fresh server (so VmHWM is that phase's peak) and a fresh store. Results go to
 bench-results/<date>.md (the table), .json (every raw figure) and -concurrency.svg; the table is
@@ -103,6 +107,8 @@ class Plan:
     s3_small_count: int = 3_000
     s3_many_count: int = 200
     s3_many_bytes: int = 8 * MIB
+    peer_rounds: int = 5
+    peer_small_count: int = 5_000
 
     @classmethod
     def quick(cls) -> "Plan":
@@ -121,6 +127,8 @@ class Plan:
             s3_rounds=1,
             s3_small_count=500,
             s3_many_count=50,
+            peer_rounds=2,
+            peer_small_count=1_000,
         )
 
 
@@ -783,6 +791,7 @@ class Results:
     sweep: list = field(default_factory=list)
     compare: dict = field(default_factory=dict)
     s3: dict = field(default_factory=dict)
+    peer: dict = field(default_factory=dict)
     perf: dict = field(default_factory=dict)
     problems: list = field(default_factory=list)  # wrong answers, lost files: exit status 1
     warnings: list = field(default_factory=list)  # a busy machine: figures not to be trusted
@@ -1182,6 +1191,280 @@ def compare_table(res: Results) -> str:
             f"{c['median_ratios'][k]:.2f} | {', '.join(f'{x:.2f}' for x in c['ratios'][k])} |"
         )
     return "\n".join(lines)
+
+
+# ---- PEER (prosody-filer and nginx, side by side) ----------------------------------------------
+# Issue 15: the server next to prosody-filer (the upload server it replaces) and nginx (the
+# ceiling for downloads) on this machine, in the same run, interleaved (peers.py starts both).
+
+PEER_FIGURES = {  # key: (label, measured for nginx too)
+    "small_put_rps": ("small PUT req/s", False),
+    "small_put_mibs": ("small PUT MiB/s", False),
+    "small_put_cpu_us": ("server CPU µs per small PUT", False),
+    "small_get_rps": ("small GET req/s", True),
+    "small_get_mibs": ("small GET MiB/s", True),
+    "small_get_cpu_us": ("server CPU µs per small GET", True),
+    "large_put_mibs": ("large PUT MiB/s", False),
+    "large_put_cpu_s": ("server CPU s per large PUT", False),
+    "large_get_mibs": ("large GET MiB/s", True),
+    "large_get_cpu_s": ("server CPU s per large GET", True),
+}
+PEER_FSYNC_NOTE = (
+    "prosody-filer does not fsync: it copies the body into the file and closes it, neither the file "
+    "nor its folder is synced before its 201. This server fsyncs the file and then its folder (after "
+    "the rename into place) before answering 201, so its PUT figures carry that cost and prosody-filer's "
+    "do not (on tmpfs an fsync costs little; on a disk it can cost far more than the rest of a small PUT)."
+)
+
+
+def stored_under(store: Path) -> int:
+    return sum(1 for f in (store / "upload").rglob("*") if f.is_file())
+
+
+def empty_upload_folder(store: Path) -> None:
+    for entry in (store / "upload").iterdir():  # keep /dev/shm small
+        if entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink()
+
+
+def peer_round(
+    res: Results, plan: Plan, workdir: Path, source: Path, sha256: str, peer_bin: Path, nginx_bin: Path | None, i: int
+) -> dict:
+    """One round: a fresh server and a fresh prosody-filer (and an nginx on the server's store),
+    each doing the same work in turn (prosody-filer first in even rounds): wrk PUTs of the same
+    signed paths, then GETs of them (the server's files also through nginx, in alternating
+    order), then one large PUT and GET with curl (again also through nginx), sha256 checked."""
+    import contextlib
+
+    import peers
+
+    n, size, c, big = plan.peer_small_count, plan.small_bytes, plan.small_concurrency, plan.large_bytes
+    label = f"peer round {i + 1}"
+    paths = new_paths(f"peer{i}", n)  # one list for both: the token form is the same
+    put_targets = [signed_put_target(p, size) for p in paths]
+    get_targets = [f"/upload/{p}" for p in paths]
+    order = ["peer", "ours"] if i % 2 == 0 else ["ours", "peer"]
+    row: dict = {"round": i + 1, "order": order, "ours": {}, "peer": {}, "nginx": {}}
+    for who in order:
+        with contextlib.ExitStack() as stack:
+            if who == "ours":
+                server = stack.enter_context(Server(workdir, f"peer{i}-ours"))
+            else:
+                server = stack.enter_context(peers.ProsodyFiler(peer_bin, workdir, f"peer{i}-filer", SECRET))
+            readers = [(who, server)]
+            ngx = None
+            if who == "ours" and nginx_bin is not None:
+                ngx = stack.enter_context(peers.Nginx(nginx_bin, workdir, f"r{i}", server.store / "upload"))
+                readers = readers + [("nginx", ngx)] if i % 2 == 0 else [("nginx", ngx)] + readers
+            name = "prosody-filer" if who == "peer" else "server"
+            wait_quiet()
+            put = run_wrk(server, workdir, f"peer{i}-{who}-put", "put", put_targets, c, size)
+            stored = stored_under(server.store)
+            if wrk_failed(put):
+                res.problems.append(wrk_problem(f"{label} {name} small PUT", put))
+            if stored != n:
+                res.problems.append(f"{label} {name}: {stored} files stored after {n} PUTs")
+            row[who].update({
+                "small_put_rps": put["req_per_s"],
+                "small_put_mibs": put["mib_per_s"],
+                "small_put_cpu_us": put["server_cpu_us_per_request"],
+                "small_put_p99_ms": put["latency_us"]["p99"] / 1000,
+                "small_put_client_cpu_s": put["client_cpu_s"],
+                "small_put_statuses": put["statuses"],
+                "small_stored": stored,
+            })
+            for reader, srv in readers:
+                get = run_wrk(srv, workdir, f"peer{i}-{reader}-get", "get", get_targets, c, size)
+                if wrk_failed(get):
+                    res.problems.append(wrk_problem(f"{label} {'nginx' if reader == 'nginx' else name} small GET", get))
+                row[reader].update({
+                    "small_get_rps": get["req_per_s"],
+                    "small_get_mibs": get["mib_per_s"],
+                    "small_get_cpu_us": get["server_cpu_us_per_request"],
+                    "small_get_p99_ms": get["latency_us"]["p99"] / 1000,
+                    "small_get_client_cpu_s": get["client_cpu_s"],  # wrk's: near the ceiling, the client is the limit
+                    "small_get_statuses": get["statuses"],
+                })
+            empty_upload_folder(server.store)
+
+            shm_write_mibs(workdir, big)  # the large phase's warm-up, for each alike
+            path = f"peer-{uuid.uuid4().hex}/big.bin"
+            cpu0 = server.cpu_seconds()
+            put_status, put_s, put_bytes = curl_put(f"http://{HOST}:{server.port}{signed_put_target(path, big)}", source)
+            cpu1 = server.cpu_seconds()
+            row[who].update({
+                "large_put_status": put_status,
+                "large_put_mibs": big / MIB / put_s if put_status == "201" else 0.0,
+                "large_put_cpu_s": cpu1 - cpu0,
+            })
+            if put_status != "201" or put_bytes != big:
+                res.problems.append(f"{label} {name} large PUT: answered {put_status}, {put_bytes} bytes sent")
+            for reader, srv in readers:
+                cpu0 = srv.cpu_seconds()
+                get_status, get_s, moved = curl([f"http://{HOST}:{srv.port}/upload/{path}"])
+                cpu1 = srv.cpu_seconds()
+                ok = get_status == "200" and moved == big
+                row[reader].update({
+                    "large_get_status": get_status,
+                    "large_get_bytes": moved,
+                    "large_get_mibs": big / MIB / get_s if ok else 0.0,
+                    "large_get_cpu_s": cpu1 - cpu0,
+                })
+                if not ok:
+                    who_name = "nginx" if reader == "nginx" else name
+                    res.problems.append(f"{label} {who_name} large GET: answered {get_status}, {moved} of {big} bytes")
+            got = get_sha256(server.port, path)
+            row[who]["large_sha256_ok"] = got == (200, big, sha256)
+            if got != (200, big, sha256):
+                res.problems.append(f"{label} {name} large: GET for the check answered {got[0]}, {got[1]} bytes, sha256 {'matches' if got[2] == sha256 else 'DIFFERS'}")
+            empty_upload_folder(server.store)
+            if not server.alive():
+                res.problems.append(f"{label}: {name} died")
+            res.problems += [f"{label} {name}: log: {line}" for line in server.problems()[:10]]
+            if ngx is not None:
+                if not ngx.alive():
+                    res.problems.append(f"{label}: nginx died")
+                res.problems += [f"{label} nginx: error log: {line}" for line in ngx.problems()[:10]]
+        if ngx is not None and ngx.killed:
+            res.problems.append(f"{label}: nginx workers outlived their master and were killed: {ngx.killed}")
+        for leftover in (f"nginx-r{i}", f"store-peer{i}-ours", f"store-peer{i}-filer"):
+            if (workdir / leftover).exists():
+                res.problems.append(f"{label}: {leftover} left behind in the work folder")
+    for key in PEER_FIGURES:
+        if key in row["peer"]:
+            row.setdefault("ours_of_peer", {})[key] = row["ours"][key] / row["peer"][key] if row["peer"][key] else float("nan")
+        if PEER_FIGURES[key][1] and key in row["nginx"]:
+            row.setdefault("ours_of_nginx", {})[key] = row["ours"][key] / row["nginx"][key] if row["nginx"][key] else float("nan")
+    o, p, x = row["ours"], row["peer"], row["nginx"]
+    log(
+        f"{label} ({' then '.join(order)}): small PUT {o['small_put_rps']:.0f} / {p['small_put_rps']:.0f} req/s, "
+        f"GET {o['small_get_rps']:.0f} / {p['small_get_rps']:.0f}" + (f" / {x['small_get_rps']:.0f} (nginx)" if x else "")
+        + f"; {big // MIB} MiB PUT {o['large_put_mibs']:.0f} / {p['large_put_mibs']:.0f} MiB/s, "
+        f"GET {o['large_get_mibs']:.0f} / {p['large_get_mibs']:.0f}" + (f" / {x['large_get_mibs']:.0f} (nginx)" if x else "")
+        + " (server / prosody-filer)"
+    )
+    return row
+
+
+def phase_peer(res: Results, plan: Plan, workdir: Path, source: Path, sha256: str, peer_bin: Path, may_build: bool) -> None:
+    import peers
+
+    why = peers.ensure_prosody_filer(peer_bin, may_build, log)
+    if why:
+        log(f"peer: no prosody-filer ({why}): skipped")
+        res.peer = {"available": False, "reason": why}
+        res.warnings.append(f"peer phase skipped: {why}")
+        return
+    nginx_bin = peers.nginx_binary(log)
+    if nginx_bin is None:
+        res.warnings.append("peer phase: no nginx (Debian: apt-get install nginx): measured without the download ceiling")
+    else:
+        res.machine["tools"]["nginx"] = peers.nginx_version(nginx_bin)
+    res.machine["tools"]["prosody-filer"] = f"{peer_bin} (commit {peers.PEER_COMMIT}, Debian's Go)"
+    rounds, n = plan.peer_rounds, plan.peer_small_count
+    log(
+        f"peer: {rounds} round{'s' if rounds != 1 else ''} of the server and prosody-filer" + (" (and nginx for GETs)" if nginx_bin else "")
+        + f", interleaved: {n} PUTs+GETs of {plan.small_bytes // 1024} KiB at c={plan.small_concurrency}, "
+        f"{plan.large_bytes // MIB} MiB PUT+GET"
+    )
+    rows = [peer_round(res, plan, workdir, source, sha256, peer_bin, nginx_bin, i) for i in range(rounds)]
+    left = [p.name for p in workdir.iterdir() if p.name.startswith(("nginx-", "store-peer"))]
+    if left:
+        res.problems.append(f"peer: folders left behind: {left}")
+    who_all = ("ours", "peer", "nginx") if nginx_bin else ("ours", "peer")
+    res.peer = {
+        "available": True,
+        "prosody_filer": str(peer_bin),
+        "prosody_filer_commit": peers.PEER_COMMIT,
+        "nginx": res.machine["tools"].get("nginx"),
+        "rounds": rows,
+        "medians": {
+            who: {k: median([r[who][k] for r in rows if k in r[who]]) for k in PEER_FIGURES if any(k in r[who] for r in rows)}
+            for who in who_all
+        },
+        "ratios": {
+            rel: {k: [round(r[rel][k], 3) for r in rows] for k in rows[0].get(rel, {})}
+            for rel in ("ours_of_peer", "ours_of_nginx") if rel in rows[0]
+        },
+        "fsync": PEER_FSYNC_NOTE,
+    }
+    res.peer["median_ratios"] = {rel: {k: median(v) for k, v in ks.items()} for rel, ks in res.peer["ratios"].items()}
+
+
+def peer_section(res: Results) -> str:
+    s = res.peer
+    if not s:
+        return ""
+    title = "## Side by side with prosody-filer and nginx, interleaved"
+    if not s.get("available"):
+        return f"{title}\n\nNot run: {s['reason']}.\n"
+    p, rows = res.plan, s["rounds"]
+    mib = p["large_bytes"] // MIB
+    has_nginx = "ours_of_nginx" in s["ratios"]
+    labels = {k: v[0].replace("large", f"{mib} MiB") for k, v in PEER_FIGURES.items()}
+    ratio = lambda x: "—" if x != x else f"{x:.2f}"  # noqa: E731  (NaN: a zero to divide by)
+    lines = [
+        f"{title} ({len(rows)} round{'s' if len(rows) != 1 else ''})",
+        "",
+        f"Each round: a fresh server and a fresh prosody-filer (commit {s['prosody_filer_commit']}, built with Debian's Go), "
+        f"each with its store on {STORE_ROOT}, in turn (prosody-filer first in odd-numbered rounds, the server first in "
+        f"even ones), each doing the same work: {p['peer_small_count']:,} PUTs of {p['small_bytes'] // 1024} KiB at "
+        f"c={p['small_concurrency']} (wrk, signed.lua, the same signed paths for both: same `v` token), GETs of the same "
+        f"files, then one {mib} MiB PUT (curl -T, after the same {STORE_ROOT} warm-up) and its GET (curl), sha256 of the "
+        "download checked. "
+        + (
+            f"nginx {s['nginx']} (2 workers, sendfile on, access_log off, its own configuration and process) serves "
+            "the server's store folder in the same round, right after the server's own GETs of the same files "
+            "(alternating which goes first): the ceiling for downloads. "
+            if has_nginx else "No nginx on this machine: no download ceiling. "
+        )
+        + "Server CPU = utime + stime of the server's process (for nginx: master and workers) from /proc, per "
+        "request. Ratios are taken within each round (ours / theirs; for CPU, below 1 is better) and their median "
+        "reported.",
+        "",
+        f"**fsync:** {s['fsync']}",
+        "",
+        "| figure | server (median) | prosody-filer (median) | server / prosody-filer, median | per round |"
+        + (" nginx (median) | server / nginx, median | per round |" if has_nginx else ""),
+        "|---|---|---|---|---|" + ("---|---|---|" if has_nginx else ""),
+    ]
+    m, r = s["medians"], s["median_ratios"]
+    ratios = s["ratios"]
+    digits = lambda k: 2 if k.endswith("_cpu_s") else 0  # noqa: E731
+    for k, (label, for_nginx) in PEER_FIGURES.items():
+        line = (
+            f"| {labels[k]} | {fmt(m['ours'][k], digits(k))} | {fmt(m['peer'][k], digits(k))} | "
+            f"{ratio(r['ours_of_peer'][k])} | {', '.join(ratio(x) for x in ratios['ours_of_peer'][k])} |"
+        )
+        if has_nginx:
+            line += (
+                f" {fmt(m['nginx'][k], digits(k))} | {ratio(r['ours_of_nginx'][k])} | {', '.join(ratio(x) for x in ratios['ours_of_nginx'][k])} |"
+                if for_nginx else " | | |"
+            )
+        lines.append(line)
+    for row in rows:
+        first = "prosody-filer" if row["order"][0] == "peer" else "the server"
+        lines += [
+            "",
+            f"Round {row['round']} ({first} first):",
+            "",
+            "| figure | server | prosody-filer | server / prosody-filer |" + (" nginx | server / nginx |" if has_nginx else ""),
+            "|---|---|---|---|" + ("---|---|" if has_nginx else ""),
+        ]
+        for k, (label, for_nginx) in PEER_FIGURES.items():
+            line = (
+                f"| {labels[k]} | {fmt(row['ours'][k], digits(k))} | {fmt(row['peer'][k], digits(k))} | "
+                f"{ratio(row['ours_of_peer'][k])} |"
+            )
+            if has_nginx:
+                line += (
+                    f" {fmt(row['nginx'][k], digits(k))} | {ratio(row['ours_of_nginx'][k])} |" if for_nginx else " | |"
+                )
+            lines.append(line)
+    return "\n".join(lines)
+
 
 
 def phase_sweep(res: Results, plan: Plan, workdir: Path) -> None:
@@ -1932,6 +2215,9 @@ def markdown(res: Results, plot_name: str | None) -> str:
     s3 = s3_section(res)
     if s3:
         lines += [s3, ""]
+    peer = peer_section(res)
+    if peer:
+        lines += [peer, ""]
     perf = perf_section(res)
     if perf:
         lines += [perf, ""]
@@ -1965,15 +2251,29 @@ def main() -> int:
         "--compare", metavar="OLD_BINARY",
         help="also run the compare phase: this binary (e.g. the build before a change) against the one under test, interleaved",
     )
+    parser.add_argument(
+        "--peer-binary", metavar="PATH",
+        help="the prosody-filer binary for the peer phase (default: /tmp/peers/bin/prosody-filer, "
+        "built with ../shared/peers/build.sh when missing)",
+    )
+    parser.add_argument("--rounds", type=int, metavar="N", help="rounds of the peer phase (default 5; --quick: 2)")
+    parser.add_argument(
+        "--small-count", type=int, metavar="N",
+        help="small files per server and round in the peer phase (default 5,000; --quick: 1,000)",
+    )
     parser.add_argument("--out", default=str(REPO / "bench-results"), help="folder for the results (default: bench-results/)")
-    parser.add_argument("--only", default="", help="comma-separated phases to run (ceilings,small,large,big,checksum,resumable,many,sweep,s3,compare)")
+    parser.add_argument("--only", default="", help="comma-separated phases to run (ceilings,small,large,big,checksum,resumable,many,sweep,s3,peer,compare)")
     args = parser.parse_args()
 
     STORE_ROOT = Path(args.store_root).resolve()
     if not sys.platform.startswith("linux") or not STORE_ROOT.is_dir():
         sys.exit(f"bench: needs Linux and the folder {STORE_ROOT}")
     plan = Plan.quick() if args.quick else Plan()
-    phases = set(args.only.split(",")) if args.only else {"ceilings", "small", "large", "big", "checksum", "resumable", "many", "sweep", "s3"}
+    if args.rounds is not None:
+        plan.peer_rounds = max(1, args.rounds)
+    if args.small_count is not None:
+        plan.peer_small_count = max(1, args.small_count)
+    phases = set(args.only.split(",")) if args.only else {"ceilings", "small", "large", "big", "checksum", "resumable", "many", "sweep", "s3", "peer"}
     if args.compare:
         phases.add("compare")
     elif "compare" in phases:
@@ -1987,6 +2287,11 @@ def main() -> int:
         build()
     if not BINARY.exists():
         sys.exit(f"bench: {BINARY} is missing; run cargo build --release")
+    import peers
+
+    peer_binary = Path(args.peer_binary).resolve() if args.peer_binary else peers.DEFAULT_PEER_BINARY
+    if args.peer_binary and "peer" in phases and not peer_binary.is_file():
+        sys.exit(f"bench: --peer-binary {peer_binary} is missing")
 
     need = plan.large_bytes + plan.many_count * plan.many_bytes + plan.small_count * plan.small_bytes + GIB // 2
     if "s3" in phases:  # a round's Garage holds two large objects and the small files, beside the local copy and the warm-up
@@ -2029,6 +2334,7 @@ def main() -> int:
             ("many", lambda: phase_many(res, plan, workdir)),
             ("sweep", lambda: phase_sweep(res, plan, workdir)),
             ("s3", lambda: phase_s3(res, plan, workdir, source)),
+            ("peer", lambda: phase_peer(res, plan, workdir, source, sha256, peer_binary, not args.peer_binary)),
             ("compare", lambda: phase_compare(res, plan, workdir, source, sha256, Path(args.compare or "."))),
         ]
         for name, step in steps:
