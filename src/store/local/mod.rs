@@ -16,6 +16,7 @@
 //! that the sweeper removes.
 
 mod beneath;
+mod cached;
 mod partial;
 mod staged;
 
@@ -51,7 +52,7 @@ pub struct LocalStore {
     inner: Arc<Inner>,
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Inner {
     files_dir: PathBuf,
     internal_dir: PathBuf,
@@ -60,6 +61,20 @@ struct Inner {
     partial_dir: PathBuf,
     buffer_bytes: usize,
     retry: RetryPolicy,
+    /// The files and their metadata are on a file system in memory (tmpfs, ramfs): no lookup
+    /// or read there ever waits for a device.
+    memory_backed: bool,
+}
+
+/// Whether `path` is on a file system kept in memory (tmpfs, ramfs).
+fn in_memory(path: &Path) -> bool {
+    const TMPFS_MAGIC: i64 = 0x0102_1994;
+    const RAMFS_MAGIC: i64 = 0x8584_58f6;
+    rustix::fs::statfs(path).is_ok_and(|s| {
+        #[allow(clippy::unnecessary_cast)] // its type differs between architectures
+        let kind = s.f_type as i64;
+        kind == TMPFS_MAGIC || kind == RAMFS_MAGIC
+    })
 }
 
 /// Classifies an I/O error from a write path: ENOSPC and EDQUOT are [`StoreError::Full`].
@@ -125,6 +140,10 @@ pub struct OpenFile {
 }
 
 impl OpenFile {
+    fn new(file: File) -> Self {
+        Self { file: Arc::new(file) }
+    }
+
     /// The bytes `start..end` in READ_CHUNK_BYTES pieces, the next piece always being read
     /// (with `pread`, on the blocking pool) while the current one is sent: disk and socket work
     /// at the same time, and at most two pieces are in memory per download.
@@ -199,6 +218,7 @@ impl LocalStore {
         for dir in [&files_dir, &tmp_dir, &meta_dir, &partial_dir] {
             DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)?;
         }
+        let memory_backed = in_memory(&files_dir) && in_memory(&meta_dir);
         Ok(Self {
             inner: Arc::new(Inner {
                 files_dir,
@@ -208,6 +228,7 @@ impl LocalStore {
                 partial_dir,
                 buffer_bytes,
                 retry,
+                memory_backed,
             }),
         })
     }
@@ -360,6 +381,19 @@ impl LocalStore {
     /// Opens the finished file at `key` for reading, never outside the store: what it is,
     /// its whole content when `read_small` and it is small, and the open file.
     pub async fn open_file(
+        &self,
+        key: &FileKey,
+        read_small: bool,
+    ) -> Result<(ObjectInfo, Option<Bytes>, OpenFile), StoreError> {
+        // Everything in the kernel's caches: no hand-off to the blocking pool.
+        if let Some(found) = cached::open_file(&self.inner, key, read_small) {
+            return found;
+        }
+        self.open_blocking(key, read_small).await
+    }
+
+    /// [`Self::open_file`] on the blocking pool.
+    async fn open_blocking(
         &self,
         key: &FileKey,
         read_small: bool,
