@@ -302,9 +302,10 @@ impl LocalStore {
             pending,
             hashed,
         } = staged.into_settled().await?;
-        // One trip to the blocking pool: write what is pending, stamp, fsync, rename, fsync the
-        // folder.
-        run_blocking_store(move || {
+        // One trip to the blocking pool (none on a file system in memory, where nothing waits
+        // for a device): write what is pending, stamp, fsync, rename, fsync the folder.
+        let memory_backed = self.inner.memory_backed;
+        let mut work = move || {
             if !pending.is_empty() || staged.file.is_none() {
                 staged.write_chunks(&pending, hashed)?;
             }
@@ -374,8 +375,12 @@ impl LocalStore {
                     })
                 }
             }
-        })
-        .await
+        };
+        if memory_backed {
+            work()
+        } else {
+            run_blocking_store(work).await
+        }
     }
 
     /// Opens the finished file at `key` for reading, never outside the store: what it is,

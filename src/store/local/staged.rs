@@ -243,6 +243,11 @@ impl StagedFile {
                 _ => break,
             }
         }
+        // The whole body is here: what is pending goes out with the commit (or the sync) that
+        // comes next, in the same trip to the blocking pool.
+        if !broken_off && http_body::Body::is_end_stream(body) {
+            return Ok(());
+        }
         self.flush().await.map_err(TakeError::Store)?;
         if broken_off { Err(TakeError::BrokenOff) } else { Ok(()) }
     }

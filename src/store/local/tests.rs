@@ -17,16 +17,33 @@ fn meta(size: u64) -> FileMeta {
     }
 }
 
+/// A folder on tmpfs (commits run on the runtime thread there, reads skip RESOLVE_CACHED).
+fn memory_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir_in("/dev/shm").expect("/dev/shm (tmpfs on Debian)");
+    assert!(in_memory(dir.path()), "/dev/shm is not tmpfs here");
+    dir
+}
+
 #[tokio::test]
 async fn commit_then_read_then_delete() {
     let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
+    commit_read_delete(dir.path()).await;
+}
+
+#[tokio::test]
+async fn commit_then_read_then_delete_in_memory() {
+    let dir = memory_dir();
+    commit_read_delete(dir.path()).await;
+}
+
+async fn commit_read_delete(dir: &Path) {
+    let store = LocalStore::open(dir, "upload", 4096, RetryPolicy::NONE).unwrap();
     let mut staged = store.stage_local();
     staged.write(Bytes::from_static(b"hello ")).await.unwrap();
     staged.write(Bytes::from(vec![b'x'; 10_000])).await.unwrap();
     assert_eq!(staged.len(), 10_006);
     store.commit(staged, &key("a/b c.txt"), &meta(10_006)).await.unwrap();
-    let on_disk = fs::read(dir.path().join("upload/a/b c.txt")).unwrap();
+    let on_disk = fs::read(dir.join("upload/a/b c.txt")).unwrap();
     assert_eq!(on_disk.len(), 10_006);
     assert!(on_disk.starts_with(b"hello x"));
     let (opened, _, _) = store.open_file(&key("a/b c.txt"), true).await.unwrap();
@@ -35,7 +52,7 @@ async fn commit_then_read_then_delete() {
     assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "no temporaries left");
 
     store.delete(&key("a/b c.txt")).await.unwrap();
-    assert!(!dir.path().join("upload/a").exists(), "emptied folder removed");
+    assert!(!dir.join("upload/a").exists(), "emptied folder removed");
     assert!(matches!(
         store.delete(&key("a/b c.txt")).await,
         Err(StoreError::NotFound)
@@ -45,7 +62,17 @@ async fn commit_then_read_then_delete() {
 #[tokio::test]
 async fn no_replace_and_cleanup() {
     let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
+    no_replace(dir.path()).await;
+}
+
+#[tokio::test]
+async fn no_replace_and_cleanup_in_memory() {
+    let dir = memory_dir();
+    no_replace(dir.path()).await;
+}
+
+async fn no_replace(dir: &Path) {
+    let store = LocalStore::open(dir, "upload", 4096, RetryPolicy::NONE).unwrap();
     let mut first = store.stage_local();
     first.write(Bytes::from_static(b"first")).await.unwrap();
     store.commit(first, &key("k/f"), &meta(5)).await.unwrap();
@@ -55,7 +82,7 @@ async fn no_replace_and_cleanup() {
         store.commit(second, &key("k/f"), &meta(6)).await,
         Err(StoreError::Exists)
     ));
-    assert_eq!(fs::read(dir.path().join("upload/k/f")).unwrap(), b"first");
+    assert_eq!(fs::read(dir.join("upload/k/f")).unwrap(), b"first");
     // A file where a folder would have to be.
     let third = store.stage_local();
     assert!(matches!(
