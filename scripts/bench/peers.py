@@ -26,6 +26,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from garage import free_port, proc_cpu_seconds  # the bench's other helper module
+
 HOST = "127.0.0.1"
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
@@ -33,22 +35,6 @@ BUILD_SCRIPT = REPO.parent / "shared" / "peers" / "build.sh"
 DEFAULT_PEER_BINARY = Path("/tmp/peers/bin/prosody-filer")
 # The commit build.sh builds (its header says so; the source is in shared/peers/prosody-filer/src).
 PEER_COMMIT = "c97fa66"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((HOST, 0))
-        return s.getsockname()[1]
-
-
-def proc_cpu_seconds(pid: int) -> float:
-    """utime + stime of a process (all its threads, live and exited), from /proc/<pid>/stat."""
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
 
 
 def proc_start_ticks(pid: int) -> int | None:
