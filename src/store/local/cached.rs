@@ -18,7 +18,7 @@ use bytes::Bytes;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::{Errno, ReadWriteFlags};
 
-use super::{Inner, OpenFile, etag};
+use super::{Inner, OpenFile, object_info};
 use crate::key::FileKey;
 use crate::store::meta::{FileMeta, sidecar_name};
 use crate::store::{ObjectInfo, SMALL_FILE_BYTES, StoreError};
@@ -73,14 +73,8 @@ pub(super) fn open_file(inner: &Inner, key: &FileKey, read_small: bool) -> Optio
     } else {
         None
     };
-    let info = ObjectInfo {
-        size,
-        modified,
-        etag: etag(size, modified),
-        meta,
-    };
     let file = std::fs::File::from(file);
-    Some(Ok((info, content, OpenFile::new(file))))
+    Some(Ok((object_info(size, modified, meta), content, OpenFile::new(file))))
 }
 
 /// `openat2` read-only, with `RESOLVE_CACHED` unless `memory` (a file system in memory):

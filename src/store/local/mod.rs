@@ -127,6 +127,16 @@ fn unique_commit_time() -> SystemTime {
     UNIX_EPOCH + Duration::from_nanos(now.max(previous + 1))
 }
 
+/// What a download needs to know of a finished file of `size` bytes modified at `modified`.
+fn object_info(size: u64, modified: SystemTime, meta: Option<FileMeta>) -> ObjectInfo {
+    ObjectInfo {
+        size,
+        modified,
+        etag: etag(size, modified),
+        meta,
+    }
+}
+
 /// The ETag of a local file: its size and modification time in nanoseconds.
 fn etag(size: u64, modified: SystemTime) -> String {
     let nanos = modified.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos();
@@ -428,13 +438,7 @@ impl LocalStore {
                 } else {
                     None
                 };
-                let info = ObjectInfo {
-                    size,
-                    modified,
-                    etag: etag(size, modified),
-                    meta,
-                };
-                Ok((info, content, OpenFile { file: Arc::new(file) }))
+                Ok((object_info(size, modified, meta), content, OpenFile::new(file)))
             })
         })
         .await
