@@ -1974,7 +1974,7 @@ def phase_perf(res: Results, plan: Plan, workdir: Path, source: Path, out_prefix
     import garage as garage_mod
 
     garage_bin = garage_mod.binary() if s3 else None
-    names = ["small-put", "large-put"] + (["s3-small-put", "s3-large-put", "s3-large-get"] if garage_bin else [])
+    names = ["small-put", "small-get", "large-put", "large-get"] + (["s3-small-put", "s3-large-put", "s3-large-get"] if garage_bin else [])
     reports = {}
     for name in names:
         log(f"perf: profiling the server during an extra {name} run")
@@ -1987,6 +1987,10 @@ def phase_perf(res: Results, plan: Plan, workdir: Path, source: Path, out_prefix
             path = f"perf-{uuid.uuid4().hex}/big.bin"
             if name.endswith("large-get"):  # the file to GET, not profiled
                 curl_put(f"http://{HOST}:{server.port}{signed_put_target(path, plan.large_bytes)}", source)
+            if name == "small-get":  # the files to GET, not profiled
+                get_paths = new_paths("perf", plan.small_count)
+                run_wrk(server, workdir, "perf-small-get-put", "put",
+                        [signed_put_target(p, plan.small_bytes) for p in get_paths], plan.small_concurrency, plan.small_bytes)
             data = workdir / f"perf-{name}.data"
             rec = subprocess.Popen(
                 ["perf", "record", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384",
@@ -2000,6 +2004,9 @@ def phase_perf(res: Results, plan: Plan, workdir: Path, source: Path, out_prefix
                 paths = new_paths("perf", count)
                 run_wrk(server, workdir, f"perf-{name}", "put", [signed_put_target(p, plan.small_bytes) for p in paths],
                         plan.small_concurrency, plan.small_bytes, unique=name.startswith("s3-"))
+            elif name == "small-get":
+                run_wrk(server, workdir, "perf-small-get", "get", [f"/upload/{p}" for p in get_paths],
+                        plan.small_concurrency, plan.small_bytes)
             elif name.endswith("large-get"):
                 curl([f"http://{HOST}:{server.port}/upload/{path}"])
             else:
@@ -2167,7 +2174,7 @@ def perf_section(res: Results) -> str:
     if not res.perf or not res.perf.get("available"):
         return ""
     out = ["## Where the server spends its time (perf, cpu-clock)", ""]
-    for name in ("small-put", "large-put", "s3-small-put", "s3-large-put", "s3-large-get"):
+    for name in ("small-put", "small-get", "large-put", "large-get", "s3-small-put", "s3-large-put", "s3-large-get"):
         p = res.perf.get(name)
         if not p:
             continue
@@ -2232,7 +2239,7 @@ def main() -> int:
     global BINARY, WAIT_QUIET_SECONDS, STORE_ROOT
     parser = argparse.ArgumentParser(description="hmac-file-server benchmark (loopback, store on /dev/shm)")
     parser.add_argument("--quick", action="store_true", help="a small smoke run (2,000 small PUTs, 256 MiB large, …)")
-    parser.add_argument("--perf", action="store_true", help="also profile the server with perf during extra small and large PUT runs")
+    parser.add_argument("--perf", action="store_true", help="also profile the server with perf during extra small and large PUT and GET runs")
     parser.add_argument("--no-build", action="store_true", help="do not run cargo build --release first")
     parser.add_argument("--binary", help="measure this hmac-file-server binary instead (implies --no-build)")
     parser.add_argument(
