@@ -22,6 +22,7 @@ on_each_store!(
     everything_else_is_an_attachment_with_nosniff_and_csp,
     empty_content_type_is_an_attachment,
     etag_changes_when_a_path_is_deleted_and_uploaded_again,
+    large_files_and_ranges_inside_them_are_byte_exact,
 );
 
 /// Uploads `body` at the decoded `path` with a `v2` token and the given Content-Type (None =
@@ -521,4 +522,119 @@ async fn etag_changes_when_a_path_is_deleted_and_uploaded_again(store: &str) {
         "If-Range with the old ETag: the whole new file"
     );
     assert_eq!(r.bytes().await.unwrap(), second);
+}
+
+// ---------------------------------------------------------------------------------------
+// Large bodies: sent from the file (sendfile) in pieces, whole and in ranges
+// ---------------------------------------------------------------------------------------
+
+/// A file of several read pieces (1 MiB on a disk, 4 MiB in memory, S3 parts) read whole and
+/// in ranges that start and end off page and piece boundaries.
+async fn large_files_and_ranges_inside_them_are_byte_exact(store: &str) {
+    let server = TestServer::start(store);
+    check_large_downloads(&server).await;
+}
+
+/// The same with the store on a file system in memory (/dev/shm), where the server maps the
+/// pieces as they are sent instead of reading them in on the blocking pool.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_files_from_a_store_in_memory_are_byte_exact() {
+    let shm = std::path::Path::new("/dev/shm");
+    if !shm.is_dir() {
+        eprintln!("no /dev/shm here: the store-in-memory case is not run");
+        return;
+    }
+    let server = TestServer::start_in(tempfile::tempdir_in(shm).unwrap(), "");
+    check_large_downloads(&server).await;
+}
+
+async fn check_large_downloads(server: &TestServer) {
+    let http = client();
+    let len = 9 * 1024 * 1024 + 4097;
+    let body = payload(len, 77);
+    upload(server, &http, "big/file.bin", &body, None).await;
+    let url = server.url("big/file.bin");
+    let get = http.get(&url).send().await.unwrap();
+    assert_eq!(get.status(), StatusCode::OK);
+    assert_eq!(header(&get, "content-length"), Some(len.to_string()));
+    assert!(get.bytes().await.unwrap() == body, "whole file differs");
+    const MIB: usize = 1024 * 1024;
+    for (first, last) in [
+        (1, len - 1),
+        (4095, 4 * MIB + 4096),
+        (MIB - 1, MIB),
+        (3 * MIB + 17, 8 * MIB + 4095),
+        (len - 300_000, len - 2),
+        (8 * MIB, len - 1),
+    ] {
+        let range = format!("bytes={first}-{last}");
+        let r = http.get(&url).header("range", &range).send().await.unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{range}");
+        assert_eq!(
+            header(&r, "content-range"),
+            Some(format!("bytes {first}-{last}/{len}")),
+            "{range}"
+        );
+        assert!(r.bytes().await.unwrap() == body[first..=last], "{range}: bytes differ");
+    }
+    // Many at once: the pieces of concurrent downloads never mix.
+    let gets = (0..8).map(|i| {
+        let (http, url) = (http.clone(), url.clone());
+        let first = i * 1_000_003;
+        async move {
+            let r = http
+                .get(&url)
+                .header("range", format!("bytes={first}-"))
+                .send()
+                .await
+                .unwrap();
+            (first, r.bytes().await.unwrap())
+        }
+    });
+    for (first, got) in futures_util::future::join_all(gets).await {
+        assert!(got == body[first..], "concurrent download from {first} differs");
+    }
+}
+
+/// A file cut short by hand while it is being sent (the server never changes a finished file)
+/// ends that download early, and the server goes on answering.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_truncated_while_sent_ends_that_download_not_the_server() {
+    for in_memory in [false, true] {
+        let dir = if in_memory && std::path::Path::new("/dev/shm").is_dir() {
+            tempfile::tempdir_in("/dev/shm").unwrap()
+        } else {
+            tempfile::tempdir().unwrap()
+        };
+        let server = TestServer::start_in(dir, "");
+        let http = client();
+        let len = 64 * 1024 * 1024;
+        let body = payload(len, 78);
+        upload(&server, &http, "cut/file.bin", &body, None).await;
+        let mut get = http.get(server.url("cut/file.bin")).send().await.unwrap();
+        assert_eq!(get.status(), StatusCode::OK);
+        let mut got = get.chunk().await.unwrap().unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(server.files_dir().join("cut/file.bin"))
+            .unwrap()
+            .set_len(1024 * 1024)
+            .unwrap();
+        // The body ends early (or the connection breaks off): either stops the loop.
+        while let Ok(Some(c)) = get.chunk().await {
+            got += c.len();
+        }
+        assert!(
+            got < len,
+            "in memory: {in_memory}: the whole length arrived from a cut file"
+        );
+        let small = payload(100, 79);
+        upload(&server, &http, "cut/after.bin", &small, None).await;
+        let r = http.get(server.url("cut/after.bin")).send().await.unwrap();
+        assert_eq!(
+            r.bytes().await.unwrap(),
+            small,
+            "in memory: {in_memory}: the server answers on"
+        );
+    }
 }

@@ -78,7 +78,9 @@ pub async fn get<B>(state: &AppState, slot: Slot, request: &Request<B>) -> Resul
         *r.status_mut() = status;
         r
     } else {
-        let stream = opened.stream(start, start + length).map_ok(http_body::Frame::data);
+        let stream = opened
+            .stream_to_socket(start, start + length)
+            .map_ok(http_body::Frame::data);
         let mut r = http::Response::new(BodyExt::boxed(StreamBody::new(stream)));
         *r.status_mut() = status;
         r

@@ -10,6 +10,7 @@ pub mod metrics_listener;
 pub mod migrate;
 pub mod read_share;
 pub mod reload;
+pub mod zero_copy;
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -37,6 +38,7 @@ use crate::store::{LocalStore, RetryPolicy, Store, StoreError};
 use interim::InterimStream;
 use read_share::ReadShare;
 use tokio_util::sync::CancellationToken;
+use zero_copy::ZeroCopy;
 
 /// hyper's read buffer: also how much body one read takes. Heads are checked against
 /// [`MAX_HEAD_BYTES`](crate::http::MAX_HEAD_BYTES) by the handler (hyper's own limit only bites on heads that arrive in
@@ -258,11 +260,11 @@ pub async fn serve(
         match accepted {
             Ok(Accepted::Tcp(stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                let stream = reads.wrap(stream);
+                let stream = reads.wrap(ZeroCopy::new(stream));
                 spawn_connection(&builder, &graceful, stream, Some(peer), state.clone(), write_timeout);
             }
             Ok(Accepted::Unix(stream)) => {
-                let stream = reads.wrap(stream);
+                let stream = reads.wrap(ZeroCopy::new(stream));
                 spawn_connection(&builder, &graceful, stream, None, state.clone(), write_timeout)
             }
             Err(e) => {

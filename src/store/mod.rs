@@ -276,6 +276,17 @@ impl Opened {
             Source::S3(object) => object.stream(start, end),
         }
     }
+
+    /// [`Self::stream`] for a response body on its way to a client's socket: from the local
+    /// store, pieces that the connection sends without copying them
+    /// ([`local::mapped`], [`crate::server::zero_copy`]).
+    pub fn stream_to_socket(self, start: u64, end: u64) -> ByteStream {
+        match self.source {
+            Source::Local(file) => file.stream_to_socket(start, end),
+            #[cfg(feature = "s3")]
+            Source::S3(object) => object.stream(start, end),
+        }
+    }
 }
 
 /// What the bytes of unfinished uploads take.

@@ -74,7 +74,11 @@ pub(super) fn open_file(inner: &Inner, key: &FileKey, read_small: bool) -> Optio
         None
     };
     let file = std::fs::File::from(file);
-    Some(Ok((object_info(size, modified, meta), content, OpenFile::new(file))))
+    Some(Ok((
+        object_info(size, modified, meta),
+        content,
+        OpenFile::new(file, memory),
+    )))
 }
 
 /// `openat2` read-only, with `RESOLVE_CACHED` unless `memory` (a file system in memory):

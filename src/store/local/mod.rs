@@ -17,6 +17,7 @@
 
 mod beneath;
 mod cached;
+pub mod mapped;
 mod partial;
 mod staged;
 
@@ -27,6 +28,7 @@ use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -147,49 +149,105 @@ fn etag(size: u64, modified: SystemTime) -> String {
 #[derive(Debug)]
 pub struct OpenFile {
     file: Arc<File>,
+    /// On a file system in memory: mapping a piece never waits for a device.
+    memory_backed: bool,
 }
 
 impl OpenFile {
-    fn new(file: File) -> Self {
-        Self { file: Arc::new(file) }
+    fn new(file: File, memory_backed: bool) -> Self {
+        Self {
+            file: Arc::new(file),
+            memory_backed,
+        }
     }
 
     /// The bytes `start..end` in READ_CHUNK_BYTES pieces, the next piece always being read
     /// (with `pread`, on the blocking pool) while the current one is sent: disk and socket work
     /// at the same time, and at most two pieces are in memory per download.
     pub fn stream(self, start: u64, end: u64) -> ByteStream {
-        type Read = tokio::task::JoinHandle<io::Result<Bytes>>;
-        fn read(file: &Arc<File>, offset: u64, end: u64) -> Option<Read> {
-            if offset >= end {
-                return None;
-            }
-            let file = Arc::clone(file);
-            let len = (end - offset).min(READ_CHUNK_BYTES as u64) as usize;
-            Some(tokio::task::spawn_blocking(move || {
-                use std::os::unix::fs::FileExt;
-                let mut buf = vec![0u8; len];
-                file.read_exact_at(&mut buf, offset)?;
-                Ok(Bytes::from(buf))
-            }))
-        }
-        let first = read(&self.file, start, end);
-        Box::pin(futures_util::stream::unfold(
-            (self.file, start, end, first),
-            |(file, offset, end, pending)| async move {
-                let result = match pending?.await {
-                    Ok(r) => r,
-                    Err(e) => Err(io::Error::other(e)),
-                };
-                match result {
-                    Ok(chunk) => {
-                        let next = offset + chunk.len() as u64;
-                        let following = read(&file, next, end);
-                        Some((Ok(chunk), (file, next, end, following)))
+        let file = self.file;
+        pieces(start, end, READ_CHUNK_BYTES as u64, move |offset, len| {
+            let file = Arc::clone(&file);
+            async move {
+                run_blocking_io(move || {
+                    // Read into the spare capacity: no zeroing of bytes about to be overwritten.
+                    let mut buf = Vec::with_capacity(len);
+                    while buf.len() < len {
+                        let at = offset + buf.len() as u64;
+                        let spare = rustix::buffer::spare_capacity(&mut buf);
+                        if rustix::io::pread(&*file, spare, at)? == 0 {
+                            return Err(io::ErrorKind::UnexpectedEof.into());
+                        }
                     }
-                    Err(e) => Some((Err(e), (file, end, end, None))),
+                    Ok(Bytes::from(buf))
+                })
+                .await
+            }
+        })
+    }
+
+    /// The bytes `start..end` for a response body written to a client's socket: pieces mapped
+    /// from the file ([`mapped`]), which the connection sends with `sendfile` (no copy through
+    /// memory of the server's own). On a file system in memory the pieces are mapped as they
+    /// are wanted (nothing waits), 4 MiB each; on a disk each is read in on the blocking pool
+    /// (1 MiB, the next while the current one is sent), so that sending never waits for the
+    /// device on the runtime.
+    pub fn stream_to_socket(self, start: u64, end: u64) -> ByteStream {
+        let file = self.file;
+        if self.memory_backed {
+            return pieces(start, end, MAPPED_PIECE_BYTES, move |offset, len| {
+                std::future::ready(mapped::map(&file, offset, len, false))
+            });
+        }
+        pieces(start, end, READ_CHUNK_BYTES as u64, move |offset, len| {
+            let file = Arc::clone(&file);
+            async move { run_blocking_io(move || mapped::map(&file, offset, len, true)).await }
+        })
+    }
+}
+
+/// Mapped pieces on a file system in memory (pages not touched, so not part of the RSS).
+const MAPPED_PIECE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// `start..end` in pieces of at most `piece` bytes, each made by `make(offset, len)`; the next
+/// piece's future is started when the current one is handed out (for pieces read on the
+/// blocking pool: the next read overlaps the sending of the current piece).
+fn pieces<F, Fut>(start: u64, end: u64, piece: u64, make: F) -> ByteStream
+where
+    F: Fn(u64, usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = io::Result<Bytes>> + Send + 'static,
+{
+    let next = move |offset: u64| -> Option<Pin<Box<dyn Future<Output = io::Result<Bytes>> + Send>>> {
+        (offset < end).then(|| -> Pin<Box<dyn Future<Output = io::Result<Bytes>> + Send>> {
+            let len = (end - offset).min(piece) as usize;
+            Box::pin(make(offset, len))
+        })
+    };
+    let first = next(start).map(tokio::spawn);
+    Box::pin(futures_util::stream::unfold(
+        (next, start, first),
+        move |(next, offset, pending)| async move {
+            let result = match pending?.await {
+                Ok(r) => r,
+                Err(e) => Err(io::Error::other(e)),
+            };
+            match result {
+                Ok(chunk) => {
+                    let at = offset + chunk.len() as u64;
+                    let following = next(at).map(tokio::spawn);
+                    Some((Ok(chunk), (next, at, following)))
                 }
-            },
-        ))
+                Err(e) => Some((Err(e), (next, end, None))),
+            }
+        },
+    ))
+}
+
+/// Runs blocking I/O on the blocking pool.
+async fn run_blocking_io<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(result) => result,
+        Err(e) => Err(io::Error::other(e)),
     }
 }
 
@@ -438,7 +496,11 @@ impl LocalStore {
                 } else {
                     None
                 };
-                Ok((object_info(size, modified, meta), content, OpenFile::new(file)))
+                Ok((
+                    object_info(size, modified, meta),
+                    content,
+                    OpenFile::new(file, inner.memory_backed),
+                ))
             })
         })
         .await
