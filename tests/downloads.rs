@@ -550,6 +550,27 @@ async fn large_files_from_a_store_in_memory_are_byte_exact() {
 
 async fn check_large_downloads(server: &TestServer) {
     let http = client();
+    // Around the small-file size (read, or mapped, whole at the open) and one page.
+    for len in [1usize, 4095, 4097, 65_536, 256 * 1024, 256 * 1024 + 1] {
+        let body = payload(len, len as u64);
+        let path = format!("edge/{len}.bin");
+        upload(server, &http, &path, &body, None).await;
+        let get = http.get(server.url(&path)).send().await.unwrap();
+        assert_eq!(header(&get, "content-length"), Some(len.to_string()), "{path}");
+        assert!(get.bytes().await.unwrap() == body, "{path}: bytes differ");
+        let first = len / 3;
+        let r = http
+            .get(server.url(&path))
+            .header("range", format!("bytes={first}-"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), StatusCode::PARTIAL_CONTENT, "{path}");
+        assert!(
+            r.bytes().await.unwrap() == body[first..],
+            "{path} from {first}: bytes differ"
+        );
+    }
     let len = 9 * 1024 * 1024 + 4097;
     let body = payload(len, 77);
     upload(server, &http, "big/file.bin", &body, None).await;

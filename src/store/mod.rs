@@ -251,7 +251,8 @@ pub enum Staged {
 pub struct Opened {
     /// Size, time, validator, metadata.
     pub info: ObjectInfo,
-    /// The whole content, when asked for and at most [`SMALL_FILE_BYTES`].
+    /// The whole content, when asked for and at most [`SMALL_FILE_BYTES`]: read, or on a file
+    /// system in memory mapped (sent with `sendfile`, [`local::mapped`]).
     pub content: Option<Bytes>,
     source: Source,
 }

@@ -68,12 +68,15 @@ pub(super) fn open_file(inner: &Inner, key: &FileKey, read_small: bool) -> Optio
             u32::try_from(stat.st_mtime_nsec).ok()?,
         );
     let meta = sidecar(memory, &inner.meta_dir, key)?.filter(|m| m.size == size);
-    let content = if read_small && size <= SMALL_FILE_BYTES {
-        Some(read_all_cached(memory, &file, size)?)
-    } else {
+    let file = std::sync::Arc::new(std::fs::File::from(file));
+    let content = if !read_small || size > SMALL_FILE_BYTES {
         None
+    } else if memory && size > 0 {
+        // Mapped, not read: the connection sends it with sendfile (`super::mapped`).
+        Some(super::mapped::map(&file, 0, size as usize, false).ok()?)
+    } else {
+        Some(read_all_cached(memory, &*file, size)?)
     };
-    let file = std::fs::File::from(file);
     Some(Ok((
         object_info(size, modified, meta),
         content,

@@ -154,11 +154,8 @@ pub struct OpenFile {
 }
 
 impl OpenFile {
-    fn new(file: File, memory_backed: bool) -> Self {
-        Self {
-            file: Arc::new(file),
-            memory_backed,
-        }
+    fn new(file: Arc<File>, memory_backed: bool) -> Self {
+        Self { file, memory_backed }
     }
 
     /// The bytes `start..end` in READ_CHUNK_BYTES pieces, the next piece always being read
@@ -168,21 +165,7 @@ impl OpenFile {
         let file = self.file;
         pieces(start, end, READ_CHUNK_BYTES as u64, move |offset, len| {
             let file = Arc::clone(&file);
-            async move {
-                run_blocking_io(move || {
-                    // Read into the spare capacity: no zeroing of bytes about to be overwritten.
-                    let mut buf = Vec::with_capacity(len);
-                    while buf.len() < len {
-                        let at = offset + buf.len() as u64;
-                        let spare = rustix::buffer::spare_capacity(&mut buf);
-                        if rustix::io::pread(&*file, spare, at)? == 0 {
-                            return Err(io::ErrorKind::UnexpectedEof.into());
-                        }
-                    }
-                    Ok(Bytes::from(buf))
-                })
-                .await
-            }
+            async move { run_blocking_io(move || read_piece(&file, offset, len)).await }
         })
     }
 
@@ -196,14 +179,35 @@ impl OpenFile {
         let file = self.file;
         if self.memory_backed {
             return pieces(start, end, MAPPED_PIECE_BYTES, move |offset, len| {
-                std::future::ready(mapped::map(&file, offset, len, false))
+                std::future::ready(mapped::map(&file, offset, len, false).or_else(|_| read_piece(&file, offset, len)))
             });
         }
         pieces(start, end, READ_CHUNK_BYTES as u64, move |offset, len| {
             let file = Arc::clone(&file);
-            async move { run_blocking_io(move || mapped::map(&file, offset, len, true)).await }
+            async move {
+                run_blocking_io(move || {
+                    mapped::map(&file, offset, len, true).or_else(|_| read_piece(&file, offset, len))
+                })
+                .await
+            }
         })
     }
+}
+
+/// `len` bytes of `file` from `offset`, read into a buffer: for readers other than a socket,
+/// and where a piece cannot be mapped (the process's limit of mappings, `vm.max_map_count`,
+/// reached by very many downloads at once).
+fn read_piece(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
+    // Into the spare capacity: no zeroing of bytes about to be overwritten.
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset + buf.len() as u64;
+        let spare = rustix::buffer::spare_capacity(&mut buf);
+        if rustix::io::pread(file, spare, at)? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(Bytes::from(buf))
 }
 
 /// Mapped pieces on a file system in memory (pages not touched, so not part of the RSS).
@@ -499,7 +503,7 @@ impl LocalStore {
                 Ok((
                     object_info(size, modified, meta),
                     content,
-                    OpenFile::new(file, inner.memory_backed),
+                    OpenFile::new(Arc::new(file), inner.memory_backed),
                 ))
             })
         })
