@@ -42,9 +42,15 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Unpin + Send + Sync + 'static,
     B::Error: std::fmt::Display + Send,
 {
-    // The request runs in its own task: when the client goes away after its body, hyper drops
-    // this future, but the work (fsync, saving a resumable offset, releasing a lock) must
-    // finish all the same.
+    // A GET or HEAD without a body changes nothing that must be finished: it runs in the
+    // connection's task (no hand-off to another task per download).
+    if matches!(*request.method(), Method::GET | Method::HEAD) && http_body::Body::is_end_stream(request.body()) {
+        let (parts, mut body) = request.into_parts();
+        return handle_parts(&state, peer, Request::from_parts(parts, &mut body)).await;
+    }
+    // Any other request runs in its own task: when the client goes away after its body, hyper
+    // drops this future, but the work (fsync, saving a resumable offset, releasing a lock)
+    // must finish all the same.
     let task = tokio::spawn(async move {
         // A client that asked `Expect: 100-continue` has not sent its body: reading it now
         // would make hyper send the 100 after (or before) our final answer. It gets none.
