@@ -2188,7 +2188,7 @@ def perf_section(res: Results) -> str:
     return "\n".join(out)
 
 
-def markdown(res: Results, plot_name: str | None) -> str:
+def markdown(res: Results, plot_name: str | None, peer_plot: str | None = None) -> str:
     m = res.machine
     lines = [
         f"# hmac-file-server benchmark, {res.started}",
@@ -2225,6 +2225,8 @@ def markdown(res: Results, plot_name: str | None) -> str:
     peer = peer_section(res)
     if peer:
         lines += [peer, ""]
+    if peer_plot:
+        lines += [f"![each round's ratio to prosody-filer and nginx]({peer_plot})", ""]
     perf = perf_section(res)
     if perf:
         lines += [perf, ""]
@@ -2369,11 +2371,19 @@ def main() -> int:
         plot_path = Path(f"{out_prefix}-concurrency.svg")
         plot_path.write_text(concurrency_plot(res.sweep, REFERENCE, TARGETS, res.plan["small_concurrency"], res.started))
         plot_name = plot_path.name
-    md = markdown(res, plot_name)
+    peer_plot = None
+    if res.peer and res.peer.get("available") and res.peer.get("ratios"):
+        from svgplot import ratio_plot
+
+        peer_path = Path(f"{out_prefix}-peer.svg")
+        peer_path.write_text(ratio_plot(res.peer["ratios"], res.started, str(STORE_ROOT)))
+        peer_plot = peer_path.name
+    md = markdown(res, plot_name, peer_plot)
     Path(f"{out_prefix}.md").write_text(md)
     Path(f"{out_prefix}.json").write_text(json.dumps(res.__dict__, indent=2, default=str) + "\n")
     print(md)
-    log(f"written: {out_prefix}.md, {out_prefix}.json" + (f", {out_prefix}-concurrency.svg" if plot_name else ""))
+    plots = [name for name in (plot_name, peer_plot) if name]
+    log(f"written: {out_prefix}.md, {out_prefix}.json" + "".join(f", {Path(out_prefix).parent / n}" for n in plots))
     return 1 if res.problems else 0
 
 

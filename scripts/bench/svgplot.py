@@ -4,6 +4,7 @@ bench needs nothing beyond the Python standard library."""
 from __future__ import annotations
 
 import math
+import statistics
 from xml.sax.saxutils import escape
 
 WIDTH, HEIGHT = 720, 440
@@ -138,3 +139,73 @@ def marker(cx: float, cy: float, colour: str, shape: str) -> str:
         f'<polygon points="{cx:.1f},{cy - 6:.1f} {cx + 6:.1f},{cy:.1f} {cx:.1f},{cy + 6:.1f} {cx - 6:.1f},{cy:.1f}" '
         f'fill="white" stroke="{colour}" stroke-width="2"/>'
     )
+
+
+# The peer phase's ratios (issue 15): (label, which ratio list, figure, target median).
+PEER_ROWS = (
+    ("small PUT req/s ÷ prosody-filer", "ours_of_peer", "small_put_rps", 1.5),
+    ("small GET req/s ÷ prosody-filer", "ours_of_peer", "small_get_rps", 1.2),
+    ("1 GiB PUT MiB/s ÷ prosody-filer", "ours_of_peer", "large_put_mibs", 1.0),
+    ("1 GiB GET MiB/s ÷ prosody-filer", "ours_of_peer", "large_get_mibs", 1.1),
+    ("small GET req/s ÷ nginx", "ours_of_nginx", "small_get_rps", 0.9),
+    ("1 GiB GET MiB/s ÷ nginx", "ours_of_nginx", "large_get_mibs", 1.0),
+)
+
+
+def ratio_plot(ratios: dict, title_date: str, store: str) -> str:
+    """Each round's ratio (this server ÷ the peer, within the round) as a dot per figure, the
+    median as a bar, the target as a dashed bar and 1.0 (level) as a line."""
+    rows = [(label, ratios.get(side, {}).get(key) or [], target) for label, side, key, target in PEER_ROWS]
+    rows = [r for r in rows if r[1]]
+    left, right, top, row_h, bottom = 230, 150, 60, 40, 60
+    width = 800
+    height = top + row_h * len(rows) + bottom
+    plot_w = width - left - right
+    x_max = max([2.0] + [v * 1.05 for _, values, _ in rows for v in values])
+    x_max, step = nice_ceiling(x_max)
+
+    def x(v: float) -> float:
+        return left + v / x_max * plot_w
+
+    out = [
+        f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" font-family="sans-serif" font-size="12">',
+        f'<rect width="{width}" height="{height}" fill="white"/>',
+        f'<text x="{left}" y="24" font-size="15" font-weight="bold">'
+        "hmac-file-server ÷ prosody-filer and nginx, each round</text>",
+        f'<text x="{left}" y="40" fill="#555">{escape(title_date)}, same run, interleaved, '
+        f"stores on {escape(store)}; above 1 = this server ahead</text>",
+    ]
+    bottom_y = top + row_h * len(rows)
+    v = 0.0
+    while v <= x_max + 1e-9:
+        out.append(f'<line x1="{x(v):.1f}" x2="{x(v):.1f}" y1="{top}" y2="{bottom_y}" stroke="#e3e3e3"/>')
+        out.append(f'<text x="{x(v):.1f}" y="{bottom_y + 16}" text-anchor="middle">{v:g}</text>')
+        v += step
+    out.append(f'<line x1="{x(1):.1f}" x2="{x(1):.1f}" y1="{top - 6}" y2="{bottom_y}" stroke="#333" stroke-width="1.5"/>')
+    out.append(f'<text x="{left + plot_w / 2}" y="{bottom_y + 32}" text-anchor="middle">ratio, this server ÷ the other</text>')
+    for i, (label, values, target) in enumerate(rows):
+        cy = top + row_h * i + row_h / 2
+        median = statistics.median(values)
+        out.append(f'<text x="{left - 10}" y="{cy + 4:.1f}" text-anchor="end">{escape(label)}</text>')
+        out.append(
+            f'<line x1="{x(target):.1f}" x2="{x(target):.1f}" y1="{cy - 13:.1f}" y2="{cy + 13:.1f}" '
+            'stroke="#d62728" stroke-width="2" stroke-dasharray="4,3"/>'
+        )
+        for value in values:
+            out.append(f'<circle cx="{x(value):.1f}" cy="{cy:.1f}" r="4.5" fill="{PUT_COLOUR}" fill-opacity="0.45"/>')
+        out.append(
+            f'<line x1="{x(median):.1f}" x2="{x(median):.1f}" y1="{cy - 11:.1f}" y2="{cy + 11:.1f}" '
+            f'stroke="{PUT_COLOUR}" stroke-width="3"/>'
+        )
+        met = median >= target and min(values) >= 1.0  # the issue's rule: and no round below 1
+        out.append(
+            f'<text x="{left + plot_w + 10}" y="{cy + 4:.1f}" fill="{"#2ca02c" if met else "#d62728"}">'
+            f"median {median:.2f} (≥ {target:g})</text>"
+        )
+    out.append(
+        f'<text x="{left}" y="{height - 12}" fill="#555" font-size="11">dots: rounds; bar: median; red dashes: '
+        "target (met: median at it and no round below 1)</text>"
+    )
+    out.append("</svg>")
+    return "\n".join(out) + "\n"
