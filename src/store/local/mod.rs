@@ -28,7 +28,6 @@ use std::io::{self, Write};
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -165,7 +164,7 @@ impl OpenFile {
         let file = self.file;
         pieces(start, end, READ_CHUNK_BYTES as u64, move |offset, len| {
             let file = Arc::clone(&file);
-            async move { run_blocking_io(move || read_piece(&file, offset, len)).await }
+            Piece::Reading(tokio::task::spawn_blocking(move || read_piece(&file, offset, len)))
         })
     }
 
@@ -179,17 +178,14 @@ impl OpenFile {
         let file = self.file;
         if self.memory_backed {
             return pieces(start, end, MAPPED_PIECE_BYTES, move |offset, len| {
-                std::future::ready(mapped::map(&file, offset, len, false).or_else(|_| read_piece(&file, offset, len)))
+                Piece::Ready(mapped::map(&file, offset, len, false).or_else(|_| read_piece(&file, offset, len)))
             });
         }
         pieces(start, end, READ_CHUNK_BYTES as u64, move |offset, len| {
             let file = Arc::clone(&file);
-            async move {
-                run_blocking_io(move || {
-                    mapped::map(&file, offset, len, true).or_else(|_| read_piece(&file, offset, len))
-                })
-                .await
-            }
+            Piece::Reading(tokio::task::spawn_blocking(move || {
+                mapped::map(&file, offset, len, true).or_else(|_| read_piece(&file, offset, len))
+            }))
         })
     }
 }
@@ -213,46 +209,43 @@ fn read_piece(file: &File, offset: u64, len: usize) -> io::Result<Bytes> {
 /// Mapped pieces on a file system in memory (pages not touched, so not part of the RSS).
 const MAPPED_PIECE_BYTES: u64 = 4 * 1024 * 1024;
 
-/// `start..end` in pieces of at most `piece` bytes, each made by `make(offset, len)`; the next
-/// piece's future is started when the current one is handed out (for pieces read on the
-/// blocking pool: the next read overlaps the sending of the current piece).
-fn pieces<F, Fut>(start: u64, end: u64, piece: u64, make: F) -> ByteStream
+/// A piece of a download: made already, or being read on the blocking pool.
+enum Piece {
+    Ready(io::Result<Bytes>),
+    Reading(tokio::task::JoinHandle<io::Result<Bytes>>),
+}
+
+impl Piece {
+    async fn bytes(self) -> io::Result<Bytes> {
+        match self {
+            Piece::Ready(result) => result,
+            Piece::Reading(read) => read.await.unwrap_or_else(|e| Err(io::Error::other(e))),
+        }
+    }
+}
+
+/// `start..end` in pieces of at most `piece` bytes, each made by `make(offset, len)` when the
+/// one before it is handed out (for pieces read on the blocking pool: the next read overlaps
+/// the sending of the current piece).
+fn pieces<F>(start: u64, end: u64, piece: u64, make: F) -> ByteStream
 where
-    F: Fn(u64, usize) -> Fut + Send + Sync + 'static,
-    Fut: Future<Output = io::Result<Bytes>> + Send + 'static,
+    F: Fn(u64, usize) -> Piece + Send + Sync + 'static,
 {
-    let next = move |offset: u64| -> Option<Pin<Box<dyn Future<Output = io::Result<Bytes>> + Send>>> {
-        (offset < end).then(|| -> Pin<Box<dyn Future<Output = io::Result<Bytes>> + Send>> {
-            let len = (end - offset).min(piece) as usize;
-            Box::pin(make(offset, len))
-        })
-    };
-    let first = next(start).map(tokio::spawn);
+    let next = move |offset: u64| (offset < end).then(|| make(offset, (end - offset).min(piece) as usize));
+    let first = next(start);
     Box::pin(futures_util::stream::unfold(
         (next, start, first),
         move |(next, offset, pending)| async move {
-            let result = match pending?.await {
-                Ok(r) => r,
-                Err(e) => Err(io::Error::other(e)),
-            };
-            match result {
+            match pending?.bytes().await {
                 Ok(chunk) => {
                     let at = offset + chunk.len() as u64;
-                    let following = next(at).map(tokio::spawn);
+                    let following = next(at);
                     Some((Ok(chunk), (next, at, following)))
                 }
                 Err(e) => Some((Err(e), (next, end, None))),
             }
         },
     ))
-}
-
-/// Runs blocking I/O on the blocking pool.
-async fn run_blocking_io<T: Send + 'static>(f: impl FnOnce() -> io::Result<T> + Send + 'static) -> io::Result<T> {
-    match tokio::task::spawn_blocking(f).await {
-        Ok(result) => result,
-        Err(e) => Err(io::Error::other(e)),
-    }
 }
 
 impl Inner {
