@@ -71,7 +71,22 @@ fn field(text: &str, name: &str) -> String {
 
 impl Garage {
     /// Starts one, with bucket [`BUCKET`] and a key allowed to use it.
+    ///
+    /// The ports are picked free, then bound by Garage a moment later: another test's socket
+    /// may take one in between, and such a Garage never answers. So a start that fails is
+    /// retried on new ports and a new folder, and the last failure names Garage's log.
     pub fn start() -> Garage {
+        let mut failures = Vec::new();
+        for _ in 0..3 {
+            match Garage::try_start() {
+                Ok(garage) => return garage,
+                Err(failure) => failures.push(failure),
+            }
+        }
+        panic!("garage did not start in three tries:\n{}", failures.join("\n---\n"));
+    }
+
+    fn try_start() -> Result<Garage, String> {
         let dir = tempfile::tempdir().unwrap();
         let (rpc, s3_port, admin) = (free_port(), free_port(), free_port());
         let mut secret = [0u8; 32];
@@ -99,8 +114,8 @@ impl Garage {
             key_id: String::new(),
             secret: String::new(),
         };
-        let node = garage.wait_for_node();
-        garage.wait_for_rpc();
+        let node = garage.wait_for_node()?;
+        garage.wait_for_rpc()?;
         run(&garage.config, &["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
         run(&garage.config, &["layout", "apply", "--version", "1"]);
         run(&garage.config, &["bucket", "create", BUCKET]);
@@ -120,11 +135,29 @@ impl Garage {
                 "hfs-test-key",
             ],
         );
-        garage
+        Ok(garage)
+    }
+
+    /// Why it is not up: the waiting that failed, whether it still runs, and its log.
+    fn failure(&mut self, what: &str) -> String {
+        let exited = match self.child.as_mut().map(Child::try_wait) {
+            Some(Ok(Some(status))) => format!("it exited ({status})"),
+            _ => "it still runs".to_string(),
+        };
+        self.stop();
+        format!(
+            "{what}; {exited}; its log:\n{}",
+            std::fs::read_to_string(self.dir.path().join("garage.log")).unwrap_or_default()
+        )
+    }
+
+    /// Whether its process has ended.
+    fn exited(&mut self) -> bool {
+        matches!(self.child.as_mut().map(Child::try_wait), Some(Ok(Some(_))))
     }
 
     /// Waits until the node answers its CLI; returns its id.
-    fn wait_for_node(&self) -> String {
+    fn wait_for_node(&mut self) -> Result<String, String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let out = Command::new(binary())
@@ -137,21 +170,19 @@ impl Garage {
             {
                 let id = String::from_utf8_lossy(&out.stdout);
                 if let Some((id, _)) = id.trim().split_once('@') {
-                    return id.to_string();
+                    return Ok(id.to_string());
                 }
             }
-            assert!(
-                Instant::now() < deadline,
-                "garage did not start; its log:\n{}",
-                std::fs::read_to_string(self.dir.path().join("garage.log")).unwrap_or_default()
-            );
+            if Instant::now() >= deadline || self.exited() {
+                return Err(self.failure("garage gave no node id"));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
 
     /// Waits until the node answers over RPC (its CLI's `status`), which comes a moment after
     /// its id is known.
-    fn wait_for_rpc(&self) {
+    fn wait_for_rpc(&mut self) -> Result<(), String> {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let ok = Command::new(binary())
@@ -161,9 +192,11 @@ impl Garage {
                 .output()
                 .is_ok_and(|o| o.status.success());
             if ok {
-                return;
+                return Ok(());
             }
-            assert!(Instant::now() < deadline, "garage answers no RPC");
+            if Instant::now() >= deadline || self.exited() {
+                return Err(self.failure("garage answers no RPC"));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
     }
@@ -242,7 +275,9 @@ impl Garage {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "still running");
         self.child = Some(spawn_server(&self.config, self.dir.path()));
-        self.wait_for_rpc();
+        if let Err(failure) = self.wait_for_rpc() {
+            panic!("{failure}");
+        }
     }
 
     /// Stops it (SIGKILL), for tests of an unreachable store.
