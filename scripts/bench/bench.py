@@ -23,6 +23,10 @@ Builds the release binary, then measures on loopback with every store on /dev/sh
   downloads, nginx serving the server's store, in the same run, interleaved (peers.py): in each
   round the same 5,000 small PUTs and GETs (wrk) and one 1 GiB PUT and GET (curl) on each, req/s,
   MiB/s and server CPU per request, ratios within the round (`--rounds`, `--small-count`).
+- floor: small GETs of the same files from the server, from nginx on its store and from bare
+  hyper (examples/get_floor.rs: this server's HTTP crates answering from memory, nothing else),
+  rotating, `--rounds` rounds: how far the server is from its own HTTP stack's floor, and that
+  floor from nginx.
 
 Every phase gets a fresh server (so VmHWM is that phase's peak) and a fresh store. Results go to
 bench-results/<date>.md (the table), .json (every raw figure) and -concurrency.svg; the table is
@@ -792,6 +796,7 @@ class Results:
     compare: dict = field(default_factory=dict)
     s3: dict = field(default_factory=dict)
     peer: dict = field(default_factory=dict)
+    floor: dict = field(default_factory=dict)
     perf: dict = field(default_factory=dict)
     problems: list = field(default_factory=list)  # wrong answers, lost files: exit status 1
     warnings: list = field(default_factory=list)  # a busy machine: figures not to be trusted
@@ -1465,6 +1470,99 @@ def peer_section(res: Results) -> str:
             lines.append(line)
     return "\n".join(lines)
 
+
+
+def phase_floor(res: Results, plan: Plan, workdir: Path) -> None:
+    """Small GETs from three servers in rotating order, 'peer_rounds' rounds: the server, nginx
+    on the server's store (as in the peer phase) and the HTTP stack's floor
+    (examples/get_floor.rs: bare hyper and tokio answering from memory). Where the floor itself
+    stays below nginx, no server on this stack reaches nginx either."""
+    import contextlib
+
+    import peers
+
+    nginx_bin = peers.nginx_binary(log)
+    floor_bin = peers.floor_binary(DEFAULT_BINARY.parent.parent, log)
+    if nginx_bin is None or floor_bin is None:
+        why = "no nginx" if nginx_bin is None else "examples/get_floor.rs did not build"
+        res.floor = {"available": False, "reason": why}
+        res.warnings.append(f"floor phase skipped: {why}")
+        return
+    rounds, n, size, c = plan.peer_rounds, plan.peer_small_count, plan.small_bytes, plan.small_concurrency
+    log(f"floor: {rounds} rounds of {n} GETs of {size // 1024} KiB at c={c}: the server, nginx, bare hyper, rotating")
+    paths = new_paths("floor", n)
+    get_targets = [f"/upload/{p}" for p in paths]
+    rows = []
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(Server(workdir, "floor"))
+        put = run_wrk(server, workdir, "floor-put", "put", [signed_put_target(p, size) for p in paths], c, size)
+        if wrk_failed(put):
+            res.problems.append(wrk_problem("floor: small PUT", put))
+        ngx = stack.enter_context(peers.Nginx(nginx_bin, workdir, "floor", server.store / "upload"))
+        bare = stack.enter_context(peers.Floor(floor_bin, size))
+        contestants = [("ours", server), ("nginx", ngx), ("floor", bare)]
+        for i in range(rounds):
+            order = contestants[i % 3:] + contestants[:i % 3]
+            row: dict = {"round": i + 1, "order": [who for who, _ in order]}
+            for who, srv in order:
+                wait_quiet()
+                get = run_wrk(srv, workdir, f"floor{i}-{who}-get", "get", get_targets, c, size)
+                if wrk_failed(get):
+                    res.problems.append(wrk_problem(f"floor round {i + 1}: {who} small GET", get))
+                row[who] = {"rps": get["req_per_s"], "cpu_us": get["server_cpu_us_per_request"]}
+            for a, b in (("ours", "nginx"), ("floor", "nginx"), ("ours", "floor")):
+                row[f"{a}_of_{b}"] = row[a]["rps"] / row[b]["rps"] if row[b]["rps"] else float("nan")
+            log(
+                f"floor round {i + 1}: req/s server {row['ours']['rps']:.0f}, nginx {row['nginx']['rps']:.0f}, "
+                f"bare hyper {row['floor']['rps']:.0f}; server/nginx {row['ours_of_nginx']:.2f}, "
+                f"bare hyper/nginx {row['floor_of_nginx']:.2f}"
+            )
+            rows.append(row)
+        for who, srv in contestants:
+            if not srv.alive():
+                res.problems.append(f"floor: {who} died")
+        res.problems += [f"floor: nginx error log: {line}" for line in ngx.problems()[:10]]
+        res.problems += [f"floor: server log: {line}" for line in server.problems()[:10]]
+    res.floor = {
+        "available": True,
+        "nginx": peers.nginx_version(nginx_bin),
+        "rounds": rows,
+        "medians": {
+            who: {k: median([r[who][k] for r in rows]) for k in ("rps", "cpu_us")} for who in ("ours", "nginx", "floor")
+        },
+        "median_ratios": {k: median([r[k] for r in rows]) for k in ("ours_of_nginx", "floor_of_nginx", "ours_of_floor")},
+    }
+
+
+def floor_section(res: Results) -> str:
+    s = res.floor
+    if not s:
+        return ""
+    title = "## Small GETs: the server, nginx and the HTTP stack's floor"
+    if not s.get("available"):
+        return f"{title}\n\nNot run: {s['reason']}.\n"
+    p, rows, m, r = res.plan, s["rounds"], s["medians"], s["median_ratios"]
+    lines = [
+        f"{title} ({len(rows)} rounds)",
+        "",
+        f"{p['peer_small_count']:,} GETs of {p['small_bytes'] // 1024} KiB at c={p['small_concurrency']} (wrk, signed.lua) "
+        f"each round from: the server; nginx {s['nginx']} serving the server's store folder (2 workers, sendfile, "
+        "access_log off, as in the peer phase); and **bare hyper** (`examples/get_floor.rs`: the server's HTTP crates, "
+        "runtime and connection settings, every GET answered with the same bytes from memory, no file system, no "
+        "routing, no headers but `date` and `content-length`): the least any download through this stack can cost. "
+        "Order rotates each round; ratios are taken within a round.",
+        "",
+        "| figure (median) | server | nginx | bare hyper |",
+        "|---|---|---|---|",
+        f"| req/s | {fmt(m['ours']['rps'])} | {fmt(m['nginx']['rps'])} | {fmt(m['floor']['rps'])} |",
+        f"| CPU µs per GET | {fmt(m['ours']['cpu_us'], 1)} | {fmt(m['nginx']['cpu_us'], 1)} | {fmt(m['floor']['cpu_us'], 1)} |",
+        "",
+        "| ratio | median | per round |",
+        "|---|---|---|",
+    ]
+    for k, label in (("ours_of_nginx", "server / nginx"), ("floor_of_nginx", "bare hyper / nginx"), ("ours_of_floor", "server / bare hyper")):
+        lines.append(f"| {label} | {r[k]:.2f} | {', '.join(f'{row[k]:.2f}' for row in rows)} |")
+    return "\n".join(lines)
 
 
 def phase_sweep(res: Results, plan: Plan, workdir: Path) -> None:
@@ -2227,6 +2325,9 @@ def markdown(res: Results, plot_name: str | None, peer_plot: str | None = None) 
         lines += [peer, ""]
     if peer_plot:
         lines += [f"![each round's ratio to prosody-filer and nginx]({peer_plot})", ""]
+    floor = floor_section(res)
+    if floor:
+        lines += [floor, ""]
     perf = perf_section(res)
     if perf:
         lines += [perf, ""]
@@ -2271,7 +2372,7 @@ def main() -> int:
         help="small files per server and round in the peer phase (default 5,000; --quick: 1,000)",
     )
     parser.add_argument("--out", default=str(REPO / "bench-results"), help="folder for the results (default: bench-results/)")
-    parser.add_argument("--only", default="", help="comma-separated phases to run (ceilings,small,large,big,checksum,resumable,many,sweep,s3,peer,compare)")
+    parser.add_argument("--only", default="", help="comma-separated phases to run (ceilings,small,large,big,checksum,resumable,many,sweep,s3,peer,floor,compare)")
     args = parser.parse_args()
 
     STORE_ROOT = Path(args.store_root).resolve()
@@ -2282,7 +2383,7 @@ def main() -> int:
         plan.peer_rounds = max(1, args.rounds)
     if args.small_count is not None:
         plan.peer_small_count = max(1, args.small_count)
-    phases = set(args.only.split(",")) if args.only else {"ceilings", "small", "large", "big", "checksum", "resumable", "many", "sweep", "s3", "peer"}
+    phases = set(args.only.split(",")) if args.only else {"ceilings", "small", "large", "big", "checksum", "resumable", "many", "sweep", "s3", "peer", "floor"}
     if args.compare:
         phases.add("compare")
     elif "compare" in phases:
@@ -2344,6 +2445,7 @@ def main() -> int:
             ("sweep", lambda: phase_sweep(res, plan, workdir)),
             ("s3", lambda: phase_s3(res, plan, workdir, source)),
             ("peer", lambda: phase_peer(res, plan, workdir, source, sha256, peer_binary, not args.peer_binary)),
+            ("floor", lambda: phase_floor(res, plan, workdir)),
             ("compare", lambda: phase_compare(res, plan, workdir, source, sha256, Path(args.compare or "."))),
         ]
         for name, step in steps:

@@ -304,3 +304,65 @@ class Nginx:
         for pid in self.killed:  # not expected: only the workers this nginx started, by pid
             os.kill(pid, signal.SIGKILL)
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+# ---- the HTTP stack's floor ---------------------------------------------------------------------
+
+
+FLOOR_EXAMPLE = "get_floor"
+
+
+def floor_binary(target_dir: Path, log) -> Path | None:
+    """examples/get_floor.rs built in release mode (cargo build --release --example get_floor),
+    or None when it cannot be built."""
+    log(f"cargo build --release --example {FLOOR_EXAMPLE}")
+    r = subprocess.run(
+        ["cargo", "build", "--release", "--example", FLOOR_EXAMPLE], cwd=REPO, capture_output=True, text=True,
+        timeout=1800,
+    )
+    path = target_dir / "release" / "examples" / FLOOR_EXAMPLE
+    if r.returncode != 0 or not path.is_file():
+        log(f"cannot build examples/{FLOOR_EXAMPLE}.rs:\n{r.stderr[-2000:]}")
+        return None
+    return path
+
+
+class Floor:
+    """examples/get_floor.rs: bare hyper on tokio, every GET answered with the same `body_bytes`
+    bytes from memory; on the free loopback port it prints."""
+
+    def __init__(self, binary: Path, body_bytes: int):
+        self.binary = binary
+        self.body_bytes = body_bytes
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+
+    def __enter__(self) -> "Floor":
+        self.proc = subprocess.Popen(
+            [str(self.binary), str(self.body_bytes)],
+            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()  # it prints at once, or dies
+        m = re.search(r"listening on 127\.0\.0\.1:(\d+)", line)
+        if not m:
+            self.__exit__(None, None, None)
+            raise RuntimeError(f"{self.binary} did not start: {line!r}")
+        self.port = int(m.group(1))
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu_seconds(self.pid)
+
+    def __exit__(self, *exc) -> None:
+        stop(self.proc)
+        if self.proc is not None and self.proc.stdout is not None:
+            self.proc.stdout.close()
