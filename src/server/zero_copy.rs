@@ -4,7 +4,9 @@
 //! them once more with `pread`). hyper hands its writes down as byte slices (head and body
 //! pieces in one `writev`); a slice that lies inside a registered mapping is sent from its
 //! file instead, everything else is written as it is. What hyper is told it wrote is the same
-//! either way.
+//! either way. The bytes before a mapped slice in the same write (the response head) go with
+//! `MSG_MORE`, so that the kernel sends them together with the file's first bytes: one wake-up
+//! of the client per small download instead of two.
 
 use std::fs::File;
 use std::io::{self, IoSlice};
@@ -27,6 +29,8 @@ pub trait Socket: AsyncRead + AsyncWrite + AsFd + Unpin {
     fn poll_send_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
     /// Runs `send`; a `WouldBlock` from it clears the readiness seen.
     fn try_send(&self, send: impl FnOnce() -> io::Result<usize>) -> io::Result<usize>;
+    /// Whether `MSG_MORE` holds bytes back for the next send (TCP).
+    fn takes_more(&self) -> bool;
 }
 
 impl Socket for TcpStream {
@@ -36,6 +40,9 @@ impl Socket for TcpStream {
     fn try_send(&self, send: impl FnOnce() -> io::Result<usize>) -> io::Result<usize> {
         self.try_io(Interest::WRITABLE, send)
     }
+    fn takes_more(&self) -> bool {
+        true
+    }
 }
 
 impl Socket for UnixStream {
@@ -44,6 +51,9 @@ impl Socket for UnixStream {
     }
     fn try_send(&self, send: impl FnOnce() -> io::Result<usize>) -> io::Result<usize> {
         self.try_io(Interest::WRITABLE, send)
+    }
+    fn takes_more(&self) -> bool {
+        false
     }
 }
 
@@ -85,6 +95,32 @@ impl<S: Socket> ZeroCopy<S> {
     }
 }
 
+impl<S: Socket> ZeroCopy<S> {
+    /// Sends `bufs` with `MSG_MORE` (the kernel holds them back for the `sendfile` that comes
+    /// next, which sends them along); on a socket without it (a Unix socket), as they are.
+    fn poll_send_before_file(&mut self, cx: &mut Context<'_>, bufs: &[IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        if !self.socket.takes_more() {
+            return Pin::new(&mut self.socket).poll_write_vectored(cx, bufs);
+        }
+        loop {
+            ready!(self.socket.poll_send_ready(cx))?;
+            let sent = self.socket.try_send(|| {
+                rustix::net::sendmsg(
+                    self.socket.as_fd(),
+                    bufs,
+                    &mut rustix::net::SendAncillaryBuffer::default(),
+                    rustix::net::SendFlags::MORE | rustix::net::SendFlags::NOSIGNAL,
+                )
+                .map_err(io::Error::from)
+            });
+            match sent {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                sent => return Poll::Ready(sent),
+            }
+        }
+    }
+}
+
 impl<S: Socket> AsyncRead for ZeroCopy<S> {
     fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.socket).poll_read(cx, buf)
@@ -115,7 +151,9 @@ impl<S: Socket> AsyncWrite for ZeroCopy<S> {
                     if plain == 0 {
                         return self.poll_send_file(cx, &file, offset, rest.min(buf.len()));
                     }
-                    break;
+                    // A response head followed by a file: the head waits for it (MSG_MORE)
+                    // so that both leave in the same segments and the client wakes once.
+                    return self.poll_send_before_file(cx, &bufs[..plain]);
                 }
             }
             plain += 1;

@@ -117,6 +117,23 @@ fn sidecar(memory: bool, meta_dir: &Path, key: &FileKey) -> Option<Option<FileMe
         Err(Errno::NOENT) | Err(Errno::NOTDIR) => return Some(None),
         Err(_) => return None,
     };
+    // A sidecar is about a hundred bytes: one read into this buffer, no fstat first. One
+    // that fills it is read the long way.
+    let mut small = [0u8; 1024];
+    let flags = if memory {
+        ReadWriteFlags::empty()
+    } else {
+        ReadWriteFlags::NOWAIT
+    };
+    let read = loop {
+        match rustix::io::preadv2(&fd, &mut [std::io::IoSliceMut::new(&mut small)], 0, flags) {
+            Err(Errno::INTR) => {}
+            other => break other.ok()?,
+        }
+    };
+    if read < small.len() {
+        return Some(serde_json::from_slice(&small[..read]).ok());
+    }
     let size = u64::try_from(rustix::fs::fstat(&fd).ok()?.st_size).ok()?;
     if size > 64 * 1024 {
         return Some(None);
