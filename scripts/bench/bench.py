@@ -1700,15 +1700,20 @@ def s3_round(res: Results, plan: Plan, workdir: Path, source: Path, stamps: Bloc
     """One round: a fresh Garage, a server on it and one on the local store; small PUTs+GETs on
     both (alternating which goes first), then the 1 GiB PUT+GET by Garage's own client, the
     server on S3 and the server on the local store (rotating), each after the same warm-up."""
+    import contextlib
+
     import garage as garage_mod
+    import peers
 
     n, size, c, big = plan.s3_small_count, plan.small_bytes, plan.small_concurrency, plan.large_bytes
     prefix = f"r{i}/"
     label = f"s3 round {i + 1}"
     row: dict = {"round": i + 1}
+    nginx_bin = peers.nginx_binary(log)
     with garage_mod.Garage(workdir, f"r{i}", garage_bin) as g, \
             Server(workdir, f"s3-r{i}", g.server_config(prefix)) as s3, \
-            Server(workdir, f"s3local-r{i}") as local:
+            Server(workdir, f"s3local-r{i}") as local, \
+            (peers.NginxRelay(nginx_bin, workdir, f"relay-r{i}", g.s3_port) if nginx_bin else contextlib.nullcontext()) as relay:
         servers = {"s3": s3, "local": local}
         # Small: the same work on both, in alternating order.
         for name in ("s3", "local") if i % 2 == 0 else ("local", "s3"):
@@ -1746,6 +1751,8 @@ def s3_round(res: Results, plan: Plan, workdir: Path, source: Path, stamps: Bloc
             return {
                 "put": lambda: g.put(key, source),
                 "get": lambda: g.get(key),
+                # The same GET through nginx as a plain relay: what any relay costs here.
+                "relay_get": (lambda: g.get_via(relay.port, key)) if relay is not None else None,
                 "check": lambda: g.get_sha256(key),
                 "remove": lambda: None,  # a fresh Garage each round; deleted blocks would stay 10 min anyway
                 "cpu": lambda: (0.0, g.cpu_seconds()),
@@ -1783,6 +1790,12 @@ def s3_round(res: Results, plan: Plan, workdir: Path, source: Path, stamps: Bloc
             cpu1 = how["cpu"]()
             get_status, get_s, get_bytes = how["get"]()
             cpu2 = how["cpu"]()
+            if how.get("relay_get") is not None:
+                wait_quiet()
+                r_status, r_s, r_bytes = how["relay_get"]()
+                row["relay_large"] = {"get_mibs": big / MIB / r_s if r_status == "200" and r_bytes == big else 0.0}
+                if r_status != "200" or r_bytes != big:
+                    res.problems.append(f"{label} 1 GiB GET through the nginx relay: {r_status}, {r_bytes} bytes")
             got_status, got_len, got_sha = how["check"]()
             how["remove"]()
             ok = put_status in ("200", "201") and get_status == "200" and get_bytes == big and got_len == big and got_sha == sha
@@ -1816,6 +1829,10 @@ def s3_round(res: Results, plan: Plan, workdir: Path, source: Path, stamps: Bloc
         row[f"large_{kind}_of_ceiling"] = on_s3 / ceiling if ceiling else float("nan")
         row[f"large_{kind}_of_local"] = on_s3 / local_ if local_ else float("nan")
         row[f"small_{kind}_of_local"] = row["s3_small"][f"{kind}_rps"] / row["local_small"][f"{kind}_rps"]
+    if row.get("relay_large", {}).get("get_mibs"):
+        relay_mibs, ceiling = row["relay_large"]["get_mibs"], row["garage_large"]["get_mibs"]
+        row["relay_get_of_ceiling"] = relay_mibs / ceiling if ceiling else float("nan")
+        row["large_get_of_relay"] = row["s3_large"]["get_mibs"] / relay_mibs
     log(
         f"{label}: {big // MIB} MiB PUT {row['garage_large']['put_mibs']:.0f} (Garage) / {row['s3_large']['put_mibs']:.0f} (S3) / "
         f"{row['local_large']['put_mibs']:.0f} (local) MiB/s, GET {row['garage_large']['get_mibs']:.0f} / "
@@ -1966,6 +1983,10 @@ def phase_s3(res: Results, plan: Plan, workdir: Path, source: Path) -> None:
             },
             "s3_small_put_store_cpu_us": median(sub("s3_small", "put_store_cpu_us")),
             "s3_small_get_store_cpu_us": median(sub("s3_small", "get_store_cpu_us")),
+            **(
+                {k: median(col(k)) for k in ("relay_get_of_ceiling", "large_get_of_relay")}
+                if all("large_get_of_relay" in r for r in rows) else {}
+            ),
         },
         **memory,
     }
@@ -2010,6 +2031,13 @@ def s3_section(res: Results) -> str:
         "|---|---|---|---|---|",
         f"| {mib} MiB PUT through the server on S3, of Garage's own PUT | {m['large_put_of_ceiling']:.0%} ({fmt(m['s3_large_put_mibs'])} of {fmt(m['garage_large_put_mibs'])} MiB/s) | {pct(r['large_put_of_ceiling'] for r in rows)} | ≥ 80% | {verdict(m['large_put_of_ceiling'] >= 0.8)} |",
         f"| {mib} MiB GET through the server on S3, of Garage's own GET | {m['large_get_of_ceiling']:.0%} ({fmt(m['s3_large_get_mibs'])} of {fmt(m['garage_large_get_mibs'])} MiB/s) | {pct(r['large_get_of_ceiling'] for r in rows)} | ≥ 80% | {verdict(m['large_get_of_ceiling'] >= 0.8)} |",
+        *(
+            [
+                f"| {mib} MiB GET through nginx as a plain relay to Garage (`proxy_buffering off`), of Garage's own GET: what relaying costs on this machine | {m['relay_get_of_ceiling']:.0%} | {pct(r['relay_get_of_ceiling'] for r in rows)} | | |",
+                f"| {mib} MiB GET through the server on S3, of the same through the nginx relay | {m['large_get_of_relay']:.0%} | {pct(r['large_get_of_relay'] for r in rows)} | | |",
+            ]
+            if "large_get_of_relay" in m else []
+        ),
         f"| {mib} MiB PUT / GET on S3, of the same server on the local store | {m['large_put_of_local']:.0%} / {m['large_get_of_local']:.0%} ({fmt(m['local_large_put_mibs'])} / {fmt(m['local_large_get_mibs'])} MiB/s) | {pct(r['large_put_of_local'] for r in rows)} / {pct(r['large_get_of_local'] for r in rows)} | | |",
         f"| CPU s per GiB PUT: server on S3 + Garage / Garage alone (curl) / server on local | {cpu('s3', 'server_cpu_s_per_gib_put'):.2f} + {cpu('s3', 'garage_cpu_s_per_gib_put'):.2f} / {cpu('garage', 'garage_cpu_s_per_gib_put'):.2f} / {cpu('local', 'server_cpu_s_per_gib_put'):.2f} | | | |",
         f"| CPU s per GiB GET: server on S3 + Garage / Garage alone (curl) / server on local | {cpu('s3', 'server_cpu_s_per_gib_get'):.2f} + {cpu('s3', 'garage_cpu_s_per_gib_get'):.2f} / {cpu('garage', 'garage_cpu_s_per_gib_get'):.2f} / {cpu('local', 'server_cpu_s_per_gib_get'):.2f} | | | |",

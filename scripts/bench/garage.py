@@ -257,6 +257,11 @@ class Garage:
         """One GetObject into /dev/null; returns (HTTP status, seconds, bytes received)."""
         return curl_timed([*self._signed(), self.url(key)], max_seconds)
 
+    def get_via(self, port: int, key: str, max_seconds: int = 300) -> tuple[str, float, int]:
+        """The same GetObject sent to a relay on 127.0.0.1:`port` in front of this Garage
+        (signed for the relay's address, which the relay passes on as Host)."""
+        return curl_timed([*self._signed(), f"http://{HOST}:{port}/{BUCKET}/{quote(key)}"], max_seconds)
+
     def get_sha256(self, key: str, max_seconds: int = 300) -> tuple[str, int, str]:
         """GETs an object and hashes it as it streams: (HTTP status, length, sha256)."""
         cmd = ["curl", "-sS", "--max-time", str(max_seconds), *self._signed(), "-o", "-",

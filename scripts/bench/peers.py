@@ -366,3 +366,43 @@ class Floor:
         stop(self.proc)
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
+
+
+class NginxRelay(Nginx):
+    """nginx as a plain streaming reverse proxy in front of an object store on
+    127.0.0.1:`upstream_port` (`proxy_buffering off`, the client's Host passed on so that its
+    SigV4 signature still holds): what relaying a download costs any server on this machine,
+    the measure for the server's own relay of S3 GETs."""
+
+    def __init__(self, binary: Path, workdir: Path, name: str, upstream_port: int):
+        super().__init__(binary, workdir, name, files_dir=Path("/nonexistent"))
+        self.upstream_port = upstream_port
+
+    def conf_text(self) -> str:
+        d = self.dir
+        user = "user root;\n" if os.geteuid() == 0 else ""
+        temp = "".join(f"    {k}_temp_path {d / k};\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+        return (
+            f"{user}"
+            f"worker_processes {self.WORKERS};\n"
+            "daemon off;\n"
+            f"pid {d / 'nginx.pid'};\n"
+            f"error_log {self.error_log} warn;\n"
+            "events {\n    worker_connections 1024;\n}\n"
+            "http {\n"
+            "    access_log off;\n"
+            f"{temp}"
+            "    server {\n"
+            f"        listen {HOST}:{self.port};\n"
+            "        location / {\n"
+            f"            proxy_pass http://{HOST}:{self.upstream_port};\n"
+            "            proxy_set_header Host $http_host;\n"
+            "            proxy_http_version 1.1;\n"
+            "            proxy_buffering off;\n"
+            "            proxy_buffer_size 256k;\n"
+            "            proxy_buffers 4 256k;\n"
+            "            proxy_busy_buffers_size 256k;\n"
+            "        }\n"
+            "    }\n"
+            "}\n"
+        )
