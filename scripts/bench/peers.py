@@ -214,6 +214,19 @@ class Nginx:
         self.killed: list[int] = []  # workers that outlived their master and were killed
 
     def conf_text(self) -> str:
+        return self.conf_with(
+            "    sendfile on;\n"
+            "    tcp_nopush on;\n"  # as Debian's own nginx.conf
+            "    default_type application/octet-stream;\n",
+            "        location /upload/ {\n"
+            f"            alias {self.files_dir}/;\n"
+            "            limit_except GET { deny all; }\n"
+            "        }\n"
+            "        location / { return 404; }\n",
+        )
+
+    def conf_with(self, http_lines: str, locations: str) -> str:
+        """The whole configuration: its own pid, logs and temp folders, one server on the port."""
         d = self.dir
         # As root, nginx would run its workers as "nobody", who may not read the store (the
         # server makes files 0640 in folders 0750): the workers run as the bench's user.
@@ -228,17 +241,11 @@ class Nginx:
             "events {\n    worker_connections 1024;\n}\n"
             "http {\n"
             "    access_log off;\n"
-            "    sendfile on;\n"
-            "    tcp_nopush on;\n"  # as Debian's own nginx.conf
-            "    default_type application/octet-stream;\n"
+            f"{http_lines}"
             f"{temp}"
             "    server {\n"
             f"        listen {HOST}:{self.port};\n"
-            "        location /upload/ {\n"
-            f"            alias {self.files_dir}/;\n"
-            "            limit_except GET { deny all; }\n"
-            "        }\n"
-            "        location / { return 404; }\n"
+            f"{locations}"
             "    }\n"
             "}\n"
         )
@@ -379,21 +386,8 @@ class NginxRelay(Nginx):
         self.upstream_port = upstream_port
 
     def conf_text(self) -> str:
-        d = self.dir
-        user = "user root;\n" if os.geteuid() == 0 else ""
-        temp = "".join(f"    {k}_temp_path {d / k};\n" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-        return (
-            f"{user}"
-            f"worker_processes {self.WORKERS};\n"
-            "daemon off;\n"
-            f"pid {d / 'nginx.pid'};\n"
-            f"error_log {self.error_log} warn;\n"
-            "events {\n    worker_connections 1024;\n}\n"
-            "http {\n"
-            "    access_log off;\n"
-            f"{temp}"
-            "    server {\n"
-            f"        listen {HOST}:{self.port};\n"
+        return self.conf_with(
+            "",
             "        location / {\n"
             f"            proxy_pass http://{HOST}:{self.upstream_port};\n"
             "            proxy_set_header Host $http_host;\n"
@@ -402,7 +396,5 @@ class NginxRelay(Nginx):
             "            proxy_buffer_size 256k;\n"
             "            proxy_buffers 4 256k;\n"
             "            proxy_busy_buffers_size 256k;\n"
-            "        }\n"
-            "    }\n"
-            "}\n"
+            "        }\n",
         )
