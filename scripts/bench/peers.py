@@ -111,7 +111,24 @@ def ensure_prosody_filer(path: Path, may_build: bool, log) -> str | None:
     return None
 
 
-class ProsodyFiler:
+class OneProcess:
+    """pid, liveness and CPU seconds of a peer that is a single process (`self.proc`)."""
+
+    proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu_seconds(self.pid)
+
+
+class ProsodyFiler(OneProcess):
     """One prosody-filer on 127.0.0.1:<free port> with a fresh store `workdir/store-<name>`, its
     files under store/upload/ (its storeDir), as the server's are."""
 
@@ -149,17 +166,6 @@ class ProsodyFiler:
         text = self.log_path.read_text(errors="replace")
         self.__exit__(None, None, None)
         raise RuntimeError(f"prosody-filer did not start; its log:\n{text}")
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.pid)
 
     def problems(self) -> list[str]:
         """Warnings and errors it logged (logrus: level=warning / level=error / level=fatal)."""
@@ -334,7 +340,7 @@ def floor_binary(target_dir: Path, log) -> Path | None:
     return path
 
 
-class Floor:
+class Floor(OneProcess):
     """examples/get_floor.rs: bare hyper on tokio, every GET answered with the same `body_bytes`
     bytes from memory; on the free loopback port it prints."""
 
@@ -357,17 +363,6 @@ class Floor:
             raise RuntimeError(f"{self.binary} did not start: {line!r}")
         self.port = int(m.group(1))
         return self
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.pid)
 
     def __exit__(self, *exc) -> None:
         stop(self.proc)
