@@ -25,25 +25,27 @@ pub(super) fn split_key(key: &FileKey) -> (&str, &str) {
 /// Opens the folder `rel` beneath the store's root, creating missing folders when `create`,
 /// without ever leaving the root: a symlink that points out (or `..` games) fails with
 /// [`StoreError::Refused`]; a file where a folder should be with [`StoreError::Exists`].
-pub(super) fn dir_beneath(root_fd: &OwnedFd, rel: &str, create: bool) -> Result<OwnedFd, StoreError> {
+pub(super) fn dir_beneath(root_fd: &impl AsFd, rel: &str, create: bool) -> Result<OwnedFd, StoreError> {
     let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
-    let mut dir = rustix::fs::openat(root_fd.as_fd(), ".", flags, Mode::empty()).map_err(io::Error::from)?;
     if rel.is_empty() {
-        return Ok(dir);
+        return Ok(rustix::fs::openat(root_fd.as_fd(), ".", flags, Mode::empty()).map_err(io::Error::from)?);
     }
+    // The folder a missing segment is made in: the root, then each segment opened beneath it.
+    let mut dir: Option<OwnedFd> = None;
     let mut end = 0;
     for segment in rel.split('/') {
         end += segment.len();
         let prefix = &rel[..end];
         end += 1;
         let mut attempts = 0;
-        dir = loop {
+        dir = Some(loop {
             match rustix::fs::openat2(root_fd.as_fd(), prefix, flags, Mode::empty(), resolve) {
                 Ok(fd) => break fd,
                 Err(Errno::NOENT) if create && attempts < 3 => {
                     attempts += 1;
-                    match rustix::fs::mkdirat(&dir, segment, Mode::from_raw_mode(DIR_MODE)) {
+                    let parent = dir.as_ref().map_or(root_fd.as_fd(), |d| d.as_fd());
+                    match rustix::fs::mkdirat(parent, segment, Mode::from_raw_mode(DIR_MODE)) {
                         Ok(()) | Err(Errno::EXIST) => continue,
                         Err(e) => return Err(classify_write(e.into())),
                     }
@@ -53,16 +55,16 @@ pub(super) fn dir_beneath(root_fd: &OwnedFd, rel: &str, create: bool) -> Result<
                 Err(Errno::XDEV) | Err(Errno::LOOP) => return Err(StoreError::Refused),
                 Err(e) => return Err(StoreError::Io(e.into())),
             }
-        };
+        });
     }
-    Ok(dir)
+    dir.ok_or_else(|| StoreError::other("a folder path without segments"))
 }
 
 /// Renames `from` into the store at `key` unless something is there already, creating the
 /// key's folders beneath the root (never through a symlink that leads out), then fsyncs the
 /// folder. When that fsync fails the file is moved back to `from`: an error leaves nothing at
 /// the key.
-pub(super) fn rename_into_store(root_fd: &OwnedFd, from: &Path, key: &FileKey) -> Result<(), StoreError> {
+pub(super) fn rename_into_store(root_fd: &impl AsFd, from: &Path, key: &FileKey) -> Result<(), StoreError> {
     let (dir_rel, name) = split_key(key);
     for attempt in 0..3 {
         let dir = dir_beneath(root_fd, dir_rel, true)?;
@@ -112,7 +114,7 @@ fn move_back(dir: &OwnedFd, name: &str, from: &Path) {
 
 /// Moves the file at `key` back to `to` after a commit that failed past its rename (see
 /// [`rename_into_store`]).
-pub(super) fn take_back(root_fd: &OwnedFd, key: &FileKey, to: &Path) {
+pub(super) fn take_back(root_fd: &impl AsFd, key: &FileKey, to: &Path) {
     let (dir_rel, name) = split_key(key);
     match dir_beneath(root_fd, dir_rel, false) {
         Ok(dir) => move_back(&dir, name, to),
@@ -128,7 +130,7 @@ pub(super) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
 }
 
 /// Opens `relative` beneath the folder `dir_fd` without leaving it, even through symlinks.
-pub(super) fn open_beneath(dir_fd: &OwnedFd, dir: &Path, relative: &str) -> Result<File, StoreError> {
+pub(super) fn open_beneath(dir_fd: &impl AsFd, dir: &Path, relative: &str) -> Result<File, StoreError> {
     let flags = OFlags::RDONLY | OFlags::CLOEXEC;
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
     match rustix::fs::openat2(dir_fd.as_fd(), relative, flags, Mode::empty(), resolve) {

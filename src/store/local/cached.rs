@@ -18,6 +18,7 @@ use bytes::Bytes;
 use rustix::fs::{Mode, OFlags, ResolveFlags};
 use rustix::io::{Errno, ReadWriteFlags};
 
+use super::held::HeldDir;
 use super::{Inner, OpenFile, object_info};
 use crate::key::FileKey;
 use crate::store::meta::{FileMeta, sidecar_name};
@@ -36,13 +37,10 @@ pub(super) fn open_file(inner: &Inner, key: &FileKey, read_small: bool) -> Optio
         return None;
     }
     let memory = inner.memory_backed;
-    let root = match open_cached(
-        memory,
-        rustix::fs::CWD,
-        &inner.files_dir,
-        OFlags::DIRECTORY,
-        ResolveFlags::empty(),
-    ) {
+    let root = match inner
+        .files
+        .open_with(|path| open_cached(memory, rustix::fs::CWD, path, OFlags::DIRECTORY, ResolveFlags::empty()))
+    {
         Ok(fd) => fd,
         Err(Errno::INVAL) | Err(Errno::NOSYS) => {
             UNSUPPORTED.store(true, Ordering::Relaxed);
@@ -67,7 +65,7 @@ pub(super) fn open_file(inner: &Inner, key: &FileKey, read_small: bool) -> Optio
             u64::try_from(stat.st_mtime).ok()?,
             u32::try_from(stat.st_mtime_nsec).ok()?,
         );
-    let meta = sidecar(memory, &inner.meta_dir, key)?.filter(|m| m.size == size);
+    let meta = sidecar(memory, &inner.meta, key)?.filter(|m| m.size == size);
     let file = std::sync::Arc::new(std::fs::File::from(file));
     let content = if !read_small || size > SMALL_FILE_BYTES {
         None
@@ -109,10 +107,18 @@ fn open_cached<Fd: AsFd>(
 
 /// The sidecar of `key`: `Some(None)` when there is none (or it does not parse),
 /// `None` when finding out would wait.
-fn sidecar(memory: bool, meta_dir: &Path, key: &FileKey) -> Option<Option<FileMeta>> {
+fn sidecar(memory: bool, meta_dir: &HeldDir, key: &FileKey) -> Option<Option<FileMeta>> {
+    let dir = meta_dir
+        .open_with(|path| open_cached(memory, rustix::fs::CWD, path, OFlags::DIRECTORY, ResolveFlags::empty()))
+        .ok()?;
     let (shard, name) = sidecar_name(key);
-    let path = meta_dir.join(shard).join(name);
-    let fd = match open_cached(memory, rustix::fs::CWD, path, OFlags::empty(), ResolveFlags::empty()) {
+    let fd = match open_cached(
+        memory,
+        &dir,
+        format!("{shard}/{name}"),
+        OFlags::empty(),
+        ResolveFlags::empty(),
+    ) {
         Ok(fd) => fd,
         Err(Errno::NOENT) | Err(Errno::NOTDIR) => return Some(None),
         Err(_) => return None,

@@ -17,6 +17,7 @@
 
 mod beneath;
 mod cached;
+mod held;
 pub mod mapped;
 mod partial;
 mod staged;
@@ -25,7 +26,6 @@ pub use staged::{StagedFile, WRITE_BATCH_BYTES};
 
 use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
-use std::os::fd::OwnedFd;
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -33,7 +33,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 use super::meta::{FileMeta, sidecar_name};
@@ -41,6 +40,7 @@ use super::{ByteStream, Capabilities, Hashing, ListStream, Listed, NoOverwrite, 
 use super::{SMALL_FILE_BYTES, StoreError};
 use crate::key::{FileKey, INTERNAL_DIR};
 use beneath::{dir_beneath, open_beneath, rename_into_store, split_key, take_back};
+use held::HeldDir;
 use staged::{FILE_MODE, Settled};
 
 const DIR_MODE: u32 = 0o750;
@@ -55,10 +55,12 @@ pub struct LocalStore {
 
 #[derive(Debug, Clone)]
 struct Inner {
-    files_dir: PathBuf,
+    /// The upload folder, where finished files are.
+    files: HeldDir,
     internal_dir: PathBuf,
     tmp_dir: PathBuf,
-    meta_dir: PathBuf,
+    /// The sidecars' folder.
+    meta: HeldDir,
     partial_dir: PathBuf,
     buffer_bytes: usize,
     retry: RetryPolicy,
@@ -249,18 +251,13 @@ where
 }
 
 impl Inner {
-    /// The upload folder, opened now (not once at start: an operator may replace or remount
-    /// it while the server runs).
-    fn root(&self) -> Result<OwnedFd, StoreError> {
-        rustix::fs::open(
-            &self.files_dir,
-            OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
-            Mode::empty(),
-        )
-        .map_err(|e| match e {
+    /// The upload folder, opened at most [`held::HOLD`] ago (not once at start: an operator
+    /// may replace or remount it while the server runs).
+    fn root(&self) -> Result<Arc<held::Opened>, StoreError> {
+        self.files.open().map_err(|e| match e {
             Errno::NOENT | Errno::NOTDIR => StoreError::other(format!(
                 "upload folder {} is missing or not a folder",
-                self.files_dir.display()
+                self.files.path().display()
             )),
             e => StoreError::Io(e.into()),
         })
@@ -286,10 +283,10 @@ impl LocalStore {
         let memory_backed = in_memory(&files_dir) && in_memory(&meta_dir);
         Ok(Self {
             inner: Arc::new(Inner {
-                files_dir,
+                files: HeldDir::new(files_dir),
                 internal_dir,
                 tmp_dir,
-                meta_dir,
+                meta: HeldDir::new(meta_dir),
                 partial_dir,
                 buffer_bytes,
                 retry,
@@ -390,7 +387,7 @@ impl LocalStore {
             // The sidecar goes first into the temp folder; it is not fsynced: after a crash
             // a torn one is ignored (it must parse and match the size), never trusted.
             let (shard, name) = sidecar_name(&key);
-            let shard_dir = inner.meta_dir.join(shard);
+            let shard_dir = inner.meta.path().join(shard);
             let sidecar = shard_dir.join(name);
             let mut meta_guard = RemoveOnDrop(None);
             if let Some(json) = &meta_json {
@@ -477,14 +474,14 @@ impl LocalStore {
                 RetryPolicy::NONE
             };
             retrying(policy, "open", || {
-                let file = open_beneath(&inner.root()?, &inner.files_dir, key.as_str())?;
+                let file = open_beneath(&inner.root()?, inner.files.path(), key.as_str())?;
                 let stat = file.metadata()?;
                 if !stat.is_file() {
                     return Err(StoreError::NotFound);
                 }
                 let size = stat.len();
                 let modified = stat.modified()?;
-                let meta = read_sidecar(&inner.meta_dir, &key).filter(|m| m.size == size);
+                let meta = read_sidecar(inner.meta.path(), &key).filter(|m| m.size == size);
                 let content = if read_small && size <= SMALL_FILE_BYTES {
                     use std::io::Read;
                     let mut buf = vec![0u8; size as usize];
@@ -530,7 +527,7 @@ impl LocalStore {
             // and the next commit there replaces or removes it).
             let (shard, sidecar) = sidecar_name(&key);
             let removed = crate::fault::point("store.delete.sidecar")
-                .and_then(|()| fs::remove_file(inner.meta_dir.join(shard).join(sidecar)));
+                .and_then(|()| fs::remove_file(inner.meta.path().join(shard).join(sidecar)));
             match removed {
                 Err(e) if e.kind() != io::ErrorKind::NotFound => {
                     tracing::warn!(path = %key, error = %e, "file deleted, its metadata sidecar stays");
@@ -559,7 +556,7 @@ impl LocalStore {
     /// in a bounded channel.
     pub fn list(&self) -> ListStream {
         let (tx, rx) = tokio::sync::mpsc::channel(1024);
-        let root = self.inner.files_dir.clone();
+        let root = self.inner.files.path().to_path_buf();
         let internal = self.inner.internal_dir.clone();
         tokio::task::spawn_blocking(move || {
             let mut stack = vec![root.clone()];
@@ -609,7 +606,7 @@ impl LocalStore {
     /// synced and removed in the temporary folder (none in the upload folder: GET or
     /// retention would see it).
     pub async fn probe(&self) -> Result<(), String> {
-        let files = self.inner.files_dir.clone();
+        let files = self.inner.files.path().to_path_buf();
         let tmp = self.inner.tmp_dir.clone();
         tokio::task::spawn_blocking(move || {
             match fs::metadata(&files) {
