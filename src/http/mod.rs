@@ -205,32 +205,38 @@ where
     B: http_body::Body<Data = bytes::Bytes> + Unpin,
     B::Error: std::fmt::Display,
 {
+    // Every handler but the download's is boxed: their futures are kilobytes (an upload's
+    // state, the store's and Redis's requests), and inline they would make every request's
+    // future that size, which hyper and tokio move by copying. Downloads are most requests.
     let result = match endpoint {
         Endpoint::Options => Ok(options(config)),
         Endpoint::TusUpload { id, action } => match action {
-            TusAction::Head => tus::head(state, &id, request.headers()).await,
-            TusAction::Patch => tus::patch(state, config, &id, request).await,
-            TusAction::Delete => tus::terminate(state, &id, request.headers()).await,
+            TusAction::Head => Box::pin(tus::head(state, &id, request.headers())).await,
+            TusAction::Patch => Box::pin(tus::patch(state, config, &id, request)).await,
+            TusAction::Delete => Box::pin(tus::terminate(state, &id, request.headers())).await,
         },
         Endpoint::Put(slot) => {
             return match SessionToken::from_headers(request.headers()) {
                 Ok(session) => {
                     let header = session.header();
-                    (put::put(state, config, slot, request, &session).await, Some(header))
+                    (
+                        Box::pin(put::put(state, config, slot, request, &session)).await,
+                        Some(header),
+                    )
                 }
                 Err(e) => (Err(e), None),
             };
         }
-        Endpoint::TusCreate(slot) => tus::create(state, config, slot, request).await,
+        Endpoint::TusCreate(slot) => Box::pin(tus::create(state, config, slot, request)).await,
         Endpoint::DraftUpload { id, action } => match action {
-            draft::DraftAction::Offset => draft::offset(state, config, &id, request.headers()).await,
-            draft::DraftAction::Append => draft::patch(state, config, &id, request).await,
-            draft::DraftAction::Cancel => draft::cancel(state, &id).await,
+            draft::DraftAction::Offset => Box::pin(draft::offset(state, config, &id, request.headers())).await,
+            draft::DraftAction::Append => Box::pin(draft::patch(state, config, &id, request)).await,
+            draft::DraftAction::Cancel => Box::pin(draft::cancel(state, &id)).await,
         },
-        Endpoint::DraftCreate { slot, interop } => draft::create(state, config, slot, interop, request).await,
-        Endpoint::SessionHead(slot) => session::head(state, &slot, request.headers()).await,
+        Endpoint::DraftCreate { slot, interop } => Box::pin(draft::create(state, config, slot, interop, request)).await,
+        Endpoint::SessionHead(slot) => Box::pin(session::head(state, &slot, request.headers())).await,
         Endpoint::Download(slot) => get::get(state, slot, &request).await,
-        Endpoint::Delete(slot) => delete::delete(state, config, slot).await,
+        Endpoint::Delete(slot) => Box::pin(delete::delete(state, config, slot)).await,
     };
     (result, None)
 }

@@ -394,7 +394,9 @@ impl Store {
             }
             #[cfg(feature = "s3")]
             Store::S3(s) => {
-                let (info, content, object) = s.open(key, read_small).await?;
+                // Boxed: the SDK's answers it keeps across its requests are kilobytes, and
+                // every download's future would be that size inline.
+                let (info, content, object) = Box::pin(s.open(key, read_small)).await?;
                 Ok(Opened {
                     info,
                     content,

@@ -111,30 +111,37 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 }
 
 /// Runs one S3 request, counting and timing it by operation.
-async fn call<T, E>(
+///
+/// The SDK's request future (10-20 KiB) goes on the heap here, once per request: held inline,
+/// it would make every future that may wait for a store request that size, a download from
+/// the local store too, and hyper and tokio move such a future by copying it.
+fn call<T, E>(
     operation: &'static str,
     request: impl Future<Output = Result<T, SdkError<E, aws_sdk_s3::config::http::HttpResponse>>>,
-) -> Result<T, StoreError>
+) -> impl Future<Output = Result<T, StoreError>>
 where
     E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
 {
-    let started = Instant::now();
-    let result = request.await;
-    let outcome = match &result {
-        Ok(_) => "ok",
-        // The answer to "is the key taken?" more often than not: no trouble.
-        Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 404 => "not_found",
-        Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() < 500 => "refused",
-        Err(_) => "error",
-    };
-    metrics::s3_request(operation, outcome, started.elapsed());
-    result.map_err(|e| {
-        let e = classify(operation, e);
-        if matches!(e, StoreError::Unavailable(_) | StoreError::Io(_) | StoreError::Full(_)) {
-            tracing::warn!(operation, error = %e, "S3 request failed");
-        }
-        e
-    })
+    let request = Box::pin(request);
+    async move {
+        let started = Instant::now();
+        let result = request.await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            // The answer to "is the key taken?" more often than not: no trouble.
+            Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() == 404 => "not_found",
+            Err(SdkError::ServiceError(s)) if s.raw().status().as_u16() < 500 => "refused",
+            Err(_) => "error",
+        };
+        metrics::s3_request(operation, outcome, started.elapsed());
+        result.map_err(|e| {
+            let e = classify(operation, e);
+            if matches!(e, StoreError::Unavailable(_) | StoreError::Io(_) | StoreError::Full(_)) {
+                tracing::warn!(operation, error = %e, "S3 request failed");
+            }
+            e
+        })
+    }
 }
 
 fn system_time(t: Option<&aws_sdk_s3::primitives::DateTime>) -> SystemTime {
