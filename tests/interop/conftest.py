@@ -87,41 +87,89 @@ class HfsServer:
     proc: ManagedProcess
 
 
-@pytest.fixture(scope="session")
+def _garage_store(work: Path) -> tuple[object, str]:
+    """A single-node Garage from deploy/s3/garage-single.toml, set up with deploy/s3/README.md's
+    commands (tests/deploy/scaleout_util.py), and the server's lines that store into it."""
+    import sys
+    sys.path.insert(0, str(REPO_ROOT / "tests" / "deploy"))
+    from scaleout_util import BUCKET, GARAGE_REGION, GARAGE_SINGLE_TOML, GarageCluster, garage_binary
+
+    work.mkdir()
+    garage = GarageCluster(garage_binary(), work, GARAGE_SINGLE_TOML, 1)
+    _cleanups.append(garage.stop)
+    garage.start()
+    lines = (
+        'StoreBackend = "s3"\n'
+        f'S3Endpoint = "{garage.nodes[0].endpoint}"\n'
+        f'S3Region = "{GARAGE_REGION}"\n'
+        f'S3Bucket = "{BUCKET}"\n'
+        f'S3AccessKeyId = "{garage.key_id}"\n'
+        f'S3SecretAccessKey = "{garage.key_secret}"\n'
+    )
+    return garage, lines
+
+
+# Every XMPP interop test runs against the server on each store: the local folder and an S3
+# bucket in a real Garage (issue 10: the XEP-0363 path must not depend on the backend).
+STORES = ("local", "s3")
+
+
+@pytest.fixture(scope="session", params=STORES)
 def hfs(request) -> HfsServer:
     _require_slixmpp()
     binary = hfs_binary()
     if binary is None or not binary.exists():
         missing(f"hmac-file-server binary not found (HFS_BIN={os.environ.get('HFS_BIN')!r}, "
                 f"{REPO_ROOT}/target/{{release,debug}}/hmac-file-server); build it with cargo build")
-    work = _tmpdir("hfs")
+    work = _tmpdir(f"hfs-{request.param}")
     store = work / "store"
     store.mkdir()
-    secret = "interop-" + secrets.token_hex(16)
-    config = work / "config.toml"
-    config.write_text(
-        'ListenPort = "127.0.0.1:0"\n'
-        f'Secret = "{secret}"\n'
-        f'StoreDir = "{store}"\n'
-        'UploadSubDir = "upload"\n'
-        "MetricsEnabled = false\n"
-        # The tests send wrong tokens on purpose; bans would turn their 403s into 429s.
-        "BlockAfterFails = 0\n"
-    )
-    env = dict(os.environ, NO_COLOR="1", RUST_BACKTRACE="1")
-    proc = ManagedProcess("hmac-file-server", [str(binary), "--config", str(config)], work / "hfs.log", env=env)
-    _cleanups.append(proc.stop)
+    garage = None
+    proc = None
     try:
+        store_lines = ""
+        if request.param == "s3":
+            garage, store_lines = _garage_store(work / "garage")
+        secret = "interop-" + secrets.token_hex(16)
+        config = work / "config.toml"
+        config.write_text(
+            'ListenPort = "127.0.0.1:0"\n'
+            f'Secret = "{secret}"\n'
+            f'StoreDir = "{store}"\n'
+            'UploadSubDir = "upload"\n'
+            "MetricsEnabled = false\n"
+            # The tests send wrong tokens on purpose; bans would turn their 403s into 429s.
+            "BlockAfterFails = 0\n" + store_lines
+        )
+        os.chmod(config, 0o600)  # it may hold the S3 secret
+        env = dict(os.environ, NO_COLOR="1", RUST_BACKTRACE="1")
+        proc = ManagedProcess("hmac-file-server", [str(binary), "--config", str(config)], work / "hfs.log", env=env)
+        _cleanups.append(proc.stop)
         m = proc.wait_for_line(r"listening on (?:https?://)?(\S+?):(\d+)\b", STARTUP_TIMEOUT)
         port = int(m.group(2))
         poll(f"hmac-file-server to accept connections on 127.0.0.1:{port}", lambda: port_open(port),
              STARTUP_TIMEOUT, proc=proc)
         yield HfsServer(port, secret, f"http://127.0.0.1:{port}/upload/", store, proc)
+        if garage is not None:
+            # The uploads went into the bucket (Garage counts its objects a moment later), and
+            # none into the local upload folder.
+            def objects():
+                info = garage.nodes[0].cli("bucket", "info", "hmac-file-server", check=False).stdout
+                m = re.search(r"^Objects:\s*(\d+)", info, flags=re.MULTILINE)
+                return m is not None and int(m.group(1)) > 0
+            poll("Garage to count the uploaded objects", objects, STARTUP_TIMEOUT, interval=0.5)
+            local = store / "upload"
+            stored = [p for p in local.rglob("*") if p.is_file()] if local.exists() else []
+            assert not stored, f"files on local disk with StoreBackend = s3: {stored[:5]}"
     finally:
-        proc.stop()
-        _cleanups.remove(proc.stop)
-        if proc.lines:
-            print("\n--- hmac-file-server log (tail) ---\n" + proc.output_tail(40))
+        if proc is not None:
+            proc.stop()
+            _cleanups.remove(proc.stop)
+            if proc.lines:
+                print("\n--- hmac-file-server log (tail) ---\n" + proc.output_tail(40))
+        if garage is not None:
+            garage.stop()
+            _cleanups.remove(garage.stop)
         _keep_or_remove(work, request)
 
 
