@@ -59,6 +59,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from garage import OneProcess, proc_cpu_seconds  # the helper module beside this script
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 # Where `cargo build --release` puts it: CARGO_TARGET_DIR (relative to the repository) when set.
@@ -179,15 +181,6 @@ def proc_kib(pid: int, key: str) -> int:
     return int(value) if value.isdigit() else 0
 
 
-def proc_cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
-        return 0.0
-
-
 def proc_context_switches(pid: int) -> int:
     """Context switches of the process's live threads (those that exited are not counted)."""
     total = 0
@@ -232,7 +225,7 @@ class Sampler:
         self._thread.join(timeout=5)
 
 
-class Server:
+class Server(OneProcess):
     """One hmac-file-server on 127.0.0.1:<free port> with a fresh store under the work folder."""
 
     def __init__(self, workdir: Path, name: str, extra: tuple[str, ...] = (), binary: Path | None = None):
@@ -281,19 +274,8 @@ class Server:
         self.__exit__(None, None, None)
         raise RuntimeError(f"server did not start; its log:\n{self.log_path.read_text(errors='replace')}")
 
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
     def hwm_mib(self) -> float:
         return proc_kib(self.pid, "VmHWM") / 1024
-
-    def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.pid)
 
     def problems(self) -> list[str]:
         """WARN/ERROR lines the server logged (config notes about inactive features aside)."""

@@ -60,7 +60,25 @@ def proc_cpu_seconds(pid: int) -> float:
         return 0.0
 
 
-class Garage:
+class OneProcess:
+    """pid, liveness and CPU seconds of something the bench runs as one process (`self.proc`):
+    a Garage node, the server, prosody-filer, the floor."""
+
+    proc: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def cpu_seconds(self) -> float:
+        return proc_cpu_seconds(self.pid)
+
+
+class Garage(OneProcess):
     """One Garage node with bucket BUCKET and a key allowed to use it; stopped and its folder
     removed on exit."""
 
@@ -130,17 +148,6 @@ class Garage:
                 self.proc.kill()
                 self.proc.wait(timeout=10)
         shutil.rmtree(self.dir, ignore_errors=True)
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.pid)
 
     def hwm_mib(self) -> float:
         try:

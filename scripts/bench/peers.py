@@ -26,7 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from garage import free_port, proc_cpu_seconds  # the bench's other helper module
+from garage import OneProcess, free_port, proc_cpu_seconds  # the bench's other helper module
 
 HOST = "127.0.0.1"
 HERE = Path(__file__).resolve().parent
@@ -109,23 +109,6 @@ def ensure_prosody_filer(path: Path, may_build: bool, log) -> str | None:
     if r.returncode != 0 or not path.is_file():
         return f"build.sh failed (exit {r.returncode}): {(r.stderr or r.stdout).strip()[-600:]}"
     return None
-
-
-class OneProcess:
-    """pid, liveness and CPU seconds of a peer that is a single process (`self.proc`)."""
-
-    proc: subprocess.Popen | None = None
-
-    @property
-    def pid(self) -> int:
-        assert self.proc is not None
-        return self.proc.pid
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def cpu_seconds(self) -> float:
-        return proc_cpu_seconds(self.pid)
 
 
 class ProsodyFiler(OneProcess):
