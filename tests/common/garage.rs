@@ -116,6 +116,7 @@ impl Garage {
         };
         let node = garage.wait_for_node()?;
         garage.wait_for_rpc()?;
+        garage.wait_for_s3_port()?;
         run(&garage.config, &["layout", "assign", "-z", "dc1", "-c", "1G", &node]);
         run(&garage.config, &["layout", "apply", "--version", "1"]);
         run(&garage.config, &["bucket", "create", BUCKET]);
@@ -201,6 +202,20 @@ impl Garage {
         }
     }
 
+    /// Waits until the S3 API takes connections. Its port may have been taken between
+    /// `free_port` and Garage's bind (as the local port of another test's connection): Garage
+    /// then runs and answers RPC, but nothing listens there, and every request is refused.
+    fn wait_for_s3_port(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.s3_port)).is_err() {
+            if Instant::now() >= deadline || self.exited() {
+                return Err(self.failure("garage's S3 API takes no connections"));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
     /// `http://127.0.0.1:<s3 port>`.
     pub fn endpoint(&self) -> String {
         format!("http://127.0.0.1:{}", self.s3_port)
@@ -275,7 +290,7 @@ impl Garage {
     pub fn restart(&mut self) {
         assert!(self.child.is_none(), "still running");
         self.child = Some(spawn_server(&self.config, self.dir.path()));
-        if let Err(failure) = self.wait_for_rpc() {
+        if let Err(failure) = self.wait_for_rpc().and_then(|()| self.wait_for_s3_port()) {
             panic!("{failure}");
         }
     }
