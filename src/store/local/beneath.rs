@@ -4,7 +4,7 @@
 
 use std::fs::{self, File};
 use std::io;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs::{Mode, OFlags, RenameFlags, ResolveFlags};
@@ -39,6 +39,14 @@ pub(super) fn dir_beneath(root_fd: &impl AsFd, rel: &str, create: bool) -> Resul
         let prefix = &rel[..end];
         end += 1;
         let mut attempts = 0;
+        // The last folder of an upload's key is new more often than not (XMPP servers put
+        // every upload in a folder of its own): made first, it saves a lookup that fails. A
+        // name that is there already (a folder, a file, a symlink) is left alone and looked
+        // up beneath the root as any other.
+        if create && end > rel.len() {
+            let parent = dir.as_ref().map_or(root_fd.as_fd(), |d| d.as_fd());
+            let _ = rustix::fs::mkdirat(parent, segment, Mode::from_raw_mode(DIR_MODE));
+        }
         dir = Some(loop {
             match rustix::fs::openat2(root_fd.as_fd(), prefix, flags, Mode::empty(), resolve) {
                 Ok(fd) => break fd,
@@ -60,21 +68,42 @@ pub(super) fn dir_beneath(root_fd: &impl AsFd, rel: &str, create: bool) -> Resul
     dir.ok_or_else(|| StoreError::other("a folder path without segments"))
 }
 
+/// Where a file that is renamed into the store is: a name in a folder held open (a
+/// temporary in the store's temporary folder), or a path (a resumable upload's bytes).
+#[derive(Clone, Copy)]
+pub(super) struct Origin<'a> {
+    pub(super) dir: BorrowedFd<'a>,
+    /// Relative to `dir`.
+    pub(super) name: &'a Path,
+    /// The whole path, for log lines.
+    pub(super) path: &'a Path,
+}
+
+impl<'a> Origin<'a> {
+    /// A file at `path` (absolute, or relative to the working folder).
+    pub(super) fn path(path: &'a Path) -> Self {
+        Self {
+            dir: rustix::fs::CWD,
+            name: path,
+            path,
+        }
+    }
+}
+
 /// Renames `from` into the store at `key` unless something is there already, creating the
 /// key's folders beneath the root (never through a symlink that leads out), then fsyncs the
 /// folder. When that fsync fails the file is moved back to `from`: an error leaves nothing at
 /// the key.
-pub(super) fn rename_into_store(root_fd: &impl AsFd, from: &Path, key: &FileKey) -> Result<(), StoreError> {
+pub(super) fn rename_into_store(root_fd: &impl AsFd, from: Origin<'_>, key: &FileKey) -> Result<(), StoreError> {
     let (dir_rel, name) = split_key(key);
     for attempt in 0..3 {
         let dir = dir_beneath(root_fd, dir_rel, true)?;
         crate::fault::point("store.commit.rename").map_err(classify_write)?;
-        let cwd = rustix::fs::CWD;
-        let result = match rustix::fs::renameat_with(cwd, from, &dir, name, RenameFlags::NOREPLACE) {
+        let result = match rustix::fs::renameat_with(from.dir, from.name, &dir, name, RenameFlags::NOREPLACE) {
             // File systems without RENAME_NOREPLACE: `link` fails if the target exists.
             Err(Errno::INVAL) | Err(Errno::NOSYS) => {
-                rustix::fs::linkat(cwd, from, &dir, name, rustix::fs::AtFlags::empty()).map(|()| {
-                    let _ = rustix::fs::unlink(from);
+                rustix::fs::linkat(from.dir, from.name, &dir, name, rustix::fs::AtFlags::empty()).map(|()| {
+                    let _ = rustix::fs::unlinkat(from.dir, from.name, rustix::fs::AtFlags::empty());
                 })
             }
             other => other,
@@ -101,25 +130,27 @@ pub(super) fn rename_into_store(root_fd: &impl AsFd, from: &Path, key: &FileKey)
 }
 
 /// Undoes a rename into the store whose commit failed afterwards: the file at `name` in `dir`
-/// goes back to `from` (a temporary, or a partial upload's bytes, which must not be lost).
-fn move_back(dir: &OwnedFd, name: &str, from: &Path) {
-    let back = rustix::fs::renameat_with(dir, name, rustix::fs::CWD, from, RenameFlags::NOREPLACE);
+/// goes back to `to` (a temporary, or a partial upload's bytes, which must not be lost).
+fn move_back(dir: &OwnedFd, name: &str, to: Origin<'_>) {
+    let back = rustix::fs::renameat_with(dir, name, to.dir, to.name, RenameFlags::NOREPLACE);
     match back.and_then(|()| rustix::fs::fsync(dir)) {
-        Ok(()) => tracing::warn!(file = %from.display(), "a commit failed after its rename; the file was moved back"),
+        Ok(()) => {
+            tracing::warn!(file = %to.path.display(), "a commit failed after its rename; the file was moved back")
+        }
         Err(e) => {
-            tracing::error!(file = %from.display(), error = %e, "a commit failed after its rename and the file cannot be moved back")
+            tracing::error!(file = %to.path.display(), error = %e, "a commit failed after its rename and the file cannot be moved back")
         }
     }
 }
 
 /// Moves the file at `key` back to `to` after a commit that failed past its rename (see
 /// [`rename_into_store`]).
-pub(super) fn take_back(root_fd: &impl AsFd, key: &FileKey, to: &Path) {
+pub(super) fn take_back(root_fd: &impl AsFd, key: &FileKey, to: Origin<'_>) {
     let (dir_rel, name) = split_key(key);
     match dir_beneath(root_fd, dir_rel, false) {
         Ok(dir) => move_back(&dir, name, to),
         Err(e) => {
-            tracing::error!(file = %to.display(), error = %e, "a commit failed after its rename and the file cannot be moved back")
+            tracing::error!(file = %to.path.display(), error = %e, "a commit failed after its rename and the file cannot be moved back")
         }
     }
 }

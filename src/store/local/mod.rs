@@ -24,15 +24,16 @@ mod staged;
 
 pub use staged::{StagedFile, WRITE_BATCH_BYTES};
 
-use std::fs::{self, DirBuilder, File, OpenOptions};
+use std::fs::{self, DirBuilder, File};
 use std::io::{self, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
+use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 
 use super::meta::{FileMeta, sidecar_name};
@@ -58,7 +59,8 @@ struct Inner {
     /// The upload folder, where finished files are.
     files: HeldDir,
     internal_dir: PathBuf,
-    tmp_dir: PathBuf,
+    /// Uploads in progress.
+    tmp: Arc<HeldDir>,
     /// The sidecars' folder.
     meta: HeldDir,
     partial_dir: PathBuf,
@@ -251,6 +253,20 @@ where
 }
 
 impl Inner {
+    /// The sidecars' folder, made again if it went missing.
+    fn meta_dir(&self) -> Result<Arc<held::Opened>, StoreError> {
+        match self.meta.open() {
+            Err(Errno::NOENT) => {
+                DirBuilder::new()
+                    .recursive(true)
+                    .mode(DIR_MODE)
+                    .create(self.meta.path())?;
+                self.meta.open().map_err(|e| StoreError::Io(e.into()))
+            }
+            other => other.map_err(|e| StoreError::Io(e.into())),
+        }
+    }
+
     /// The upload folder, opened at most [`held::HOLD`] ago (not once at start: an operator
     /// may replace or remount it while the server runs).
     fn root(&self) -> Result<Arc<held::Opened>, StoreError> {
@@ -285,7 +301,7 @@ impl LocalStore {
             inner: Arc::new(Inner {
                 files: HeldDir::new(files_dir),
                 internal_dir,
-                tmp_dir,
+                tmp: Arc::new(HeldDir::new(tmp_dir)),
                 meta: HeldDir::new(meta_dir),
                 partial_dir,
                 buffer_bytes,
@@ -298,13 +314,13 @@ impl LocalStore {
     /// The temporary folder, for other stores' temporaries (the S3 store's part buffers).
     #[cfg(feature = "s3")]
     pub(crate) fn tmp_dir_path(&self) -> &Path {
-        &self.inner.tmp_dir
+        self.inner.tmp.path()
     }
 
     /// The temporary folder (for tests that look at what is left there).
     #[cfg(test)]
     pub(crate) fn tmp_dir(&self) -> &Path {
-        &self.inner.tmp_dir
+        self.inner.tmp.path()
     }
 
     /// How this backend keeps the store's guarantees.
@@ -338,7 +354,7 @@ impl LocalStore {
     /// Starts a new upload whose bytes are hashed as they are written (on the I/O thread, so
     /// the file is never read twice); its temporary file is created by the first write.
     pub fn stage(&self, hashing: Hashing) -> StagedFile {
-        StagedFile::lazy(&self.inner.tmp_dir, self.inner.buffer_bytes, hashing)
+        StagedFile::lazy(Arc::clone(&self.inner.tmp), self.inner.buffer_bytes, hashing)
     }
 
     /// A staging without hashing, for tests.
@@ -379,58 +395,70 @@ impl LocalStore {
             crate::fault::point("store.fsync").map_err(classify_write)?;
             retrying(inner.retry, "fsync", || file.sync_all().map_err(classify_write))?;
             drop(file);
-            let path = staged
-                .path
-                .clone()
+            let from = staged
+                .origin()
                 .ok_or_else(|| StoreError::other("staged file has no path"))?;
 
             // The sidecar goes first into the temp folder; it is not fsynced: after a crash
             // a torn one is ignored (it must parse and match the size), never trusted.
             let (shard, name) = sidecar_name(&key);
-            let shard_dir = inner.meta.path().join(shard);
-            let sidecar = shard_dir.join(name);
-            let mut meta_guard = RemoveOnDrop(None);
-            if let Some(json) = &meta_json {
-                let meta_tmp = inner.tmp_dir.join(format!("{}.meta", random_hex(16)));
-                meta_guard = RemoveOnDrop(Some(meta_tmp.clone()));
-                let mut f = OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(FILE_MODE)
-                    .open(&meta_tmp)?;
-                f.write_all(json).map_err(classify_write)?;
-            }
+            let sidecar = Path::new(&shard).join(&name);
+            let meta_tmp = match &meta_json {
+                Some(json) => {
+                    let tmp = TempName {
+                        dir: inner.tmp.open().map_err(|e| classify_write(e.into()))?,
+                        name: format!("{}.meta", random_hex(16)),
+                    };
+                    let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+                    let fd = rustix::fs::openat(&tmp.dir, &tmp.name, flags, Mode::from_raw_mode(FILE_MODE))
+                        .map_err(|e| classify_write(e.into()))?;
+                    File::from(fd).write_all(json).map_err(classify_write)?;
+                    Some(tmp)
+                }
+                None => None,
+            };
 
             let root = inner.root()?;
-            retrying(inner.retry, "rename", || rename_into_store(&root, &path, &key))?;
+            retrying(inner.retry, "rename", || rename_into_store(&root, from, &key))?;
 
             // The file is at its key; a sidecar that cannot follow it takes it back out (an
             // error answer leaves nothing at the key).
-            let placed = match meta_guard.0.take() {
-                Some(meta_tmp) => crate::fault::point("store.commit.sidecar")
+            let placed = match &meta_tmp {
+                Some(tmp) => crate::fault::point("store.commit.sidecar")
                     .map_err(StoreError::from)
-                    .and_then(|()| match fs::rename(&meta_tmp, &sidecar) {
-                        Ok(()) => Ok(()),
-                        Err(e) => {
-                            DirBuilder::new().recursive(true).mode(DIR_MODE).create(&shard_dir)?;
-                            fs::rename(&meta_tmp, &sidecar).map_err(|_| e.into())
+                    .and_then(|()| {
+                        let meta = inner.meta_dir()?;
+                        let rename = || rustix::fs::renameat(&tmp.dir, &tmp.name, &meta, &sidecar);
+                        match rename() {
+                            Ok(()) => Ok(()),
+                            Err(e) => {
+                                match rustix::fs::mkdirat(&meta, &shard, Mode::from_raw_mode(DIR_MODE)) {
+                                    Ok(()) | Err(Errno::EXIST) => {}
+                                    Err(e) => return Err(classify_write(e.into())),
+                                }
+                                rename().map_err(|_| classify_write(e.into()))
+                            }
                         }
-                    })
-                    .inspect_err(|_| {
-                        let _ = fs::remove_file(&meta_tmp);
                     }),
+                // A sidecar left by an earlier file at this key (a delete cut short by a
+                // crash) must not describe this one.
                 None => {
-                    let _ = fs::remove_file(&sidecar);
+                    if let Ok(meta) = inner.meta.open() {
+                        let _ = rustix::fs::unlinkat(&meta, &sidecar, rustix::fs::AtFlags::empty());
+                    }
                     Ok(())
                 }
             };
             match placed {
                 Ok(()) => {
+                    if let Some(tmp) = meta_tmp {
+                        tmp.keep();
+                    }
                     staged.disarm();
                     Ok(())
                 }
                 Err(e) => {
-                    take_back(&root, &key, &path);
+                    take_back(&root, &key, from);
                     Err(match e {
                         StoreError::Io(e) => classify_write(e),
                         other => other,
@@ -607,7 +635,7 @@ impl LocalStore {
     /// retention would see it).
     pub async fn probe(&self) -> Result<(), String> {
         let files = self.inner.files.path().to_path_buf();
-        let tmp = self.inner.tmp_dir.clone();
+        let tmp = self.inner.tmp.path().to_path_buf();
         tokio::task::spawn_blocking(move || {
             match fs::metadata(&files) {
                 Ok(m) if m.is_dir() => {}
@@ -629,17 +657,28 @@ impl LocalStore {
 
     /// Removes temporaries older than `max_age`; returns how many went.
     pub async fn sweep_temporaries(&self, max_age: Duration) -> Result<usize, StoreError> {
-        let tmp = self.inner.tmp_dir.clone();
+        let tmp = self.inner.tmp.path().to_path_buf();
         run_blocking_store(move || Ok(remove_older_than(&tmp, max_age)?.len())).await
     }
 }
 
-struct RemoveOnDrop(Option<PathBuf>);
+/// A temporary file in a folder held open, removed when dropped unless kept (renamed away).
+struct TempName {
+    dir: Arc<held::Opened>,
+    /// Empty once kept.
+    name: String,
+}
 
-impl Drop for RemoveOnDrop {
+impl TempName {
+    fn keep(mut self) {
+        self.name.clear();
+    }
+}
+
+impl Drop for TempName {
     fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = fs::remove_file(p);
+        if !self.name.is_empty() {
+            let _ = rustix::fs::unlinkat(&self.dir, &self.name, rustix::fs::AtFlags::empty());
         }
     }
 }

@@ -8,15 +8,19 @@
 //! the commit. Dropped without a commit, the temporary file is removed (partial uploads of
 //! resumable sessions are kept).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::File;
 use std::io::{self, IoSlice, Write};
-use std::os::unix::fs::OpenOptionsExt;
-use std::path::{Path, PathBuf};
+use std::os::fd::AsFd;
+use std::path::PathBuf;
+use std::sync::Arc;
 
 use bytes::Bytes;
+use rustix::fs::{Mode, OFlags};
 use tokio::task::JoinHandle;
 
+use super::beneath::Origin;
 use super::classify_write;
+use super::held::{HeldDir, Opened};
 use crate::store::digest::{Digests, Hashers, Hashing};
 use crate::store::{StoreError, TakeError};
 
@@ -46,8 +50,13 @@ pub struct StagedFile {
 /// The part that moves to the blocking pool and back.
 #[derive(Debug)]
 pub(super) struct FileParts {
-    tmp_dir: PathBuf,
+    /// Where the temporary file is made, for a staging that has none yet.
+    tmp: Option<Arc<HeldDir>>,
+    /// The file's whole path.
     pub(super) path: Option<PathBuf>,
+    /// The folder the temporary was made in, held open, and the temporary's name there: the
+    /// commit renames it from there without walking the store's path again.
+    made_in: Option<(Arc<Opened>, PathBuf)>,
     pub(super) file: Option<File>,
     hashers: Option<Box<Hashers>>,
     keep: bool,
@@ -55,10 +64,11 @@ pub(super) struct FileParts {
 
 impl Drop for FileParts {
     fn drop(&mut self) {
-        if !self.keep
-            && let Some(path) = &self.path
-        {
-            let _ = fs::remove_file(path);
+        if self.keep {
+            return;
+        }
+        if let Some(origin) = self.origin() {
+            let _ = rustix::fs::unlinkat(origin.dir, origin.name, rustix::fs::AtFlags::empty());
         }
     }
 }
@@ -67,20 +77,36 @@ impl FileParts {
     /// Creates the temporary file if it does not exist yet.
     pub(super) fn ensure_file(&mut self) -> Result<&mut File, StoreError> {
         if self.file.is_none() {
+            let tmp = self
+                .tmp
+                .as_ref()
+                .ok_or_else(|| StoreError::other("no folder to stage the upload in"))?;
             let mut random = [0u8; 16];
             rand::fill(&mut random);
-            let path = self.tmp_dir.join(format!("{}.part", hex::encode(random)));
+            let name = PathBuf::from(format!("{}.part", hex::encode(random)));
             crate::fault::point("store.temp.create").map_err(classify_write)?;
-            let file = OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(FILE_MODE)
-                .open(&path)
-                .map_err(classify_write)?;
-            self.path = Some(path);
-            self.file = Some(file);
+            let dir = tmp.open().map_err(|e| classify_write(e.into()))?;
+            let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+            let fd = rustix::fs::openat(&dir, &name, flags, Mode::from_raw_mode(FILE_MODE))
+                .map_err(|e| classify_write(e.into()))?;
+            self.path = Some(tmp.path().join(&name));
+            self.made_in = Some((dir, name));
+            self.file = Some(File::from(fd));
         }
         Ok(self.file.as_mut().expect("just created"))
+    }
+
+    /// Where the file is, for a rename or a removal; `None` before it is made.
+    pub(super) fn origin(&self) -> Option<Origin<'_>> {
+        let path = self.path.as_deref()?;
+        Some(match &self.made_in {
+            Some((dir, name)) => Origin {
+                dir: dir.as_fd(),
+                name,
+                path,
+            },
+            None => Origin::path(path),
+        })
     }
 
     /// Hashes `chunks[skip_hash..]` and writes all of them (blocking).
@@ -121,20 +147,19 @@ pub(super) struct Settled {
 }
 
 impl StagedFile {
-    /// A new upload whose temporary file is created in `tmp_dir` on the first write.
-    pub(super) fn lazy(tmp_dir: &Path, buffer_bytes: usize, hashing: Hashing) -> Self {
-        Self::from_parts(tmp_dir.to_path_buf(), None, None, buffer_bytes, hashing, false)
+    /// A new upload whose temporary file is created in `tmp` on the first write.
+    pub(super) fn lazy(tmp: Arc<HeldDir>, buffer_bytes: usize, hashing: Hashing) -> Self {
+        Self::from_parts(Some(tmp), None, None, buffer_bytes, hashing, false)
     }
 
     /// An existing file (a resumable upload's bytes), positioned where writing continues;
     /// kept on drop.
     pub(super) fn existing(path: PathBuf, file: File, buffer_bytes: usize, hashing: Hashing) -> Self {
-        let tmp_dir = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        Self::from_parts(tmp_dir, Some(path), Some(file), buffer_bytes, hashing, true)
+        Self::from_parts(None, Some(path), Some(file), buffer_bytes, hashing, true)
     }
 
     fn from_parts(
-        tmp_dir: PathBuf,
+        tmp: Option<Arc<HeldDir>>,
         path: Option<PathBuf>,
         file: Option<File>,
         buffer_bytes: usize,
@@ -143,8 +168,9 @@ impl StagedFile {
     ) -> Self {
         Self {
             inner: Some(Box::new(FileParts {
-                tmp_dir,
+                tmp,
                 path,
+                made_in: None,
                 file,
                 hashers: Hashers::new(hashing),
                 keep,
@@ -352,13 +378,15 @@ impl StagedFile {
 
 #[cfg(test)]
 mod tests {
+    use std::fs;
+
     use super::*;
 
     #[tokio::test]
     async fn lazy_file_overlapped_vectored_writes_and_cleanup() {
         let dir = tempfile::tempdir().unwrap();
         let mut staged = StagedFile::lazy(
-            dir.path(),
+            Arc::new(HeldDir::new(dir.path().to_path_buf())),
             16,
             Hashing {
                 sha256: true,
@@ -397,7 +425,7 @@ mod tests {
     #[tokio::test]
     async fn many_overlapped_flushes_keep_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut staged = StagedFile::lazy(dir.path(), 4096, Hashing::NONE);
+        let mut staged = StagedFile::lazy(Arc::new(HeldDir::new(dir.path().to_path_buf())), 4096, Hashing::NONE);
         let mut expected = Vec::new();
         for i in 0..2000u32 {
             let chunk: Vec<u8> = (0..(i % 97 + 1) * 37).map(|j| (i + j) as u8).collect();

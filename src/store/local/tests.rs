@@ -129,6 +129,57 @@ async fn stale_sidecar_is_ignored_and_symlinks_cannot_escape() {
     );
 }
 
+#[tokio::test]
+async fn a_commit_never_leaves_the_store_through_a_symlinked_folder() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("upload/link")).unwrap();
+    fs::create_dir(dir.path().join("upload/a")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), dir.path().join("upload/a/link")).unwrap();
+    // The folder made first for the key's last segment finds the symlink there: refused.
+    for k in ["link/f", "a/link/f", "link/new/f"] {
+        let mut staged = store.stage_local();
+        staged.write(Bytes::from_static(b"x")).await.unwrap();
+        let committed = store.commit(staged, &key(k), &meta(1)).await;
+        assert!(matches!(committed, Err(StoreError::Refused)), "{k}: {committed:?}");
+    }
+    assert_eq!(
+        fs::read_dir(outside.path()).unwrap().count(),
+        0,
+        "nothing written outside"
+    );
+    assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "no temporary left");
+}
+
+#[tokio::test]
+async fn a_commit_removes_the_sidecar_an_earlier_file_left_at_its_key() {
+    let dir = memory_dir();
+    let store = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
+    let mut staged = store.stage_local();
+    staged.write(Bytes::from_static(b"abc")).await.unwrap();
+    store.commit(staged, &key("s/f"), &meta(3)).await.unwrap();
+    let typed = store.open_file(&key("s/f"), false).await.unwrap().0.meta;
+    assert_eq!(typed.map(|m| m.content_type).as_deref(), Some("text/plain"));
+    // The file goes, its sidecar stays (a delete cut short); a new file of the same size and
+    // the default type must not be described by it.
+    fs::remove_file(dir.path().join("upload/s/f")).unwrap();
+    let mut staged = store.stage_local();
+    staged.write(Bytes::from_static(b"xyz")).await.unwrap();
+    let plain = FileMeta {
+        content_type: crate::auth::DEFAULT_CONTENT_TYPE.into(),
+        ..meta(3)
+    };
+    store.commit(staged, &key("s/f"), &plain).await.unwrap();
+    assert!(store.open_file(&key("s/f"), false).await.unwrap().0.meta.is_none());
+    let sidecars: usize = fs::read_dir(dir.path().join(".hmac-file-server/meta"))
+        .unwrap()
+        .flatten()
+        .map(|shard| fs::read_dir(shard.path()).unwrap().count())
+        .sum();
+    assert_eq!(sidecars, 0);
+}
+
 #[test]
 fn transient_errors_are_retried_others_not() {
     let policy = RetryPolicy {
