@@ -24,9 +24,11 @@ Builds the release binary, then measures on loopback with every store on /dev/sh
   round the same 5,000 small PUTs and GETs (wrk) and one 1 GiB PUT and GET (curl) on each, req/s,
   MiB/s and server CPU per request, ratios within the round (`--rounds`, `--small-count`).
 - floor: small GETs of the same files from the server, from nginx on its store and from bare
-  hyper (examples/get_floor.rs: this server's HTTP crates answering from memory, nothing else),
+  hyper (examples/floor.rs: this server's HTTP crates answering from memory, nothing else),
   rotating, `--rounds` rounds: how far the server is from its own HTTP stack's floor, and that
-  floor from nginx.
+  floor from nginx; then small PUTs to the server, prosody-filer and bare hyper that discards,
+  writes (as prosody-filer) or durably keeps (as the server) each body: the least a PUT with
+  the server's guarantees costs, against prosody-filer.
 
 Every phase gets a fresh server (so VmHWM is that phase's peak) and a fresh store. Results go to
 bench-results/<date>.md (the table), .json (every raw figure) and -concurrency.svg; the table is
@@ -1454,11 +1456,12 @@ def peer_section(res: Results) -> str:
 
 
 
-def phase_floor(res: Results, plan: Plan, workdir: Path) -> None:
+def phase_floor(res: Results, plan: Plan, workdir: Path, peer_bin: Path) -> None:
     """Small GETs from three servers in rotating order, 'peer_rounds' rounds: the server, nginx
     on the server's store (as in the peer phase) and the HTTP stack's floor
-    (examples/get_floor.rs: bare hyper and tokio answering from memory). Where the floor itself
-    stays below nginx, no server on this stack reaches nginx either."""
+    (examples/floor.rs: bare hyper and tokio answering from memory). Where the floor itself
+    stays below nginx, no server on this stack reaches nginx either. Then small PUTs the same
+    way (put_floor_rounds)."""
     import contextlib
 
     import peers
@@ -1466,7 +1469,7 @@ def phase_floor(res: Results, plan: Plan, workdir: Path) -> None:
     nginx_bin = peers.nginx_binary(log)
     floor_bin = peers.floor_binary(DEFAULT_BINARY.parent.parent, log)
     if nginx_bin is None or floor_bin is None:
-        why = "no nginx" if nginx_bin is None else "examples/get_floor.rs did not build"
+        why = "no nginx" if nginx_bin is None else "examples/floor.rs did not build"
         res.floor = {"available": False, "reason": why}
         res.warnings.append(f"floor phase skipped: {why}")
         return
@@ -1505,15 +1508,106 @@ def phase_floor(res: Results, plan: Plan, workdir: Path) -> None:
                 res.problems.append(f"floor: {who} died")
         res.problems += [f"floor: nginx error log: {line}" for line in ngx.problems()[:10]]
         res.problems += [f"floor: server log: {line}" for line in server.problems()[:10]]
+    put = put_floor_rounds(res, plan, workdir, floor_bin, peer_bin)
     res.floor = {
         "available": True,
         "nginx": peers.nginx_version(nginx_bin),
+        "put": put,
         "rounds": rows,
         "medians": {
             who: {k: median([r[who][k] for r in rows]) for k in ("rps", "cpu_us")} for who in ("ours", "nginx", "floor")
         },
         "median_ratios": {k: median([r[k] for r in rows]) for k in ("ours_of_nginx", "floor_of_nginx", "ours_of_floor")},
     }
+
+
+PUT_FLOORS = ("discard", "write", "durable")  # examples/floor.rs put modes
+
+
+def put_floor_rounds(res: Results, plan: Plan, workdir: Path, floor_bin: Path, peer_bin: Path) -> dict:
+    """Small PUTs in rotating order, 'peer_rounds' rounds, each contestant fresh each round with
+    its own new signed paths: the server, prosody-filer, and bare hyper (examples/floor.rs) that
+    discards each body, writes it as prosody-filer does, or keeps it durably as the server does
+    (temporary, fsync, no-replace rename, folder fsync). `durable` is the least a small PUT with
+    the server's guarantees costs on this stack; its ratio to prosody-filer bounds the server's."""
+    import contextlib
+
+    import peers
+
+    if not peer_bin.is_file():
+        return {"available": False, "reason": f"no prosody-filer at {peer_bin}"}
+    # Four times the peer phase's count: a run of 5,000 PUTs lasts well under a second here,
+    # too short to even out this kind of machine's swings.
+    rounds, n, size, c = plan.peer_rounds, 4 * plan.peer_small_count, plan.small_bytes, plan.small_concurrency
+    log(f"floor: {rounds} rounds of {n} PUTs of {size // 1024} KiB at c={c}: the server, prosody-filer, bare hyper {'/'.join(PUT_FLOORS)}")
+    who_all = ["ours", "peer", *PUT_FLOORS]
+    rows = []
+    for i in range(rounds):
+        order = who_all[i % len(who_all):] + who_all[:i % len(who_all)]
+        row: dict = {"round": i + 1, "order": order}
+        for who in order:
+            targets = [signed_put_target(p, size) for p in new_paths(f"pfloor{i}-{who}", n)]
+            with contextlib.ExitStack() as stack:
+                name = f"pfloor{i}-{who}"
+                if who == "ours":
+                    srv = stack.enter_context(Server(workdir, name))
+                elif who == "peer":
+                    srv = stack.enter_context(peers.ProsodyFiler(peer_bin, workdir, name, SECRET))
+                else:
+                    srv = stack.enter_context(peers.Floor(floor_bin, put=who, store=workdir / f"store-{name}"))
+                wait_quiet()
+                put = run_wrk(srv, workdir, f"{name}-put", "put", targets, c, size)
+                if wrk_failed(put):
+                    res.problems.append(wrk_problem(f"floor round {i + 1}: {who} small PUT", put))
+                row[who] = {"rps": put["req_per_s"], "cpu_us": put["server_cpu_us_per_request"]}
+        for who in who_all:
+            row[f"{who}_of_peer"] = row[who]["rps"] / row["peer"]["rps"] if row["peer"]["rps"] else float("nan")
+        row["ours_of_durable"] = row["ours"]["rps"] / row["durable"]["rps"] if row["durable"]["rps"] else float("nan")
+        log(
+            f"floor round {i + 1}, PUT req/s: server {row['ours']['rps']:.0f}, prosody-filer {row['peer']['rps']:.0f}, "
+            + ", ".join(f"{m} {row[m]['rps']:.0f}" for m in PUT_FLOORS)
+            + f"; server/prosody-filer {row['ours_of_peer']:.2f}, durable/prosody-filer {row['durable_of_peer']:.2f}"
+        )
+        rows.append(row)
+    ratio_keys = [f"{who}_of_peer" for who in who_all if who != "peer"] + ["ours_of_durable"]
+    return {
+        "available": True,
+        "rounds": rows,
+        "medians": {who: {k: median([r[who][k] for r in rows]) for k in ("rps", "cpu_us")} for who in who_all},
+        "median_ratios": {k: median([r[k] for r in rows]) for k in ratio_keys},
+    }
+
+
+def put_floor_section(s: dict, plan: dict) -> list[str]:
+    if not s:
+        return []
+    if not s.get("available"):
+        return ["", f"Small PUT floor not run: {s['reason']}."]
+    rows, m, r = s["rounds"], s["medians"], s["median_ratios"]
+    names = {"ours": "server", "peer": "prosody-filer", "discard": "bare hyper, discard", "write": "bare hyper, write",
+             "durable": "bare hyper, durable"}
+    lines = [
+        "",
+        f"### Small PUTs: the server, prosody-filer and the floor ({len(rows)} rounds)",
+        "",
+        f"{4 * plan['peer_small_count']:,} signed PUTs of {plan['small_bytes'] // 1024} KiB at c={plan['small_concurrency']} each "
+        "round to each of: the server; prosody-filer; and bare hyper (`examples/floor.rs put`) that **discards** the body, "
+        "**writes** it as prosody-filer does (folder, file at its final path, no fsync) or keeps it **durably** as the server "
+        "does (folder, temporary, fsync, no-replace rename, folder fsync), with no token, routing, headers or log. "
+        "`durable` is the least a PUT with the server's guarantees costs here: its ratio to prosody-filer bounds the server's.",
+        "",
+        "| figure (median) | " + " | ".join(names[w] for w in m) + " |",
+        "|---|" + "---|" * len(m),
+        "| req/s | " + " | ".join(fmt(m[w]["rps"]) for w in m) + " |",
+        "| CPU µs per PUT | " + " | ".join(fmt(m[w]["cpu_us"], 1) for w in m) + " |",
+        "",
+        "| ratio | median | per round |",
+        "|---|---|---|",
+    ]
+    for k in r:
+        a, b = k.split("_of_")
+        lines.append(f"| {names[a]} / {names[b]} | {r[k]:.2f} | {', '.join(f'{row[k]:.2f}' for row in rows)} |")
+    return lines
 
 
 def floor_section(res: Results) -> str:
@@ -1529,7 +1623,7 @@ def floor_section(res: Results) -> str:
         "",
         f"{p['peer_small_count']:,} GETs of {p['small_bytes'] // 1024} KiB at c={p['small_concurrency']} (wrk, signed.lua) "
         f"each round from: the server; nginx {s['nginx']} serving the server's store folder (2 workers, sendfile, "
-        "access_log off, as in the peer phase); and **bare hyper** (`examples/get_floor.rs`: the server's HTTP crates, "
+        "access_log off, as in the peer phase); and **bare hyper** (`examples/floor.rs get`: the server's HTTP crates, "
         "runtime and connection settings, every GET answered with the same bytes from memory, no file system, no "
         "routing, no headers but `date` and `content-length`): the least any download through this stack can cost. "
         "Order rotates each round; ratios are taken within a round.",
@@ -1544,6 +1638,7 @@ def floor_section(res: Results) -> str:
     ]
     for k, label in (("ours_of_nginx", "server / nginx"), ("floor_of_nginx", "bare hyper / nginx"), ("ours_of_floor", "server / bare hyper")):
         lines.append(f"| {label} | {r[k]:.2f} | {', '.join(f'{row[k]:.2f}' for row in rows)} |")
+    lines += put_floor_section(s.get("put", {}), p)
     return "\n".join(lines)
 
 
@@ -2455,7 +2550,7 @@ def main() -> int:
             ("sweep", lambda: phase_sweep(res, plan, workdir)),
             ("s3", lambda: phase_s3(res, plan, workdir, source)),
             ("peer", lambda: phase_peer(res, plan, workdir, source, sha256, peer_binary, not args.peer_binary)),
-            ("floor", lambda: phase_floor(res, plan, workdir)),
+            ("floor", lambda: phase_floor(res, plan, workdir, peer_binary)),
             ("compare", lambda: phase_compare(res, plan, workdir, source, sha256, Path(args.compare or "."))),
         ]
         for name, step in steps:

@@ -305,11 +305,11 @@ class Nginx:
 # ---- the HTTP stack's floor ---------------------------------------------------------------------
 
 
-FLOOR_EXAMPLE = "get_floor"
+FLOOR_EXAMPLE = "floor"
 
 
 def floor_binary(target_dir: Path, log) -> Path | None:
-    """examples/get_floor.rs built in release mode (cargo build --release --example get_floor),
+    """examples/floor.rs built in release mode (cargo build --release --example floor),
     or None when it cannot be built."""
     log(f"cargo build --release --example {FLOOR_EXAMPLE}")
     r = subprocess.run(
@@ -324,18 +324,21 @@ def floor_binary(target_dir: Path, log) -> Path | None:
 
 
 class Floor(OneProcess):
-    """examples/get_floor.rs: bare hyper on tokio, every GET answered with the same `body_bytes`
-    bytes from memory; on the free loopback port it prints."""
+    """examples/floor.rs: bare hyper on tokio. `Floor(binary, body_bytes)` answers every GET with
+    the same `body_bytes` bytes from memory; `Floor(binary, put=MODE, store=DIR)` takes every
+    PUT's body and discards it, writes it as prosody-filer does, or keeps it durably as the
+    server does (see the example). It listens on the free loopback port it prints."""
 
-    def __init__(self, binary: Path, body_bytes: int):
+    def __init__(self, binary: Path, body_bytes: int = 0, put: str | None = None, store: Path | None = None):
         self.binary = binary
-        self.body_bytes = body_bytes
+        self.args = ["get", str(body_bytes)] if put is None else ["put", put, str(store)]
+        self.store = store
         self.proc: subprocess.Popen | None = None
         self.port = 0
 
     def __enter__(self) -> "Floor":
         self.proc = subprocess.Popen(
-            [str(self.binary), str(self.body_bytes)],
+            [str(self.binary), *self.args],
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
         )
         assert self.proc.stdout is not None
@@ -351,6 +354,8 @@ class Floor(OneProcess):
         stop(self.proc)
         if self.proc is not None and self.proc.stdout is not None:
             self.proc.stdout.close()
+        if self.store is not None:
+            shutil.rmtree(self.store, ignore_errors=True)
 
 
 class NginxRelay(Nginx):
