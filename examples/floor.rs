@@ -18,9 +18,11 @@
 //!   costs beside `write` is the price of never showing a partial file, and of the fsyncs. DIR
 //!   must be on a file system in memory (nothing here waits for a device off the runtime).
 //!
-//!     cargo build --release --example floor
-//!     target/release/examples/floor get 65536            # prints "listening on 127.0.0.1:PORT"
-//!     target/release/examples/floor put durable /dev/shm/floor
+//! ```text
+//! cargo build --release --example floor
+//! target/release/examples/floor get 65536            # prints "listening on 127.0.0.1:PORT"
+//! target/release/examples/floor put durable /dev/shm/floor
+//! ```
 
 use std::convert::Infallible;
 use std::fs::File;
