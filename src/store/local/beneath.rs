@@ -1,11 +1,13 @@
 //! Path resolution that never leaves the store: every folder and file is opened relative to
-//! the upload folder with `openat2(RESOLVE_BENEATH)`, so `..` games and symlinks placed in the
-//! store cannot lead outside it; and the no-replace rename that makes a staged file final.
+//! the upload folder with `openat2(RESOLVE_BENEATH)` (on kernels without it, a segment at a
+//! time with `O_NOFOLLOW`), so `..` games and symlinks placed in the store cannot lead outside
+//! it; and the no-replace rename that makes a staged file final.
 
 use std::fs::{self, File};
 use std::io;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use rustix::fs::{Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::Errno;
@@ -26,6 +28,17 @@ pub(super) fn split_key(key: &FileKey) -> (&str, &str) {
 /// without ever leaving the root: a symlink that points out (or `..` games) fails with
 /// [`StoreError::Refused`]; a file where a folder should be with [`StoreError::Exists`].
 pub(super) fn dir_beneath(root_fd: &impl AsFd, rel: &str, create: bool) -> Result<OwnedFd, StoreError> {
+    dir_beneath_with(root_fd, rel, create, !NO_OPENAT2.load(Ordering::Relaxed))
+}
+
+/// Set once the kernel refuses `openat2` (before Linux 5.6, or a seccomp filter that does not
+/// know it): folders are then opened a segment at a time.
+static NO_OPENAT2: AtomicBool = AtomicBool::new(false);
+
+/// [`dir_beneath`], with `openat2` or without it. Without it each segment is opened in the
+/// one before with `O_NOFOLLOW`: as safe for the keys of the store (plain names, no `..`),
+/// stricter in that a symlinked folder is refused even when it points inside the root.
+fn dir_beneath_with(root_fd: &impl AsFd, rel: &str, create: bool, openat2: bool) -> Result<OwnedFd, StoreError> {
     let flags = OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC;
     let resolve = ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS;
     if rel.is_empty() {
@@ -48,17 +61,29 @@ pub(super) fn dir_beneath(root_fd: &impl AsFd, rel: &str, create: bool) -> Resul
             let _ = rustix::fs::mkdirat(parent, segment, Mode::from_raw_mode(DIR_MODE));
         }
         dir = Some(loop {
-            match rustix::fs::openat2(root_fd.as_fd(), prefix, flags, Mode::empty(), resolve) {
+            let parent = dir.as_ref().map_or(root_fd.as_fd(), |d| d.as_fd());
+            let opened = if openat2 {
+                rustix::fs::openat2(root_fd.as_fd(), prefix, flags, Mode::empty(), resolve)
+            } else {
+                rustix::fs::openat(parent, segment, flags | OFlags::NOFOLLOW, Mode::empty())
+            };
+            match opened {
                 Ok(fd) => break fd,
+                Err(Errno::NOSYS) | Err(Errno::PERM) if openat2 => {
+                    tracing::warn!("the kernel refuses openat2: store folders are opened a segment at a time");
+                    NO_OPENAT2.store(true, Ordering::Relaxed);
+                    return dir_beneath_with(root_fd, rel, create, false);
+                }
                 Err(Errno::NOENT) if create && attempts < 3 => {
                     attempts += 1;
-                    let parent = dir.as_ref().map_or(root_fd.as_fd(), |d| d.as_fd());
                     match rustix::fs::mkdirat(parent, segment, Mode::from_raw_mode(DIR_MODE)) {
                         Ok(()) | Err(Errno::EXIST) => continue,
                         Err(e) => return Err(classify_write(e.into())),
                     }
                 }
                 Err(Errno::NOENT) => return Err(StoreError::NotFound),
+                // `O_NOFOLLOW | O_DIRECTORY` calls a symlink "not a folder".
+                Err(Errno::NOTDIR) if !openat2 && is_symlink(parent, segment) => return Err(StoreError::Refused),
                 Err(Errno::NOTDIR) => return Err(StoreError::Exists),
                 Err(Errno::XDEV) | Err(Errno::LOOP) => return Err(StoreError::Refused),
                 Err(e) => return Err(StoreError::Io(e.into())),
@@ -66,6 +91,11 @@ pub(super) fn dir_beneath(root_fd: &impl AsFd, rel: &str, create: bool) -> Resul
         });
     }
     dir.ok_or_else(|| StoreError::other("a folder path without segments"))
+}
+
+fn is_symlink(dir: BorrowedFd<'_>, name: &str) -> bool {
+    rustix::fs::statat(dir, name, rustix::fs::AtFlags::SYMLINK_NOFOLLOW)
+        .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink)
 }
 
 /// Where a file that is renamed into the store is: a name in a folder held open (a
@@ -178,5 +208,44 @@ pub(super) fn open_beneath(dir_fd: &impl AsFd, dir: &Path, relative: &str) -> Re
             File::open(real).map_err(|_| StoreError::NotFound)
         }
         Err(e) => Err(StoreError::Io(e.into())),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Both ways of opening folders beneath the root give the same answers.
+    #[test]
+    fn folders_beneath_the_root_with_and_without_openat2() {
+        for openat2 in [true, false] {
+            let outside = tempfile::tempdir().unwrap();
+            let root_dir = tempfile::tempdir().unwrap();
+            let root = File::open(root_dir.path()).unwrap();
+
+            let made = dir_beneath_with(&root, "a/b/c", true, openat2).unwrap();
+            assert!(root_dir.path().join("a/b/c").is_dir());
+            rustix::fs::mkdirat(&made, "d", Mode::from_raw_mode(0o700)).unwrap();
+            assert!(root_dir.path().join("a/b/c/d").is_dir(), "the folder opened is a/b/c");
+            dir_beneath_with(&root, "a/b", false, openat2).unwrap();
+            assert!(matches!(
+                dir_beneath_with(&root, "a/x", false, openat2),
+                Err(StoreError::NotFound)
+            ));
+            assert!(!root_dir.path().join("a/x").exists());
+
+            fs::write(root_dir.path().join("a/file"), b"x").unwrap();
+            for create in [false, true] {
+                let err = dir_beneath_with(&root, "a/file/y", create, openat2).unwrap_err();
+                assert!(matches!(err, StoreError::Exists), "{openat2} {create}: {err:?}");
+            }
+
+            std::os::unix::fs::symlink(outside.path(), root_dir.path().join("a/out")).unwrap();
+            for create in [false, true] {
+                let err = dir_beneath_with(&root, "a/out/z", create, openat2).unwrap_err();
+                assert!(matches!(err, StoreError::Refused), "{openat2} {create}: {err:?}");
+            }
+            assert!(!outside.path().join("z").exists(), "nothing made outside the root");
+        }
     }
 }
