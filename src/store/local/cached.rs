@@ -65,7 +65,11 @@ pub(super) fn open_file(inner: &Inner, key: &FileKey, read_small: bool) -> Optio
             u64::try_from(stat.st_mtime).ok()?,
             u32::try_from(stat.st_mtime_nsec).ok()?,
         );
-    let meta = sidecar(memory, &inner.meta, key)?.filter(|m| m.size == size);
+    let meta = if super::mark::has_defaults(&file) {
+        None
+    } else {
+        sidecar(memory, &inner.meta, key)?.filter(|m| m.size == size)
+    };
     let file = std::sync::Arc::new(std::fs::File::from(file));
     let content = if !read_small || size > SMALL_FILE_BYTES {
         None

@@ -6,7 +6,8 @@
 //! - `.hmac-file-server/tmp/`: uploads in progress, one randomly named file each;
 //! - `.hmac-file-server/partial/`: the bytes of unfinished resumable uploads ([`partial`]);
 //! - `.hmac-file-server/meta/`: a JSON sidecar per finished file whose content type is not
-//!   the default or whose SHA-256 is known ([`crate::store::meta`]).
+//!   the default or whose SHA-256 is known ([`crate::store::meta`]); a file stored with the
+//!   defaults carries an empty extended attribute instead, that says it has none ([`mark`]).
 //!
 //! A commit is: write what is pending, stamp the file's modification time (unique per
 //! commit, so it serves as the ETag with the size), `fsync` the staged file, write the
@@ -19,6 +20,7 @@ mod beneath;
 mod cached;
 mod held;
 pub mod mapped;
+mod mark;
 mod partial;
 mod staged;
 
@@ -392,6 +394,9 @@ impl LocalStore {
                 .take()
                 .ok_or_else(|| StoreError::other("staged file already closed"))?;
             file.set_modified(unique_commit_time())?;
+            if meta_json.is_none() {
+                mark::set_defaults(&file);
+            }
             crate::fault::point("store.fsync").map_err(classify_write)?;
             retrying(inner.retry, "fsync", || file.sync_all().map_err(classify_write))?;
             drop(file);
@@ -509,7 +514,11 @@ impl LocalStore {
                 }
                 let size = stat.len();
                 let modified = stat.modified()?;
-                let meta = read_sidecar(inner.meta.path(), &key).filter(|m| m.size == size);
+                let meta = if mark::has_defaults(&file) {
+                    None
+                } else {
+                    read_sidecar(inner.meta.path(), &key).filter(|m| m.size == size)
+                };
                 let content = if read_small && size <= SMALL_FILE_BYTES {
                     use std::io::Read;
                     let mut buf = vec![0u8; size as usize];

@@ -673,3 +673,63 @@ async fn sweep_removes_only_partials_older_than_the_age() {
     assert!(local.partial_path(OTHER_ID).exists());
     assert!(partials.sweep(Duration::from_secs(3600)).await.unwrap().is_empty());
 }
+
+/// A file committed with the default metadata carries the defaults mark, and its downloads
+/// ignore a sidecar at its key on both paths; a file without the mark (stored by an earlier
+/// version, or copied without extended attributes) is described by its sidecar as before.
+#[tokio::test]
+async fn the_defaults_mark_stands_for_the_missing_sidecar() {
+    for dir in [tempfile::tempdir().unwrap(), memory_dir()] {
+        if !mark::tests::supported_in(dir.path()) {
+            eprintln!("{}: no user extended attributes here", dir.path().display());
+            continue;
+        }
+        let store = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
+        let defaults = FileMeta {
+            content_type: crate::auth::DEFAULT_CONTENT_TYPE.into(),
+            ..meta(3)
+        };
+        for (name, meta) in [("m/plain", &defaults), ("m/typed", &meta(3))] {
+            let mut staged = store.stage_local();
+            staged.write(Bytes::from_static(b"abc")).await.unwrap();
+            store.commit(staged, &key(name), meta).await.unwrap();
+        }
+        let marked = |name: &str| mark::has_defaults(File::open(dir.path().join("upload").join(name)).unwrap());
+        assert!(marked("m/plain"));
+        assert!(!marked("m/typed"), "a file with a sidecar has no mark");
+
+        // A sidecar of the same size at the marked file's key (as a delete cut short before
+        // its sidecar leaves one): the mark wins.
+        let (shard, sidecar) = sidecar_name(&key("m/plain"));
+        let meta_dir = dir.path().join(".hmac-file-server/meta").join(shard);
+        fs::create_dir_all(&meta_dir).unwrap();
+        fs::write(
+            meta_dir.join(sidecar),
+            br#"{"content_type":"text/html","size":3,"uploaded_unix":1}"#,
+        )
+        .unwrap();
+        let both_paths = |store: &LocalStore| {
+            let k = key("m/plain");
+            let fast = (0..3)
+                .find_map(|_| cached::open_file(&store.inner, &k, true))
+                .expect("served from the caches")
+                .unwrap()
+                .0
+                .meta;
+            (fast, k)
+        };
+        let (fast, k) = both_paths(&store);
+        assert_eq!(fast, None, "fast path");
+        assert_eq!(
+            store.open_blocking(&k, true).await.unwrap().0.meta,
+            None,
+            "blocking path"
+        );
+
+        rustix::fs::removexattr(dir.path().join("upload/m/plain"), c"user.hmac-file-server.meta").unwrap();
+        let (fast, k) = both_paths(&store);
+        assert_eq!(fast.unwrap().content_type, "text/html", "fast path, no mark");
+        let slow = store.open_blocking(&k, true).await.unwrap().0.meta;
+        assert_eq!(slow.unwrap().content_type, "text/html", "blocking path, no mark");
+    }
+}
