@@ -38,6 +38,15 @@ pub(super) fn set_defaults(file: impl AsFd) {
     }
 }
 
+/// Takes the mark off `file` (a resumable upload's bytes that an earlier commit marked, now
+/// committed with a sidecar). Best effort, as the mark is: no mark is the usual answer.
+pub(super) fn clear(file: impl AsFd) {
+    match rustix::fs::fremovexattr(file, NAME) {
+        Ok(()) | Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => {}
+        Err(e) => tracing::warn!(error = %e, "the defaults mark could not be taken off a file stored with a sidecar"),
+    }
+}
+
 /// Whether `file` carries the defaults mark (then it has no sidecar to look up).
 pub(super) fn has_defaults(file: impl AsFd) -> bool {
     // One byte of room: the mark reads as 0 bytes, another value as 1 or ERANGE, none
@@ -67,6 +76,9 @@ pub(super) mod tests {
             assert!(!has_defaults(file.as_file()), "no mark yet");
             set_defaults(file.as_file());
             assert!(has_defaults(file.as_file()));
+            clear(file.as_file());
+            assert!(!has_defaults(file.as_file()), "taken off");
+            clear(file.as_file());
             rustix::fs::fsetxattr(file.as_file(), NAME, b"{}", XattrFlags::empty()).unwrap();
             assert!(!has_defaults(file.as_file()), "a value is not the defaults mark");
         }

@@ -396,6 +396,8 @@ impl LocalStore {
             file.set_modified(unique_commit_time())?;
             if meta_json.is_none() {
                 mark::set_defaults(&file);
+            } else if staged.was_there() {
+                mark::clear(&file);
             }
             crate::fault::point("store.fsync").map_err(classify_write)?;
             retrying(inner.retry, "fsync", || file.sync_all().map_err(classify_write))?;

@@ -96,6 +96,12 @@ impl FileParts {
         Ok(self.file.as_mut().expect("just created"))
     }
 
+    /// Whether the file was there before this staging (a resumable upload's bytes, which an
+    /// earlier commit that failed may have marked), rather than made by it.
+    pub(super) fn was_there(&self) -> bool {
+        self.made_in.is_none()
+    }
+
     /// Where the file is, for a rename or a removal; `None` before it is made.
     pub(super) fn origin(&self) -> Option<Origin<'_>> {
         let path = self.path.as_deref()?;

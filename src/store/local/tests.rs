@@ -733,3 +733,32 @@ async fn the_defaults_mark_stands_for_the_missing_sidecar() {
         assert_eq!(slow.unwrap().content_type, "text/html", "blocking path, no mark");
     }
 }
+
+/// A resumable upload's bytes that an earlier commit marked (a commit with the defaults that
+/// failed after the mark and moved them back) lose the mark when committed with a sidecar:
+/// the download reads the sidecar.
+#[tokio::test]
+async fn a_partial_committed_with_a_sidecar_carries_no_defaults_mark() {
+    let dir = tempfile::tempdir().unwrap();
+    if !mark::tests::supported_in(dir.path()) {
+        eprintln!("{}: no user extended attributes here", dir.path().display());
+        return;
+    }
+    let (local, store) = local_store(dir.path());
+    let partials = store.partials();
+    let handle = partials.create(ID).await.unwrap();
+    let mut appender = partials.append_at(ID, &handle, 0, Hashing::NONE).await.unwrap();
+    appender.write(Bytes::from_static(b"abc")).await.unwrap();
+    partials.persist(appender, 0).await.unwrap();
+    mark::set_defaults(File::open(local.partial_path(ID)).unwrap());
+    assert!(mark::has_defaults(File::open(local.partial_path(ID)).unwrap()));
+
+    partials
+        .complete(ID, &handle, 3, &key("r/typed"), &meta(3))
+        .await
+        .unwrap();
+    let stored = File::open(dir.path().join("upload/r/typed")).unwrap();
+    assert!(!mark::has_defaults(&stored), "the mark is off");
+    let (info, _, _) = local.open_file(&key("r/typed"), true).await.unwrap();
+    assert_eq!(info.meta.unwrap().content_type, "text/plain");
+}
