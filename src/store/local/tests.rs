@@ -275,6 +275,14 @@ async fn collect(mut stream: crate::store::ByteStream) -> (Vec<u8>, usize) {
     (out, largest)
 }
 
+/// A new unfinished upload `id` holding `bytes`, persisted: its length and handle.
+async fn new_partial(partials: &Partials, id: &str, bytes: &[u8]) -> (u64, crate::store::PartialHandle) {
+    let handle = partials.create(id).await.unwrap();
+    let mut appender = partials.append_at(id, &handle, 0, Hashing::NONE).await.unwrap();
+    appender.write(Bytes::copy_from_slice(bytes)).await.unwrap();
+    partials.persist(appender, 0).await.unwrap()
+}
+
 /// The bytes of an unfinished upload as they are on disk (whatever its record says).
 fn partial_on_disk(store: &LocalStore, id: &str) -> Vec<u8> {
     fs::read(store.partial_path(id)).unwrap()
@@ -478,10 +486,7 @@ async fn discard_leaves_the_upload_at_its_old_offset_and_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let (local, store) = local_store(dir.path());
     let partials = store.partials();
-    let handle = partials.create(ID).await.unwrap();
-    let mut appender = partials.append_at(ID, &handle, 0, Hashing::NONE).await.unwrap();
-    appender.write(Bytes::from_static(b"kept")).await.unwrap();
-    let (offset, handle) = partials.persist(appender, 0).await.unwrap();
+    let (offset, handle) = new_partial(&partials, ID, b"kept").await;
 
     let mut appender = partials.append_at(ID, &handle, offset, Hashing::NONE).await.unwrap();
     // More than the buffer, so some of it reached the file before the discard.
@@ -501,10 +506,7 @@ async fn bytes_past_the_recorded_offset_are_cut_off_by_the_next_append() {
     let dir = tempfile::tempdir().unwrap();
     let (local, store) = local_store(dir.path());
     let partials = store.partials();
-    let handle = partials.create(ID).await.unwrap();
-    let mut appender = partials.append_at(ID, &handle, 0, Hashing::NONE).await.unwrap();
-    appender.write(Bytes::from_static(b"durable")).await.unwrap();
-    let (offset, handle) = partials.persist(appender, 0).await.unwrap();
+    let (offset, handle) = new_partial(&partials, ID, b"durable").await;
 
     // A crash after the bytes reached the disk but before the record moved.
     let mut appender = partials.append_at(ID, &handle, offset, Hashing::NONE).await.unwrap();
@@ -533,10 +535,7 @@ async fn append_at_an_offset_beyond_the_bytes_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let (local, store) = local_store(dir.path());
     let partials = store.partials();
-    let handle = partials.create(ID).await.unwrap();
-    let mut appender = partials.append_at(ID, &handle, 0, Hashing::NONE).await.unwrap();
-    appender.write(Bytes::from_static(b"four")).await.unwrap();
-    partials.persist(appender, 0).await.unwrap();
+    let (_, handle) = new_partial(&partials, ID, b"four").await;
     assert!(partials.append_at(ID, &handle, 5, Hashing::NONE).await.is_err());
     assert_eq!(partial_on_disk(&local, ID), b"four", "nothing changed");
 }
@@ -561,11 +560,8 @@ async fn read_and_sha256_cover_exactly_the_first_len_bytes() {
     let dir = tempfile::tempdir().unwrap();
     let (_, store) = local_store(dir.path());
     let partials = store.partials();
-    let handle = partials.create(ID).await.unwrap();
     let bytes = pattern(READ_CHUNK_BYTES * 5 / 2);
-    let mut appender = partials.append_at(ID, &handle, 0, Hashing::NONE).await.unwrap();
-    appender.write(Bytes::copy_from_slice(&bytes)).await.unwrap();
-    let (len, handle) = partials.persist(appender, 0).await.unwrap();
+    let (len, handle) = new_partial(&partials, ID, &bytes).await;
     for want in [0, 1, 1000, READ_CHUNK_BYTES, READ_CHUNK_BYTES + 1, len as usize] {
         let (got, largest) = collect(partials.read(ID, &handle, want as u64)).await;
         assert!(got == bytes[..want], "first {want} bytes: got {}", got.len());
@@ -587,10 +583,7 @@ async fn complete_puts_the_bytes_at_the_key_but_never_over_a_file() {
     let partials = store.partials();
     let bytes = pattern(70_000);
     for id in [ID, OTHER_ID] {
-        let handle = partials.create(id).await.unwrap();
-        let mut appender = partials.append_at(id, &handle, 0, Hashing::NONE).await.unwrap();
-        appender.write(Bytes::copy_from_slice(&bytes)).await.unwrap();
-        partials.persist(appender, 0).await.unwrap();
+        new_partial(&partials, id, &bytes).await;
     }
     let handle = crate::store::PartialHandle::Local;
     partials
@@ -746,10 +739,7 @@ async fn a_partial_committed_with_a_sidecar_carries_no_defaults_mark() {
     }
     let (local, store) = local_store(dir.path());
     let partials = store.partials();
-    let handle = partials.create(ID).await.unwrap();
-    let mut appender = partials.append_at(ID, &handle, 0, Hashing::NONE).await.unwrap();
-    appender.write(Bytes::from_static(b"abc")).await.unwrap();
-    partials.persist(appender, 0).await.unwrap();
+    let (_, handle) = new_partial(&partials, ID, b"abc").await;
     mark::set_defaults(File::open(local.partial_path(ID)).unwrap());
     assert!(mark::has_defaults(File::open(local.partial_path(ID)).unwrap()));
 
