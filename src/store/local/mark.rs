@@ -39,11 +39,12 @@ pub(super) fn set_defaults(file: impl AsFd) {
 }
 
 /// Takes the mark off `file` (a resumable upload's bytes that an earlier commit marked, now
-/// committed with a sidecar). Best effort, as the mark is: no mark is the usual answer.
-pub(super) fn clear(file: impl AsFd) {
+/// committed with a sidecar); no mark is the usual answer. An error is the commit's: a mark
+/// left on would hide the sidecar.
+pub(super) fn clear(file: impl AsFd) -> std::io::Result<()> {
     match rustix::fs::fremovexattr(file, NAME) {
-        Ok(()) | Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => {}
-        Err(e) => tracing::warn!(error = %e, "the defaults mark could not be taken off a file stored with a sidecar"),
+        Ok(()) | Err(Errno::NODATA) | Err(Errno::OPNOTSUPP) => Ok(()),
+        Err(e) => Err(e.into()),
     }
 }
 
@@ -76,9 +77,9 @@ pub(super) mod tests {
             assert!(!has_defaults(file.as_file()), "no mark yet");
             set_defaults(file.as_file());
             assert!(has_defaults(file.as_file()));
-            clear(file.as_file());
+            clear(file.as_file()).unwrap();
             assert!(!has_defaults(file.as_file()), "taken off");
-            clear(file.as_file());
+            clear(file.as_file()).unwrap();
             rustix::fs::fsetxattr(file.as_file(), NAME, b"{}", XattrFlags::empty()).unwrap();
             assert!(!has_defaults(file.as_file()), "a value is not the defaults mark");
         }

@@ -397,7 +397,7 @@ impl LocalStore {
             if meta_json.is_none() {
                 mark::set_defaults(&file);
             } else if staged.was_there() {
-                mark::clear(&file);
+                mark::clear(&file).map_err(classify_write)?;
             }
             crate::fault::point("store.fsync").map_err(classify_write)?;
             retrying(inner.retry, "fsync", || file.sync_all().map_err(classify_write))?;
