@@ -136,7 +136,54 @@ impl Garage {
                 "hfs-test-key",
             ],
         );
+        garage.wait_for_key()?;
         Ok(garage)
+    }
+
+    /// Waits until the test key can write into the bucket. The CLI's changes reach the S3 API
+    /// a moment after the commands return: a server started right away was once refused its
+    /// start-up probe (HTTP 400).
+    fn wait_for_key(&mut self) -> Result<(), String> {
+        let client = self.client();
+        let probe = move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            runtime.block_on(async {
+                let put = client
+                    .put_object()
+                    .bucket(BUCKET)
+                    .key("test-ready")
+                    .body(aws_sdk_s3::primitives::ByteStream::from_static(b"ready"))
+                    .send()
+                    .await;
+                match put {
+                    Ok(_) => client
+                        .delete_object()
+                        .bucket(BUCKET)
+                        .key("test-ready")
+                        .send()
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| aws_sdk_s3::error::DisplayErrorContext(e).to_string()),
+                    Err(e) => Err(aws_sdk_s3::error::DisplayErrorContext(e).to_string()),
+                }
+            })
+        };
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            // A thread of its own: the tests that start a Garage run inside a runtime already.
+            let probe = probe.clone();
+            let last = std::thread::spawn(probe).join().unwrap();
+            match last {
+                Ok(()) => return Ok(()),
+                Err(e) if Instant::now() >= deadline || self.exited() => {
+                    return Err(self.failure(&format!("the test key cannot write into the bucket: {e}")));
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
     }
 
     /// Why it is not up: the waiting that failed, whether it still runs, and its log.
