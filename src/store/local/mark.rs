@@ -48,12 +48,24 @@ pub(super) fn clear(file: impl AsFd) -> std::io::Result<()> {
     }
 }
 
-/// Whether `file` carries the defaults mark (then it has no sidecar to look up).
+/// Whether `file` carries the defaults mark (then it has no sidecar to look up). On a file
+/// system without user extended attributes the first download learns it, and the others
+/// make no call.
 pub(super) fn has_defaults(file: impl AsFd) -> bool {
+    if UNSUPPORTED.load(Ordering::Relaxed) {
+        return false;
+    }
     // One byte of room: the mark reads as 0 bytes, another value as 1 or ERANGE, none
     // as ENODATA.
     let mut room = [0u8; 1];
-    matches!(rustix::fs::fgetxattr(file, NAME, &mut room[..]), Ok(0))
+    match rustix::fs::fgetxattr(file, NAME, &mut room[..]) {
+        Ok(0) => true,
+        Err(Errno::OPNOTSUPP) => {
+            UNSUPPORTED.store(true, Ordering::Relaxed);
+            false
+        }
+        _ => false,
+    }
 }
 
 #[cfg(test)]
