@@ -143,9 +143,22 @@ class Server:
             "rss_mib": round(rss, 1),
             "fds": fds,
             "threads": threads,
-            "temporaries": count(internal / "tmp"),
+            "temporaries": count(internal / "tmp") + self.unnamed_temporaries(internal / "tmp"),
             "partials": count(internal / "partial"),
         }
+
+    def unnamed_temporaries(self, folder: Path) -> int:
+        """Uploads in progress without a name (O_TMPFILE): open in the server as
+        `<folder>/#<inode> (deleted)`."""
+        prefix = str(folder.resolve()) + "/"
+        n = 0
+        for fd in os.listdir(f"/proc/{self.proc.pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{self.proc.pid}/fd/{fd}")
+            except OSError:
+                continue
+            n += target.startswith(prefix) and target.endswith(" (deleted)")
+        return n
 
     def problems(self) -> list[str]:
         quiet = ("TrustedProxies is empty",)

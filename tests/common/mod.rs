@@ -391,12 +391,24 @@ impl TestServer {
         self.child.wait().unwrap()
     }
 
-    /// Files left in the temporary folder; on S3 also the multipart uploads under way that
-    /// are not the bytes of an unfinished resumable upload.
+    /// Temporaries: files in the temporary folder and unnamed ones the server holds open; on
+    /// S3 also the multipart uploads under way that are not the bytes of an unfinished
+    /// resumable upload.
     pub fn temporaries(&self) -> usize {
-        let local = std::fs::read_dir(self.store().join(".hmac-file-server/tmp"))
-            .map(|d| d.count())
+        let folder = self.store().join(".hmac-file-server/tmp");
+        let named = std::fs::read_dir(&folder).map(|d| d.count()).unwrap_or(0);
+        // Uploads in progress are unnamed files where the file system has them: open in the
+        // server as `<folder>/#<inode> (deleted)`.
+        let folder = std::fs::canonicalize(&folder).unwrap_or(folder);
+        let unnamed = std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
+            .map(|fds| {
+                fds.flatten()
+                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+                    .filter(|to| to.starts_with(&folder) && to.to_string_lossy().ends_with(" (deleted)"))
+                    .count()
+            })
             .unwrap_or(0);
+        let local = named + unnamed;
         let staged = self.s3.as_ref().map_or(0, |s3| {
             s3.multipart_uploads("")
                 .iter()

@@ -1,7 +1,7 @@
 //! Path resolution that never leaves the store: every folder and file is opened relative to
 //! the upload folder with `openat2(RESOLVE_BENEATH)` (on kernels without it, a segment at a
 //! time with `O_NOFOLLOW`), so `..` games and symlinks placed in the store cannot lead outside
-//! it; and the no-replace rename that makes a staged file final.
+//! it; and the no-replace placing (link or rename) that makes a staged file final.
 
 use std::fs::{self, File};
 use std::io;
@@ -9,9 +9,10 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use rustix::fs::{Mode, OFlags, RenameFlags, ResolveFlags};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags, ResolveFlags};
 use rustix::io::Errno;
 
+use super::unnamed::{self, Linking};
 use super::{DIR_MODE, classify_write};
 use crate::key::FileKey;
 use crate::store::StoreError;
@@ -98,47 +99,81 @@ fn is_symlink(dir: BorrowedFd<'_>, name: &str) -> bool {
         .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode) == rustix::fs::FileType::Symlink)
 }
 
-/// Where a file that is renamed into the store is: a name in a folder held open (a
-/// temporary in the store's temporary folder), or a path (a resumable upload's bytes).
+/// Where a file that is placed into the store is.
 #[derive(Clone, Copy)]
-pub(super) struct Origin<'a> {
-    pub(super) dir: BorrowedFd<'a>,
-    /// Relative to `dir`.
-    pub(super) name: &'a Path,
-    /// The whole path, for log lines.
-    pub(super) path: &'a Path,
+pub(super) enum Origin<'a> {
+    /// A name in a folder: a temporary in the store's temporary folder held open, or a path
+    /// (a resumable upload's bytes); renamed into place.
+    Named {
+        dir: BorrowedFd<'a>,
+        /// Relative to `dir`.
+        name: &'a Path,
+        /// The whole path, for log lines.
+        path: &'a Path,
+    },
+    /// An unnamed temporary ([`unnamed`]), linked into place.
+    Unnamed { file: BorrowedFd<'a>, linking: Linking },
 }
 
 impl<'a> Origin<'a> {
     /// A file at `path` (absolute, or relative to the working folder).
     pub(super) fn path(path: &'a Path) -> Self {
-        Self {
+        Self::Named {
             dir: rustix::fs::CWD,
             name: path,
             path,
         }
     }
+
+    /// Gives the file the name `name` in `dir` unless that name is taken.
+    fn place(self, dir: &OwnedFd, name: &str) -> Result<(), Errno> {
+        match self {
+            Origin::Named {
+                dir: from,
+                name: from_name,
+                ..
+            } => {
+                match rustix::fs::renameat_with(from, from_name, dir, name, RenameFlags::NOREPLACE) {
+                    // File systems without RENAME_NOREPLACE: `link` fails if the target exists.
+                    Err(Errno::INVAL) | Err(Errno::NOSYS) => {
+                        rustix::fs::linkat(from, from_name, dir, name, AtFlags::empty()).map(|()| {
+                            let _ = rustix::fs::unlinkat(from, from_name, AtFlags::empty());
+                        })
+                    }
+                    other => other,
+                }
+            }
+            Origin::Unnamed { file, linking } => unnamed::link(file, linking, dir, name),
+        }
+    }
+
+    /// Moves the file to `dest` (a resumable upload's bytes kept): renamed, or linked there.
+    pub(super) fn keep_as(self, dest: &Path) -> Result<(), Errno> {
+        match self {
+            Origin::Named { dir, name, .. } => rustix::fs::renameat(dir, name, rustix::fs::CWD, dest),
+            Origin::Unnamed { file, linking } => unnamed::link(file, linking, rustix::fs::CWD, dest),
+        }
+    }
+
+    /// What the file is, for log lines.
+    fn describe(&self) -> String {
+        match self {
+            Origin::Named { path, .. } => path.display().to_string(),
+            Origin::Unnamed { .. } => "an unnamed temporary".to_string(),
+        }
+    }
 }
 
-/// Renames `from` into the store at `key` unless something is there already, creating the
+/// Places `from` into the store at `key` unless something is there already, creating the
 /// key's folders beneath the root (never through a symlink that leads out), then fsyncs the
-/// folder. When that fsync fails the file is moved back to `from`: an error leaves nothing at
-/// the key.
-pub(super) fn rename_into_store(root_fd: &impl AsFd, from: Origin<'_>, key: &FileKey) -> Result<(), StoreError> {
+/// folder. When that fsync fails the file is taken back out ([`move_back`]): an error leaves
+/// nothing at the key.
+pub(super) fn place_into_store(root_fd: &impl AsFd, from: Origin<'_>, key: &FileKey) -> Result<(), StoreError> {
     let (dir_rel, name) = split_key(key);
     for attempt in 0..3 {
         let dir = dir_beneath(root_fd, dir_rel, true)?;
         crate::fault::point("store.commit.rename").map_err(classify_write)?;
-        let result = match rustix::fs::renameat_with(from.dir, from.name, &dir, name, RenameFlags::NOREPLACE) {
-            // File systems without RENAME_NOREPLACE: `link` fails if the target exists.
-            Err(Errno::INVAL) | Err(Errno::NOSYS) => {
-                rustix::fs::linkat(from.dir, from.name, &dir, name, rustix::fs::AtFlags::empty()).map(|()| {
-                    let _ = rustix::fs::unlinkat(from.dir, from.name, rustix::fs::AtFlags::empty());
-                })
-            }
-            other => other,
-        };
-        match result {
+        match from.place(&dir, name) {
             Ok(()) => {
                 let synced = crate::fault::point("store.commit.dir_fsync")
                     .and_then(|()| rustix::fs::fsync(&dir).map_err(io::Error::from));
@@ -159,28 +194,37 @@ pub(super) fn rename_into_store(root_fd: &impl AsFd, from: Origin<'_>, key: &Fil
     Err(StoreError::other("rename kept failing"))
 }
 
-/// Undoes a rename into the store whose commit failed afterwards: the file at `name` in `dir`
-/// goes back to `to` (a temporary, or a partial upload's bytes, which must not be lost).
+/// Undoes the placing of a file whose commit failed afterwards: the file at `name` in `dir`
+/// goes back to `to` (a temporary, or a partial upload's bytes, which must not be lost); an
+/// unnamed temporary loses the name again (its bytes stay with its descriptor, and go with
+/// the failed upload).
 fn move_back(dir: &OwnedFd, name: &str, to: Origin<'_>) {
-    let back = rustix::fs::renameat_with(dir, name, to.dir, to.name, RenameFlags::NOREPLACE);
+    let back = match to {
+        Origin::Named {
+            dir: to_dir,
+            name: to_name,
+            ..
+        } => rustix::fs::renameat_with(dir, name, to_dir, to_name, RenameFlags::NOREPLACE),
+        Origin::Unnamed { .. } => rustix::fs::unlinkat(dir, name, AtFlags::empty()),
+    };
     match back.and_then(|()| rustix::fs::fsync(dir)) {
         Ok(()) => {
-            tracing::warn!(file = %to.path.display(), "a commit failed after its rename; the file was moved back")
+            tracing::warn!(file = %to.describe(), name, "a commit failed after the file was placed; it was taken out again")
         }
         Err(e) => {
-            tracing::error!(file = %to.path.display(), error = %e, "a commit failed after its rename and the file cannot be moved back")
+            tracing::error!(file = %to.describe(), name, error = %e, "a commit failed after the file was placed, and it cannot be taken out")
         }
     }
 }
 
-/// Moves the file at `key` back to `to` after a commit that failed past its rename (see
-/// [`rename_into_store`]).
+/// Takes the file at `key` back to `to` after a commit that failed past its placing (see
+/// [`place_into_store`]).
 pub(super) fn take_back(root_fd: &impl AsFd, key: &FileKey, to: Origin<'_>) {
     let (dir_rel, name) = split_key(key);
     match dir_beneath(root_fd, dir_rel, false) {
         Ok(dir) => move_back(&dir, name, to),
         Err(e) => {
-            tracing::error!(file = %to.path.display(), error = %e, "a commit failed after its rename and the file cannot be moved back")
+            tracing::error!(file = %to.describe(), name, error = %e, "a commit failed after the file was placed, and it cannot be taken out")
         }
     }
 }

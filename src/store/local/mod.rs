@@ -3,7 +3,9 @@
 //! Layout under StoreDir:
 //! - `<UploadSubDir>/<key>`: finished files, exactly the bytes uploaded (prosody-filer keeps
 //!   the same bytes at `storeDir/<key>`: point StoreDir at the parent of its folder);
-//! - `.hmac-file-server/tmp/`: uploads in progress, one randomly named file each;
+//! - `.hmac-file-server/tmp/`: uploads in progress, one unnamed file each ([`unnamed`]; one
+//!   randomly named file each where the file system has no unnamed files), and sidecars on
+//!   their way to the meta folder;
 //! - `.hmac-file-server/partial/`: the bytes of unfinished resumable uploads ([`partial`]);
 //! - `.hmac-file-server/meta/`: a JSON sidecar per finished file whose content type is not
 //!   the default or whose SHA-256 is known ([`crate::store::meta`]); a file stored with the
@@ -11,10 +13,11 @@
 //!
 //! A commit is: write what is pending, stamp the file's modification time (unique per
 //! commit, so it serves as the ETag with the size), `fsync` the staged file, write the
-//! sidecar (not fsynced: a torn one is ignored), `renameat2(RENAME_NOREPLACE)` into place
-//! (link + unlink where the file system lacks it), then `fsync` the folder. A crash at any
-//! point leaves either no file or the whole file at the final path, plus at worst a temporary
-//! that the sweeper removes.
+//! sidecar (not fsynced: a torn one is ignored), `linkat` the unnamed file into place (which
+//! fails when the name is taken; a named temporary, or a resumable upload's bytes, are
+//! renamed with `renameat2(RENAME_NOREPLACE)`, or link + unlink where the file system lacks
+//! it), then `fsync` the folder. A crash at any point leaves either no file or the whole file
+//! at the final path, plus at worst a named temporary or sidecar that the sweeper removes.
 
 mod beneath;
 mod cached;
@@ -23,6 +26,7 @@ pub mod mapped;
 mod mark;
 mod partial;
 mod staged;
+mod unnamed;
 
 pub use staged::{StagedFile, WRITE_BATCH_BYTES};
 
@@ -42,7 +46,7 @@ use super::meta::{FileMeta, sidecar_name};
 use super::{ByteStream, Capabilities, Hashing, ListStream, Listed, NoOverwrite, ObjectInfo, RetryPolicy};
 use super::{SMALL_FILE_BYTES, StoreError};
 use crate::key::{FileKey, INTERNAL_DIR};
-use beneath::{dir_beneath, open_beneath, rename_into_store, split_key, take_back};
+use beneath::{dir_beneath, open_beneath, place_into_store, split_key, take_back};
 use held::HeldDir;
 use staged::{FILE_MODE, Settled};
 
@@ -63,6 +67,8 @@ struct Inner {
     internal_dir: PathBuf,
     /// Uploads in progress.
     tmp: Arc<HeldDir>,
+    /// How an unnamed temporary is linked into place; `None`: temporaries are named.
+    unnamed: Option<unnamed::Linking>,
     /// The sidecars' folder.
     meta: HeldDir,
     partial_dir: PathBuf,
@@ -299,11 +305,20 @@ impl LocalStore {
             DirBuilder::new().recursive(true).mode(DIR_MODE).create(dir)?;
         }
         let memory_backed = in_memory(&files_dir) && in_memory(&meta_dir);
+        let unnamed = unnamed::probe(&tmp_dir);
+        match unnamed {
+            Some(linking) => tracing::debug!(?linking, "uploads in progress are unnamed files"),
+            None => tracing::info!(
+                folder = %tmp_dir.display(),
+                "this file system or process cannot link unnamed files (O_TMPFILE): uploads in progress are named files"
+            ),
+        }
         Ok(Self {
             inner: Arc::new(Inner {
                 files: HeldDir::new(files_dir),
                 internal_dir,
                 tmp: Arc::new(HeldDir::new(tmp_dir)),
+                unnamed,
                 meta: HeldDir::new(meta_dir),
                 partial_dir,
                 buffer_bytes,
@@ -323,6 +338,20 @@ impl LocalStore {
     #[cfg(test)]
     pub(crate) fn tmp_dir(&self) -> &Path {
         self.inner.tmp.path()
+    }
+
+    /// Whether uploads in progress are unnamed files here.
+    #[cfg(test)]
+    pub(crate) fn unnamed_temporaries(&self) -> bool {
+        self.inner.unnamed.is_some()
+    }
+
+    /// The store with named temporaries, as on a file system without unnamed files (for tests
+    /// of that way; call before any clone).
+    #[cfg(test)]
+    pub(crate) fn with_named_temporaries(mut self) -> Self {
+        Arc::get_mut(&mut self.inner).expect("not shared yet").unnamed = None;
+        self
     }
 
     /// How this backend keeps the store's guarantees.
@@ -356,7 +385,12 @@ impl LocalStore {
     /// Starts a new upload whose bytes are hashed as they are written (on the I/O thread, so
     /// the file is never read twice); its temporary file is created by the first write.
     pub fn stage(&self, hashing: Hashing) -> StagedFile {
-        StagedFile::lazy(Arc::clone(&self.inner.tmp), self.inner.buffer_bytes, hashing)
+        StagedFile::lazy(
+            Arc::clone(&self.inner.tmp),
+            self.inner.unnamed,
+            self.inner.buffer_bytes,
+            hashing,
+        )
     }
 
     /// A staging without hashing, for tests.
@@ -389,19 +423,19 @@ impl LocalStore {
             if !pending.is_empty() || staged.file.is_none() {
                 staged.write_chunks(&pending, hashed)?;
             }
+            // Open until the commit is done: an unnamed temporary is its descriptor.
             let file = staged
                 .file
-                .take()
+                .as_ref()
                 .ok_or_else(|| StoreError::other("staged file already closed"))?;
             file.set_modified(unique_commit_time())?;
             if meta_json.is_none() {
-                mark::set_defaults(&file);
+                mark::set_defaults(file);
             } else if staged.was_there() {
-                mark::clear(&file).map_err(classify_write)?;
+                mark::clear(file).map_err(classify_write)?;
             }
             crate::fault::point("store.fsync").map_err(classify_write)?;
             retrying(inner.retry, "fsync", || file.sync_all().map_err(classify_write))?;
-            drop(file);
             let from = staged
                 .origin()
                 .ok_or_else(|| StoreError::other("staged file has no path"))?;
@@ -426,7 +460,7 @@ impl LocalStore {
             };
 
             let root = inner.root()?;
-            retrying(inner.retry, "rename", || rename_into_store(&root, from, &key))?;
+            retrying(inner.retry, "placing", || place_into_store(&root, from, &key))?;
 
             // The file is at its key; a sidecar that cannot follow it takes it back out (an
             // error answer leaves nothing at the key).

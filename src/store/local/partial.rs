@@ -73,13 +73,15 @@ impl LocalStore {
         let dest = self.partial_path(id);
         let mut staged = staged.into_settled().await?.staged;
         run_blocking_store(move || {
-            let path = staged
-                .path
-                .clone()
-                .ok_or_else(|| StoreError::other("nothing written"))?;
-            let len = fs::metadata(&path)?.len();
+            let len = staged
+                .file
+                .as_ref()
+                .ok_or_else(|| StoreError::other("nothing written"))?
+                .metadata()?
+                .len();
+            let from = staged.origin().ok_or_else(|| StoreError::other("nothing written"))?;
             crate::fault::point("store.partial.keep")
-                .and_then(|()| fs::rename(&path, &dest))
+                .and_then(|()| Ok(from.keep_as(&dest)?))
                 .map_err(classify_write)?;
             staged.disarm();
             if let Some(parent) = dest.parent() {

@@ -21,6 +21,7 @@ use tokio::task::JoinHandle;
 use super::beneath::Origin;
 use super::classify_write;
 use super::held::{HeldDir, Opened};
+use super::unnamed::{self, Linking};
 use crate::store::digest::{Digests, Hashers, Hashing};
 use crate::store::{StoreError, TakeError};
 
@@ -50,16 +51,27 @@ pub struct StagedFile {
 /// The part that moves to the blocking pool and back.
 #[derive(Debug)]
 pub(super) struct FileParts {
-    /// Where the temporary file is made, for a staging that has none yet.
-    tmp: Option<Arc<HeldDir>>,
-    /// The file's whole path.
+    /// Where the temporary file is made, for a staging that has none yet, and whether it is
+    /// made unnamed there (how it is then linked into place).
+    tmp: Option<(Arc<HeldDir>, Option<Linking>)>,
+    /// The file's whole path; `None` for an unnamed temporary.
     pub(super) path: Option<PathBuf>,
-    /// The folder the temporary was made in, held open, and the temporary's name there: the
-    /// commit renames it from there without walking the store's path again.
-    made_in: Option<(Arc<Opened>, PathBuf)>,
+    made: Made,
     pub(super) file: Option<File>,
     hashers: Option<Box<Hashers>>,
     keep: bool,
+}
+
+/// Who made the file being staged.
+#[derive(Debug)]
+enum Made {
+    /// Not this staging: the file was there (a resumable upload's bytes, at `path`).
+    Before,
+    /// A named temporary: the folder it was made in, held open, and its name there (the commit
+    /// renames it from there without walking the store's path again).
+    Named(Arc<Opened>, PathBuf),
+    /// An unnamed temporary ([`unnamed`]), linked into place by the commit.
+    Unnamed(Linking),
 }
 
 impl Drop for FileParts {
@@ -67,8 +79,9 @@ impl Drop for FileParts {
         if self.keep {
             return;
         }
-        if let Some(origin) = self.origin() {
-            let _ = rustix::fs::unlinkat(origin.dir, origin.name, rustix::fs::AtFlags::empty());
+        // An unnamed temporary goes with its descriptor.
+        if let Some(Origin::Named { dir, name, .. }) = self.origin() {
+            let _ = rustix::fs::unlinkat(dir, name, rustix::fs::AtFlags::empty());
         }
     }
 }
@@ -77,20 +90,27 @@ impl FileParts {
     /// Creates the temporary file if it does not exist yet.
     pub(super) fn ensure_file(&mut self) -> Result<&mut File, StoreError> {
         if self.file.is_none() {
-            let tmp = self
+            let (tmp, unnamed) = self
                 .tmp
                 .as_ref()
                 .ok_or_else(|| StoreError::other("no folder to stage the upload in"))?;
-            let mut random = [0u8; 16];
-            rand::fill(&mut random);
-            let name = PathBuf::from(format!("{}.part", hex::encode(random)));
             crate::fault::point("store.temp.create").map_err(classify_write)?;
             let dir = tmp.open().map_err(|e| classify_write(e.into()))?;
-            let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
-            let fd = rustix::fs::openat(&dir, &name, flags, Mode::from_raw_mode(FILE_MODE))
-                .map_err(|e| classify_write(e.into()))?;
-            self.path = Some(tmp.path().join(&name));
-            self.made_in = Some((dir, name));
+            let fd = if let Some(linking) = *unnamed {
+                let fd = unnamed::create(&dir).map_err(|e| classify_write(e.into()))?;
+                self.made = Made::Unnamed(linking);
+                fd
+            } else {
+                let mut random = [0u8; 16];
+                rand::fill(&mut random);
+                let name = PathBuf::from(format!("{}.part", hex::encode(random)));
+                let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
+                let fd = rustix::fs::openat(&dir, &name, flags, Mode::from_raw_mode(FILE_MODE))
+                    .map_err(|e| classify_write(e.into()))?;
+                self.path = Some(tmp.path().join(&name));
+                self.made = Made::Named(dir, name);
+                fd
+            };
             self.file = Some(File::from(fd));
         }
         Ok(self.file.as_mut().expect("just created"))
@@ -99,19 +119,22 @@ impl FileParts {
     /// Whether the file was there before this staging (a resumable upload's bytes, which an
     /// earlier commit that failed may have marked), rather than made by it.
     pub(super) fn was_there(&self) -> bool {
-        self.made_in.is_none()
+        matches!(self.made, Made::Before)
     }
 
-    /// Where the file is, for a rename or a removal; `None` before it is made.
+    /// Where the file is, for a rename, a link or a removal; `None` before it is made.
     pub(super) fn origin(&self) -> Option<Origin<'_>> {
-        let path = self.path.as_deref()?;
-        Some(match &self.made_in {
-            Some((dir, name)) => Origin {
+        Some(match &self.made {
+            Made::Unnamed(linking) => Origin::Unnamed {
+                file: self.file.as_ref()?.as_fd(),
+                linking: *linking,
+            },
+            Made::Named(dir, name) => Origin::Named {
                 dir: dir.as_fd(),
                 name,
-                path,
+                path: self.path.as_deref()?,
             },
-            None => Origin::path(path),
+            Made::Before => Origin::path(self.path.as_deref()?),
         })
     }
 
@@ -153,9 +176,10 @@ pub(super) struct Settled {
 }
 
 impl StagedFile {
-    /// A new upload whose temporary file is created in `tmp` on the first write.
-    pub(super) fn lazy(tmp: Arc<HeldDir>, buffer_bytes: usize, hashing: Hashing) -> Self {
-        Self::from_parts(Some(tmp), None, None, buffer_bytes, hashing, false)
+    /// A new upload whose temporary file is created in `tmp` on the first write, unnamed when
+    /// `unnamed` says how to link it.
+    pub(super) fn lazy(tmp: Arc<HeldDir>, unnamed: Option<Linking>, buffer_bytes: usize, hashing: Hashing) -> Self {
+        Self::from_parts(Some((tmp, unnamed)), None, None, buffer_bytes, hashing, false)
     }
 
     /// An existing file (a resumable upload's bytes), positioned where writing continues;
@@ -165,7 +189,7 @@ impl StagedFile {
     }
 
     fn from_parts(
-        tmp: Option<Arc<HeldDir>>,
+        tmp: Option<(Arc<HeldDir>, Option<Linking>)>,
         path: Option<PathBuf>,
         file: Option<File>,
         buffer_bytes: usize,
@@ -176,7 +200,7 @@ impl StagedFile {
             inner: Some(Box::new(FileParts {
                 tmp,
                 path,
-                made_in: None,
+                made: Made::Before,
                 file,
                 hashers: Hashers::new(hashing),
                 keep,
@@ -393,6 +417,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut staged = StagedFile::lazy(
             Arc::new(HeldDir::new(dir.path().to_path_buf())),
+            None,
             16,
             Hashing {
                 sha256: true,
@@ -431,7 +456,12 @@ mod tests {
     #[tokio::test]
     async fn many_overlapped_flushes_keep_order() {
         let dir = tempfile::tempdir().unwrap();
-        let mut staged = StagedFile::lazy(Arc::new(HeldDir::new(dir.path().to_path_buf())), 4096, Hashing::NONE);
+        let mut staged = StagedFile::lazy(
+            Arc::new(HeldDir::new(dir.path().to_path_buf())),
+            None,
+            4096,
+            Hashing::NONE,
+        );
         let mut expected = Vec::new();
         for i in 0..2000u32 {
             let chunk: Vec<u8> = (0..(i % 97 + 1) * 37).map(|j| (i + j) as u8).collect();

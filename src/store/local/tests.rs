@@ -17,6 +17,20 @@ fn meta(size: u64) -> FileMeta {
     }
 }
 
+/// The temporaries of `store`: files in its temporary folder, and unnamed ones open in this
+/// process (an unnamed file shows in `/proc/self/fd` as `<folder>/#<inode> (deleted)`).
+fn temporaries(store: &LocalStore) -> usize {
+    let folder = fs::canonicalize(store.tmp_dir()).unwrap();
+    let named = fs::read_dir(&folder).unwrap().count();
+    let unnamed = fs::read_dir("/proc/self/fd")
+        .unwrap()
+        .flatten()
+        .filter_map(|fd| fs::read_link(fd.path()).ok())
+        .filter(|target| target.starts_with(&folder) && target.to_string_lossy().ends_with(" (deleted)"))
+        .count();
+    named + unnamed
+}
+
 /// A folder on tmpfs (commits run on the runtime thread there, reads skip RESOLVE_CACHED).
 fn memory_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir_in("/dev/shm").expect("/dev/shm (tmpfs on Debian)");
@@ -49,7 +63,7 @@ async fn commit_read_delete(dir: &Path) {
     let (opened, _, _) = store.open_file(&key("a/b c.txt"), true).await.unwrap();
     assert_eq!(opened.size, 10_006);
     assert_eq!(opened.meta.unwrap().content_type, "text/plain");
-    assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "no temporaries left");
+    assert_eq!(temporaries(&store), 0, "no temporaries left");
 
     store.delete(&key("a/b c.txt")).await.unwrap();
     assert!(!dir.join("upload/a").exists(), "emptied folder removed");
@@ -61,25 +75,39 @@ async fn commit_read_delete(dir: &Path) {
 
 #[tokio::test]
 async fn no_replace_and_cleanup() {
-    let dir = tempfile::tempdir().unwrap();
-    no_replace(dir.path()).await;
+    for named in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        no_replace(dir.path(), named).await;
+    }
 }
 
 #[tokio::test]
 async fn no_replace_and_cleanup_in_memory() {
-    let dir = memory_dir();
-    no_replace(dir.path()).await;
+    for named in [false, true] {
+        let dir = memory_dir();
+        no_replace(dir.path(), named).await;
+    }
 }
 
-async fn no_replace(dir: &Path) {
+/// A store in `dir`, with named temporaries when `named` (else as the file system allows).
+fn store_in(dir: &Path, named: bool) -> LocalStore {
     let store = LocalStore::open(dir, "upload", 4096, RetryPolicy::NONE).unwrap();
+    if named { store.with_named_temporaries() } else { store }
+}
+
+async fn no_replace(dir: &Path, named: bool) {
+    let store = store_in(dir, named);
+    let in_folder = || fs::read_dir(store.tmp_dir()).unwrap().count();
     let mut first = store.stage_local();
     first.write(Bytes::from_static(b"first")).await.unwrap();
     store.commit(first, &key("k/f"), &meta(5)).await.unwrap();
     let mut second = store.stage_local();
-    second.write(Bytes::from_static(b"second")).await.unwrap();
+    second.write(Bytes::from(vec![b's'; 10_000])).await.unwrap();
+    second.sync().await.unwrap();
+    assert_eq!(temporaries(&store), 1, "named {named}: the upload in progress");
+    assert_eq!(in_folder(), usize::from(!store.unnamed_temporaries()), "named {named}");
     assert!(matches!(
-        store.commit(second, &key("k/f"), &meta(6)).await,
+        store.commit(second, &key("k/f"), &meta(10_000)).await,
         Err(StoreError::Exists)
     ));
     assert_eq!(fs::read(dir.join("upload/k/f")).unwrap(), b"first");
@@ -95,16 +123,51 @@ async fn no_replace(dir: &Path) {
         store.commit(fourth, &key("k"), &meta(0)).await,
         Err(StoreError::Exists)
     ));
-    assert_eq!(
-        fs::read_dir(store.tmp_dir()).unwrap().count(),
-        0,
-        "losers leave nothing behind"
-    );
+    assert_eq!(temporaries(&store), 0, "named {named}: losers leave nothing behind");
     // Dropped without commit.
     let mut dropped = store.stage_local();
     dropped.write(Bytes::from_static(b"partial")).await.unwrap();
+    dropped.sync().await.unwrap();
+    assert_eq!(temporaries(&store), 1, "named {named}");
     drop(dropped);
-    assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0);
+    assert_eq!(temporaries(&store), 0, "named {named}");
+}
+
+/// Unnamed temporaries where this machine's file systems have them (ext4 and tmpfs do).
+#[test]
+fn uploads_in_progress_are_unnamed_on_ext4_and_tmpfs() {
+    for dir in [tempfile::tempdir().unwrap(), memory_dir()] {
+        let store = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
+        assert!(store.unnamed_temporaries(), "{}", dir.path().display());
+    }
+}
+
+/// A commit that fails after its file was placed (here the sidecar cannot follow it: the
+/// sidecars' folder is a file) takes the file back out: nothing at the key, no temporary
+/// left, and the key takes a later upload.
+#[tokio::test]
+async fn a_commit_failed_after_placing_leaves_nothing_at_the_key() {
+    for named in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(dir.path(), named);
+        let meta_dir = dir.path().join(INTERNAL_DIR).join("meta");
+        fs::remove_dir(&meta_dir).unwrap();
+        fs::write(&meta_dir, b"not a folder").unwrap();
+        let mut staged = store.stage_local();
+        staged.write(Bytes::from(vec![b'x'; 10_000])).await.unwrap();
+        let committed = store.commit(staged, &key("t/f"), &meta(10_000)).await;
+        assert!(committed.is_err(), "named {named}: {committed:?}");
+        assert!(!dir.path().join("upload/t/f").exists(), "named {named}: taken back");
+        assert_eq!(temporaries(&store), 0, "named {named}");
+        let mut again = store.stage_local();
+        again.write(Bytes::from_static(b"again")).await.unwrap();
+        let defaults = FileMeta {
+            content_type: crate::auth::DEFAULT_CONTENT_TYPE.into(),
+            ..meta(5)
+        };
+        store.commit(again, &key("t/f"), &defaults).await.unwrap();
+        assert_eq!(fs::read(dir.path().join("upload/t/f")).unwrap(), b"again");
+    }
 }
 
 #[tokio::test]
@@ -149,7 +212,7 @@ async fn a_commit_never_leaves_the_store_through_a_symlinked_folder() {
         0,
         "nothing written outside"
     );
-    assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 0, "no temporary left");
+    assert_eq!(temporaries(&store), 0, "no temporary left");
 }
 
 #[tokio::test]
@@ -215,23 +278,25 @@ fn transient_errors_are_retried_others_not() {
 
 #[tokio::test]
 async fn sweeps_only_old_temporaries() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = LocalStore::open(dir.path(), "", 4096, RetryPolicy::NONE).unwrap();
-    let old = store.tmp_dir().join("old.part");
-    fs::write(&old, b"x").unwrap();
-    let past = SystemTime::now() - Duration::from_secs(7200);
-    File::options()
-        .write(true)
-        .open(&old)
-        .unwrap()
-        .set_modified(past)
-        .unwrap();
-    let mut fresh = store.stage_local();
-    fresh.write(Bytes::from_static(b"x")).await.unwrap();
-    fresh.sync().await.unwrap();
-    assert_eq!(store.sweep_temporaries(Duration::from_secs(3600)).await.unwrap(), 1);
-    assert!(!old.exists());
-    assert_eq!(fs::read_dir(store.tmp_dir()).unwrap().count(), 1);
+    for named in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let store = store_in(dir.path(), named);
+        let old = store.tmp_dir().join("old.part");
+        fs::write(&old, b"x").unwrap();
+        let past = SystemTime::now() - Duration::from_secs(7200);
+        File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(past)
+            .unwrap();
+        let mut fresh = store.stage_local();
+        fresh.write(Bytes::from_static(b"x")).await.unwrap();
+        fresh.sync().await.unwrap();
+        assert_eq!(store.sweep_temporaries(Duration::from_secs(3600)).await.unwrap(), 1);
+        assert!(!old.exists());
+        assert_eq!(temporaries(&store), 1, "named {named}: the fresh one stays");
+    }
 }
 
 // ---- The store at its seams: `Store::Local` and `Partials::Local`. ----
@@ -542,17 +607,20 @@ async fn append_at_an_offset_beyond_the_bytes_is_an_error() {
 
 #[tokio::test]
 async fn keep_moves_a_staged_upload_into_the_partials_without_a_temporary_left() {
-    let dir = tempfile::tempdir().unwrap();
-    let (local, store) = local_store(dir.path());
-    let mut staged = store.stage_local();
-    let bytes = pattern(50_000);
-    staged.write(Bytes::copy_from_slice(&bytes[..30_000])).await.unwrap();
-    staged.write(Bytes::copy_from_slice(&bytes[30_000..])).await.unwrap();
-    let (offset, handle) = store.partials().keep(staged, ID).await.unwrap();
-    assert_eq!(offset, 50_000);
-    assert_eq!(handle, crate::store::PartialHandle::Local);
-    assert_eq!(partial_on_disk(&local, ID), bytes);
-    assert_eq!(fs::read_dir(local.tmp_dir()).unwrap().count(), 0, "no temporary left");
+    for named in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let local = store_in(dir.path(), named);
+        let store = Store::Local(local.clone());
+        let mut staged = store.stage_local();
+        let bytes = pattern(50_000);
+        staged.write(Bytes::copy_from_slice(&bytes[..30_000])).await.unwrap();
+        staged.write(Bytes::copy_from_slice(&bytes[30_000..])).await.unwrap();
+        let (offset, handle) = store.partials().keep(staged, ID).await.unwrap();
+        assert_eq!(offset, 50_000);
+        assert_eq!(handle, crate::store::PartialHandle::Local);
+        assert_eq!(partial_on_disk(&local, ID), bytes, "named {named}");
+        assert_eq!(temporaries(&local), 0, "named {named}: no temporary left");
+    }
 }
 
 #[tokio::test]
