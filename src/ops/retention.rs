@@ -273,7 +273,7 @@ mod tests {
         assert_eq!(fields[1..], ["x/old.bin", "10", fields[3], "delete_files_after_period"]);
         assert!(fields[3].parse::<u64>().unwrap() >= 40 * 86_400);
         assert_eq!(staged.len(), 11, "the upload in progress is untouched");
-        assert_eq!(fs::read_dir(local.tmp_dir()).unwrap().count(), 1);
+        assert_eq!(local.temporaries(), 1, "the upload in progress is still there");
     }
 
     /// `cargo test --release retention_pass_over_100k -- --ignored --nocapture`

@@ -401,13 +401,11 @@ impl TestServer {
         // server as `<folder>/#<inode> (deleted)`.
         let folder = std::fs::canonicalize(&folder).unwrap_or(folder);
         let unnamed = std::fs::read_dir(format!("/proc/{}/fd", self.child.id()))
-            .map(|fds| {
-                fds.flatten()
-                    .filter_map(|fd| std::fs::read_link(fd.path()).ok())
-                    .filter(|to| to.starts_with(&folder) && to.to_string_lossy().ends_with(" (deleted)"))
-                    .count()
-            })
-            .unwrap_or(0);
+            .expect("the server's descriptors in /proc")
+            .flatten()
+            .filter_map(|fd| std::fs::read_link(fd.path()).ok())
+            .filter(|to| to.starts_with(&folder) && to.to_string_lossy().ends_with(" (deleted)"))
+            .count();
         let local = named + unnamed;
         let staged = self.s3.as_ref().map_or(0, |s3| {
             s3.multipart_uploads("")

@@ -166,8 +166,10 @@ impl<'a> Origin<'a> {
 
 /// Places `from` into the store at `key` unless something is there already, creating the
 /// key's folders beneath the root (never through a symlink that leads out), then fsyncs the
-/// folder. When that fsync fails the file is taken back out ([`move_back`]): an error leaves
-/// nothing at the key.
+/// folder (and first, for an unnamed file, the file again: its link count changed, and its
+/// inode must not reach the disk after the folder's entry, which a file system without a
+/// journal would otherwise allow). When that fails the file is taken back out
+/// ([`move_back`]): an error leaves nothing at the key.
 pub(super) fn place_into_store(root_fd: &impl AsFd, from: Origin<'_>, key: &FileKey) -> Result<(), StoreError> {
     let (dir_rel, name) = split_key(key);
     for attempt in 0..3 {
@@ -175,11 +177,19 @@ pub(super) fn place_into_store(root_fd: &impl AsFd, from: Origin<'_>, key: &File
         crate::fault::point("store.commit.rename").map_err(classify_write)?;
         match from.place(&dir, name) {
             Ok(()) => {
-                let synced = crate::fault::point("store.commit.dir_fsync")
-                    .and_then(|()| rustix::fs::fsync(&dir).map_err(io::Error::from));
+                let synced = crate::fault::point("store.commit.dir_fsync").and_then(|()| {
+                    if let Origin::Unnamed { file, .. } = from {
+                        rustix::fs::fsync(file)?;
+                    }
+                    Ok(rustix::fs::fsync(&dir)?)
+                });
                 if let Err(e) = synced {
                     move_back(&dir, name, from);
-                    return Err(classify_write(e));
+                    return Err(match (from, classify_write(e)) {
+                        // An unnamed file is linked once only: trying this again cannot work.
+                        (Origin::Unnamed { .. }, StoreError::Io(e)) => StoreError::Io(io::Error::other(e)),
+                        (_, e) => e,
+                    });
                 }
                 return Ok(());
             }
@@ -205,7 +215,15 @@ fn move_back(dir: &OwnedFd, name: &str, to: Origin<'_>) {
             name: to_name,
             ..
         } => rustix::fs::renameat_with(dir, name, to_dir, to_name, RenameFlags::NOREPLACE),
-        Origin::Unnamed { .. } => rustix::fs::unlinkat(dir, name, AtFlags::empty()),
+        // Only if the name is still this file's (a DELETE and another upload to the key may
+        // have come in between).
+        Origin::Unnamed { file, .. } => match (
+            rustix::fs::fstat(file),
+            rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW),
+        ) {
+            (Ok(ours), Ok(there)) if (ours.st_dev, ours.st_ino) != (there.st_dev, there.st_ino) => Ok(()),
+            _ => rustix::fs::unlinkat(dir, name, AtFlags::empty()),
+        },
     };
     match back.and_then(|()| rustix::fs::fsync(dir)) {
         Ok(()) => {
@@ -258,6 +276,35 @@ pub(super) fn open_beneath(dir_fd: &impl AsFd, dir: &Path, relative: &str) -> Re
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Taking an unnamed file back out removes its name, and only while the name is its own.
+    #[test]
+    fn an_unnamed_file_is_taken_back_only_from_its_own_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let folder: OwnedFd = File::open(dir.path()).unwrap().into();
+        let linking = unnamed::probe(dir.path()).expect("unnamed files in the temporary folder");
+        let file = unnamed::create(&folder).unwrap();
+        let ours = Origin::Unnamed {
+            file: file.as_fd(),
+            linking,
+        };
+        ours.place(&folder, "f").unwrap();
+        assert!(dir.path().join("f").exists());
+        move_back(&folder, "f", ours);
+        assert!(!dir.path().join("f").exists(), "taken back");
+
+        let file = unnamed::create(&folder).unwrap();
+        let ours = Origin::Unnamed {
+            file: file.as_fd(),
+            linking,
+        };
+        ours.place(&folder, "g").unwrap();
+        // A DELETE, and another upload to the same name, before the take-back.
+        fs::remove_file(dir.path().join("g")).unwrap();
+        fs::write(dir.path().join("g"), b"another upload").unwrap();
+        move_back(&folder, "g", ours);
+        assert_eq!(fs::read(dir.path().join("g")).unwrap(), b"another upload");
+    }
 
     /// Both ways of opening folders beneath the root give the same answers.
     #[test]

@@ -340,6 +340,21 @@ impl LocalStore {
         self.inner.tmp.path()
     }
 
+    /// The temporaries: files in the temporary folder, and unnamed ones open in this process
+    /// (an unnamed file shows in `/proc/self/fd` as `<folder>/#<inode> (deleted)`).
+    #[cfg(test)]
+    pub(crate) fn temporaries(&self) -> usize {
+        let folder = fs::canonicalize(self.tmp_dir()).unwrap();
+        let named = fs::read_dir(&folder).unwrap().count();
+        let unnamed = fs::read_dir("/proc/self/fd")
+            .expect("/proc/self/fd")
+            .flatten()
+            .filter_map(|fd| fs::read_link(fd.path()).ok())
+            .filter(|target| target.starts_with(&folder) && target.to_string_lossy().ends_with(" (deleted)"))
+            .count();
+        named + unnamed
+    }
+
     /// Whether uploads in progress are unnamed files here.
     #[cfg(test)]
     pub(crate) fn unnamed_temporaries(&self) -> bool {

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 
-use super::beneath::sync_dir;
+use super::beneath::{Origin, sync_dir};
 use super::staged::FILE_MODE;
 use super::{LocalStore, StagedFile, classify_write, remove_older_than, run_blocking_store};
 use crate::store::digest::{Digests, Hashers};
@@ -83,6 +83,10 @@ impl LocalStore {
             crate::fault::point("store.partial.keep")
                 .and_then(|()| Ok(from.keep_as(&dest)?))
                 .map_err(classify_write)?;
+            if let Origin::Unnamed { file, .. } = from {
+                // Its link count changed (see `place_into_store`).
+                rustix::fs::fsync(file).map_err(|e| classify_write(e.into()))?;
+            }
             staged.disarm();
             if let Some(parent) = dest.parent() {
                 sync_dir(parent)?;

@@ -17,18 +17,8 @@ fn meta(size: u64) -> FileMeta {
     }
 }
 
-/// The temporaries of `store`: files in its temporary folder, and unnamed ones open in this
-/// process (an unnamed file shows in `/proc/self/fd` as `<folder>/#<inode> (deleted)`).
 fn temporaries(store: &LocalStore) -> usize {
-    let folder = fs::canonicalize(store.tmp_dir()).unwrap();
-    let named = fs::read_dir(&folder).unwrap().count();
-    let unnamed = fs::read_dir("/proc/self/fd")
-        .unwrap()
-        .flatten()
-        .filter_map(|fd| fs::read_link(fd.path()).ok())
-        .filter(|target| target.starts_with(&folder) && target.to_string_lossy().ends_with(" (deleted)"))
-        .count();
-    named + unnamed
+    store.temporaries()
 }
 
 /// A folder on tmpfs (commits run on the runtime thread there, reads skip RESOLVE_CACHED).
