@@ -9,8 +9,9 @@
 //! - nothing partial is ever at the final URL (GET and the store agree: whole or nothing);
 //! - the slot can be uploaded again, or resumed from an offset whose bytes are right (the
 //!   file read back at the end is the one sent);
-//! - no temporary, partial upload or record is left once its expiry passed and one cleanup
-//!   pass ran, and the store's file count (`store_files`) matches the files on disk.
+//! - no upload's temporary is left at all (they have no name), and no other temporary, partial
+//!   upload or record once its expiry passed and one cleanup pass ran; the store's file count
+//!   (`store_files`) matches the files on disk.
 //!
 //! Built only with the `failpoints` feature (the failpoints are not in a release build):
 //! `cargo nextest run --features failpoints --test crash_matrix`.
@@ -202,6 +203,13 @@ async fn once(flow: Flow, point: &str, skip: u32, fault: Fault, redis: bool) {
     }
     let log = server.log();
     dir = server.stop_keep_dir("TERM");
+    // An upload's temporary has no name (O_TMPFILE): neither the crash nor the error leaves
+    // one to sweep (a sidecar on its way to the meta folder may stay, named `*.meta`).
+    let temporaries: Vec<_> = files_under(&dir.path().join("store/.hmac-file-server/tmp"))
+        .into_iter()
+        .filter(|p| p.extension().is_none_or(|e| e != "meta"))
+        .collect();
+    assert!(temporaries.is_empty(), "{what}: temporaries left: {temporaries:?}");
     if let (Fault::Abort, Some(redis)) = (fault, &redis) {
         outlive_dead_instance(&redis.client(0), &what);
     }
