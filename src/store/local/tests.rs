@@ -8,6 +8,14 @@ fn key(s: &str) -> FileKey {
     FileKey::parse_decoded(s).unwrap()
 }
 
+/// What a file stored with the defaults has (octet-stream, no digest: no sidecar).
+fn default_meta(size: u64) -> FileMeta {
+    FileMeta {
+        content_type: crate::auth::DEFAULT_CONTENT_TYPE.into(),
+        ..meta(size)
+    }
+}
+
 fn meta(size: u64) -> FileMeta {
     FileMeta {
         content_type: "text/plain".into(),
@@ -15,10 +23,6 @@ fn meta(size: u64) -> FileMeta {
         uploaded_unix: 1,
         sha256: None,
     }
-}
-
-fn temporaries(store: &LocalStore) -> usize {
-    store.temporaries()
 }
 
 /// A folder on tmpfs (commits run on the runtime thread there, reads skip RESOLVE_CACHED).
@@ -53,7 +57,7 @@ async fn commit_read_delete(dir: &Path) {
     let (opened, _, _) = store.open_file(&key("a/b c.txt"), true).await.unwrap();
     assert_eq!(opened.size, 10_006);
     assert_eq!(opened.meta.unwrap().content_type, "text/plain");
-    assert_eq!(temporaries(&store), 0, "no temporaries left");
+    assert_eq!(store.temporaries(), 0, "no temporaries left");
 
     store.delete(&key("a/b c.txt")).await.unwrap();
     assert!(!dir.join("upload/a").exists(), "emptied folder removed");
@@ -94,7 +98,7 @@ async fn no_replace(dir: &Path, named: bool) {
     let mut second = store.stage_local();
     second.write(Bytes::from(vec![b's'; 10_000])).await.unwrap();
     second.sync().await.unwrap();
-    assert_eq!(temporaries(&store), 1, "named {named}: the upload in progress");
+    assert_eq!(store.temporaries(), 1, "named {named}: the upload in progress");
     assert_eq!(in_folder(), usize::from(!store.unnamed_temporaries()), "named {named}");
     assert!(matches!(
         store.commit(second, &key("k/f"), &meta(10_000)).await,
@@ -113,14 +117,14 @@ async fn no_replace(dir: &Path, named: bool) {
         store.commit(fourth, &key("k"), &meta(0)).await,
         Err(StoreError::Exists)
     ));
-    assert_eq!(temporaries(&store), 0, "named {named}: losers leave nothing behind");
+    assert_eq!(store.temporaries(), 0, "named {named}: losers leave nothing behind");
     // Dropped without commit.
     let mut dropped = store.stage_local();
     dropped.write(Bytes::from_static(b"partial")).await.unwrap();
     dropped.sync().await.unwrap();
-    assert_eq!(temporaries(&store), 1, "named {named}");
+    assert_eq!(store.temporaries(), 1, "named {named}");
     drop(dropped);
-    assert_eq!(temporaries(&store), 0, "named {named}");
+    assert_eq!(store.temporaries(), 0, "named {named}");
 }
 
 /// Unnamed temporaries where this machine's file systems have them (ext4 and tmpfs do).
@@ -148,13 +152,10 @@ async fn a_commit_failed_after_placing_leaves_nothing_at_the_key() {
         let committed = store.commit(staged, &key("t/f"), &meta(10_000)).await;
         assert!(committed.is_err(), "named {named}: {committed:?}");
         assert!(!dir.path().join("upload/t/f").exists(), "named {named}: taken back");
-        assert_eq!(temporaries(&store), 0, "named {named}");
+        assert_eq!(store.temporaries(), 0, "named {named}");
         let mut again = store.stage_local();
         again.write(Bytes::from_static(b"again")).await.unwrap();
-        let defaults = FileMeta {
-            content_type: crate::auth::DEFAULT_CONTENT_TYPE.into(),
-            ..meta(5)
-        };
+        let defaults = default_meta(5);
         store.commit(again, &key("t/f"), &defaults).await.unwrap();
         assert_eq!(fs::read(dir.path().join("upload/t/f")).unwrap(), b"again");
     }
@@ -202,7 +203,7 @@ async fn a_commit_never_leaves_the_store_through_a_symlinked_folder() {
         0,
         "nothing written outside"
     );
-    assert_eq!(temporaries(&store), 0, "no temporary left");
+    assert_eq!(store.temporaries(), 0, "no temporary left");
 }
 
 #[tokio::test]
@@ -219,10 +220,7 @@ async fn a_commit_removes_the_sidecar_an_earlier_file_left_at_its_key() {
     fs::remove_file(dir.path().join("upload/s/f")).unwrap();
     let mut staged = store.stage_local();
     staged.write(Bytes::from_static(b"xyz")).await.unwrap();
-    let plain = FileMeta {
-        content_type: crate::auth::DEFAULT_CONTENT_TYPE.into(),
-        ..meta(3)
-    };
+    let plain = default_meta(3);
     store.commit(staged, &key("s/f"), &plain).await.unwrap();
     assert!(store.open_file(&key("s/f"), false).await.unwrap().0.meta.is_none());
     let sidecars: usize = fs::read_dir(dir.path().join(".hmac-file-server/meta"))
@@ -285,7 +283,7 @@ async fn sweeps_only_old_temporaries() {
         fresh.sync().await.unwrap();
         assert_eq!(store.sweep_temporaries(Duration::from_secs(3600)).await.unwrap(), 1);
         assert!(!old.exists());
-        assert_eq!(temporaries(&store), 1, "named {named}: the fresh one stays");
+        assert_eq!(store.temporaries(), 1, "named {named}: the fresh one stays");
     }
 }
 
@@ -609,7 +607,7 @@ async fn keep_moves_a_staged_upload_into_the_partials_without_a_temporary_left()
         assert_eq!(offset, 50_000);
         assert_eq!(handle, crate::store::PartialHandle::Local);
         assert_eq!(partial_on_disk(&local, ID), bytes, "named {named}");
-        assert_eq!(temporaries(&local), 0, "named {named}: no temporary left");
+        assert_eq!(local.temporaries(), 0, "named {named}: no temporary left");
     }
 }
 
@@ -736,10 +734,7 @@ async fn the_defaults_mark_stands_for_the_missing_sidecar() {
             continue;
         }
         let store = LocalStore::open(dir.path(), "upload", 4096, RetryPolicy::NONE).unwrap();
-        let defaults = FileMeta {
-            content_type: crate::auth::DEFAULT_CONTENT_TYPE.into(),
-            ..meta(3)
-        };
+        let defaults = default_meta(3);
         for (name, meta) in [("m/plain", &defaults), ("m/typed", &meta(3))] {
             let mut staged = store.stage_local();
             staged.write(Bytes::from_static(b"abc")).await.unwrap();
