@@ -227,17 +227,20 @@ impl S3Staged {
 
     /// Explains a failed request of the multipart upload. A store that drops a key's
     /// unfinished uploads when another upload of the key completes (Garage does) answers a
-    /// part or the completion with NoSuchUpload: the key was taken meanwhile, so
-    /// [`StoreError::Exists`], as a lost race is everywhere else. Gone with the key free, the
-    /// upload was aborted under it (by the cleanup pass, or by hand): an I/O error, not a 404.
+    /// part or the completion with NoSuchUpload, or, when it refuses a part before reading its
+    /// body, closes the connection under it (the client sees a broken pipe): either way, with
+    /// the key taken meanwhile, this upload can never be stored, so [`StoreError::Exists`], as
+    /// a lost race is everywhere else. Gone with the key free, the upload was aborted under it
+    /// (by the cleanup pass, or by hand): an I/O error, not a 404. Any other failure with the
+    /// key free stays what it was.
     async fn lost(&self, error: StoreError) -> StoreError {
-        if !matches!(error, StoreError::NotFound) {
-            return error;
-        }
-        match self.inner.head(&self.key).await {
-            Ok(_) => StoreError::Exists,
-            Err(StoreError::NotFound) => StoreError::other("the multipart upload is gone from the store"),
-            Err(e) => e,
+        match (self.inner.head(&self.key).await, error) {
+            (Ok(_), _) => StoreError::Exists,
+            (Err(StoreError::NotFound), StoreError::NotFound) => {
+                StoreError::other("the multipart upload is gone from the store")
+            }
+            (Err(e), StoreError::NotFound) => e,
+            (_, error) => error,
         }
     }
 
