@@ -8,19 +8,28 @@
 //! - `floor get BYTES`: every GET is answered with 200 and the same BYTES held in memory (no
 //!   file system). How far this is from nginx shows what a download target measured against
 //!   nginx asks of the HTTP stack itself.
+//! - `floor get-store DIR`: every `GET /upload/<key>` is answered with 200 and the file at that
+//!   key of the server's store at DIR, opened by the server's own store code
+//!   (`LocalStore::open_file`: lookups, the defaults mark, the small file's mapping) and sent
+//!   through the server's connection layer (`ZeroCopy`: `sendfile`), with nothing else: no
+//!   token, routing, response headers beyond hyper's, log or metrics. Between `get` and the
+//!   server, this tells what serving a file costs apart from what the server does per request.
 //! - `floor put MODE DIR`: every `PUT /upload/<folder>/<name>` body is taken into memory, then
 //!   by MODE: `discard` keeps nothing; `write` does what prosody-filer does (makes the folder,
 //!   creates the file at its final path and writes it: no fsync, no temporary); `durable` does
 //!   the server's own protocol for a file system in memory, on the runtime thread: makes the
-//!   folder and opens it, creates a temporary in a folder held open, writes, stamps the
-//!   modification time, `fsync`, `renameat2(RENAME_NOREPLACE)` into the folder, `fsync` of the
-//!   folder. A small PUT through the server cannot cost less than `durable`; what `durable`
+//!   folder and opens it, creates an unnamed temporary (`O_TMPFILE`) in a folder held open,
+//!   writes, stamps the modification time, `fsync`, links it into the folder (`linkat`, which
+//!   never replaces a name), `fsync` of the file again (its link count) and of the folder; where
+//!   the file system has no unnamed files, a named temporary and
+//!   `renameat2(RENAME_NOREPLACE)`, as the server does. A small PUT through the server cannot cost less than `durable`; what `durable`
 //!   costs beside `write` is the price of never showing a partial file, and of the fsyncs. DIR
 //!   must be on a file system in memory (nothing here waits for a device off the runtime).
 //!
 //! ```text
 //! cargo build --release --example floor
 //! target/release/examples/floor get 65536            # prints "listening on 127.0.0.1:PORT"
+//! target/release/examples/floor get-store /dev/shm/hfs-store
 //! target/release/examples/floor put durable /dev/shm/floor
 //! ```
 
@@ -34,12 +43,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::SystemTime;
 
 use bytes::Bytes;
+use hmac_file_server::key::FileKey;
+use hmac_file_server::server::zero_copy::ZeroCopy;
+use hmac_file_server::store::{LocalStore, RetryPolicy, StoreError};
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use rustix::fs::{Mode, OFlags, RenameFlags};
+use rustix::fs::{AtFlags, Mode, OFlags, RenameFlags};
 use rustix::io::Errno;
 
 #[derive(Clone, Copy, PartialEq)]
@@ -116,6 +128,28 @@ impl Store {
             OFlags::DIRECTORY | OFlags::RDONLY | OFlags::CLOEXEC,
             Mode::empty(),
         )?;
+        let unnamed = rustix::fs::openat(
+            &self.tmp_fd,
+            ".",
+            OFlags::TMPFILE | OFlags::WRONLY | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o640),
+        );
+        let Ok(file) = unnamed else {
+            return self.durable_named(&dir, name, body);
+        };
+        let mut file = File::from(file);
+        write_all(&mut file, body)
+            .and_then(|()| file.set_modified(SystemTime::now()).map_err(errno))
+            .and_then(|()| file.sync_all().map_err(errno))
+            .and_then(|()| rustix::fs::linkat(&file, "", &dir, name, AtFlags::EMPTY_PATH))
+            // Its link count is in the file's inode: on disk before the folder's new entry.
+            .and_then(|()| file.sync_all().map_err(errno))?;
+        rustix::fs::fsync(&dir)
+    }
+
+    /// [`Self::durable`] where the file system has no unnamed files: a named temporary,
+    /// renamed into place without replacing.
+    fn durable_named(&self, dir: &OwnedFd, name: &str, body: &[Bytes]) -> Result<(), Errno> {
         let tmp = format!("{:016x}.part", self.counter.fetch_add(1, Ordering::Relaxed));
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::CLOEXEC;
         let mut file = File::from(rustix::fs::openat(
@@ -127,12 +161,12 @@ impl Store {
         let written = write_all(&mut file, body)
             .and_then(|()| file.set_modified(SystemTime::now()).map_err(errno))
             .and_then(|()| file.sync_all().map_err(errno))
-            .and_then(|()| rustix::fs::renameat_with(&self.tmp_fd, tmp.as_str(), &dir, name, RenameFlags::NOREPLACE));
+            .and_then(|()| rustix::fs::renameat_with(&self.tmp_fd, tmp.as_str(), dir, name, RenameFlags::NOREPLACE));
         if let Err(e) = written {
-            let _ = rustix::fs::unlinkat(&self.tmp_fd, tmp.as_str(), rustix::fs::AtFlags::empty());
+            let _ = rustix::fs::unlinkat(&self.tmp_fd, tmp.as_str(), AtFlags::empty());
             return Err(e);
         }
-        rustix::fs::fsync(&dir)
+        rustix::fs::fsync(dir)
     }
 }
 
@@ -155,11 +189,12 @@ fn write_all(file: &mut File, body: &[Bytes]) -> Result<(), Errno> {
 
 enum Serve {
     Get(Bytes),
+    GetStore(LocalStore),
     Put(Arc<Store>),
 }
 
 fn usage() -> ! {
-    eprintln!("usage: floor get BYTES | floor put discard|write|durable DIR");
+    eprintln!("usage: floor get BYTES | floor get-store DIR | floor put discard|write|durable DIR");
     std::process::exit(2);
 }
 
@@ -167,6 +202,9 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let serve = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["get", bytes] => Serve::Get(Bytes::from(vec![b'x'; bytes.parse().unwrap_or_else(|_| usage())])),
+        ["get-store", dir] => Serve::GetStore(
+            LocalStore::open(std::path::Path::new(dir), "upload", 64 * 1024, RetryPolicy::NONE).expect("the store"),
+        ),
         ["put", mode, dir] => {
             let mode = match mode {
                 "discard" => Keep::Discard,
@@ -197,12 +235,13 @@ fn main() {
             let _ = stream.set_nodelay(true);
             let serve = Arc::clone(&serve);
             let connection = builder.serve_connection(
-                TokioIo::new(stream),
+                TokioIo::new(ZeroCopy::new(stream)),
                 service_fn(move |request: Request<hyper::body::Incoming>| {
                     let serve = Arc::clone(&serve);
                     async move {
                         let response = match &*serve {
                             Serve::Get(body) => Response::new(Full::new(body.clone())),
+                            Serve::GetStore(store) => get_file(store, request.uri().path()).await,
                             Serve::Put(store) => {
                                 let mut response = Response::new(Full::new(Bytes::new()));
                                 *response.status_mut() = put(store, request).await;
@@ -216,6 +255,27 @@ fn main() {
             tokio::spawn(connection);
         }
     });
+}
+
+/// The file at the path's key, as the server's store opens it for a download.
+async fn get_file(store: &LocalStore, path: &str) -> Response<Full<Bytes>> {
+    let key = path
+        .strip_prefix("/upload/")
+        .and_then(|rel| FileKey::parse_decoded(rel).ok());
+    let opened = match key {
+        Some(key) => store.open_file(&key, true).await,
+        None => Err(StoreError::NotFound),
+    };
+    let (status, body) = match opened {
+        Ok((_, Some(content), _)) => (StatusCode::OK, content),
+        // Larger than the server reads whole: not what this floor is for.
+        Ok((_, None, _)) => (StatusCode::NOT_IMPLEMENTED, Bytes::new()),
+        Err(StoreError::NotFound) => (StatusCode::NOT_FOUND, Bytes::new()),
+        Err(_) => (StatusCode::INTERNAL_SERVER_ERROR, Bytes::new()),
+    };
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response
 }
 
 /// Takes a PUT's body into memory and keeps it as the store's mode says.

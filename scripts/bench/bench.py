@@ -23,10 +23,11 @@ Builds the release binary, then measures on loopback with every store on /dev/sh
   downloads, nginx serving the server's store, in the same run, interleaved (peers.py): in each
   round the same 5,000 small PUTs and GETs (wrk) and one 1 GiB PUT and GET (curl) on each, req/s,
   MiB/s and server CPU per request, ratios within the round (`--rounds`, `--small-count`).
-- floor: small GETs of the same files from the server, from nginx on its store and from bare
-  hyper (examples/floor.rs: this server's HTTP crates answering from memory, nothing else),
-  rotating, `--rounds` rounds: how far the server is from its own HTTP stack's floor, and that
-  floor from nginx; then small PUTs to the server, prosody-filer and bare hyper that discards,
+- floor: small GETs of the same files from the server, from nginx on its store, from bare
+  hyper (examples/floor.rs: this server's HTTP crates answering from memory, nothing else) and
+  from bare hyper sending the store's files with the server's store and connection code,
+  rotating, `--rounds` rounds: how far the server is from its own HTTP stack's floor and from
+  the least a stored file's download costs, and those floors from nginx; then small PUTs to the server, prosody-filer and bare hyper that discards,
   writes (as prosody-filer) or durably keeps (as the server) each body: the least a PUT with
   the server's guarantees costs, against prosody-filer.
 
@@ -1457,11 +1458,13 @@ def peer_section(res: Results) -> str:
 
 
 def phase_floor(res: Results, plan: Plan, workdir: Path, peer_bin: Path) -> None:
-    """Small GETs from three servers in rotating order, 'peer_rounds' rounds: the server, nginx
-    on the server's store (as in the peer phase) and the HTTP stack's floor
-    (examples/floor.rs: bare hyper and tokio answering from memory). Where the floor itself
-    stays below nginx, no server on this stack reaches nginx either. Then small PUTs the same
-    way (put_floor_rounds)."""
+    """Small GETs from four servers in rotating order, 'peer_rounds' rounds: the server, nginx
+    on the server's store (as in the peer phase), the HTTP stack's floor (examples/floor.rs
+    get: bare hyper and tokio answering from memory) and the file floor (examples/floor.rs
+    get-store: bare hyper sending the server's files as the server's store opens them and its
+    connection layer sends them). Where a floor itself stays below nginx, no server built on it
+    reaches nginx either; what lies between the file floor and the server is the server's own
+    work per request. Then small PUTs the same way (put_floor_rounds)."""
     import contextlib
 
     import peers
@@ -1474,7 +1477,7 @@ def phase_floor(res: Results, plan: Plan, workdir: Path, peer_bin: Path) -> None
         res.warnings.append(f"floor phase skipped: {why}")
         return
     rounds, n, size, c = plan.peer_rounds, plan.peer_small_count, plan.small_bytes, plan.small_concurrency
-    log(f"floor: {rounds} rounds of {n} GETs of {size // 1024} KiB at c={c}: the server, nginx, bare hyper, rotating")
+    log(f"floor: {rounds} rounds of {n} GETs of {size // 1024} KiB at c={c}: the server, nginx, bare hyper from memory and from the store, rotating")
     paths = new_paths("floor", n)
     get_targets = [f"/upload/{p}" for p in paths]
     rows = []
@@ -1485,9 +1488,10 @@ def phase_floor(res: Results, plan: Plan, workdir: Path, peer_bin: Path) -> None
             res.problems.append(wrk_problem("floor: small PUT", put))
         ngx = stack.enter_context(peers.Nginx(nginx_bin, workdir, "floor", server.store / "upload"))
         bare = stack.enter_context(peers.Floor(floor_bin, size))
-        contestants = [("ours", server), ("nginx", ngx), ("floor", bare)]
+        files = stack.enter_context(peers.Floor(floor_bin, files_of=server.store))
+        contestants = [("ours", server), ("nginx", ngx), ("floor", bare), ("files", files)]
         for i in range(rounds):
-            order = contestants[i % 3:] + contestants[:i % 3]
+            order = contestants[i % len(contestants):] + contestants[:i % len(contestants)]
             row: dict = {"round": i + 1, "order": [who for who, _ in order]}
             for who, srv in order:
                 wait_quiet()
@@ -1495,12 +1499,13 @@ def phase_floor(res: Results, plan: Plan, workdir: Path, peer_bin: Path) -> None
                 if wrk_failed(get):
                     res.problems.append(wrk_problem(f"floor round {i + 1}: {who} small GET", get))
                 row[who] = {"rps": get["req_per_s"], "cpu_us": get["server_cpu_us_per_request"]}
-            for a, b in (("ours", "nginx"), ("floor", "nginx"), ("ours", "floor")):
+            for a, b in GET_FLOOR_RATIOS:
                 row[f"{a}_of_{b}"] = row[a]["rps"] / row[b]["rps"] if row[b]["rps"] else float("nan")
             log(
                 f"floor round {i + 1}: req/s server {row['ours']['rps']:.0f}, nginx {row['nginx']['rps']:.0f}, "
-                f"bare hyper {row['floor']['rps']:.0f}; server/nginx {row['ours_of_nginx']:.2f}, "
-                f"bare hyper/nginx {row['floor_of_nginx']:.2f}"
+                f"bare hyper {row['floor']['rps']:.0f}, file floor {row['files']['rps']:.0f}; "
+                f"server/nginx {row['ours_of_nginx']:.2f}, bare hyper/nginx {row['floor_of_nginx']:.2f}, "
+                f"file floor/nginx {row['files_of_nginx']:.2f}"
             )
             rows.append(row)
         for who, srv in contestants:
@@ -1515,10 +1520,19 @@ def phase_floor(res: Results, plan: Plan, workdir: Path, peer_bin: Path) -> None
         "put": put,
         "rounds": rows,
         "medians": {
-            who: {k: median([r[who][k] for r in rows]) for k in ("rps", "cpu_us")} for who in ("ours", "nginx", "floor")
+            who: {k: median([r[who][k] for r in rows]) for k in ("rps", "cpu_us")}
+            for who in ("ours", "nginx", "floor", "files")
         },
-        "median_ratios": {k: median([r[k] for r in rows]) for k in ("ours_of_nginx", "floor_of_nginx", "ours_of_floor")},
+        "median_ratios": {f"{a}_of_{b}": median([r[f"{a}_of_{b}"] for r in rows]) for a, b in GET_FLOOR_RATIOS},
     }
+
+
+# The small-GET floor phase's ratios (numerator, denominator): the server, the file floor and
+# bare hyper against nginx, and the server against each floor.
+GET_FLOOR_RATIOS = (
+    ("ours", "nginx"), ("floor", "nginx"), ("files", "nginx"), ("ours", "files"), ("ours", "floor"),
+)
+GET_FLOOR_NAMES = {"ours": "server", "nginx": "nginx", "floor": "bare hyper", "files": "file floor"}
 
 
 PUT_FLOORS = ("discard", "write", "durable")  # examples/floor.rs put modes
@@ -1528,8 +1542,9 @@ def put_floor_rounds(res: Results, plan: Plan, workdir: Path, floor_bin: Path, p
     """Small PUTs in rotating order, 'peer_rounds' rounds, each contestant fresh each round with
     its own new signed paths: the server, prosody-filer, and bare hyper (examples/floor.rs) that
     discards each body, writes it as prosody-filer does, or keeps it durably as the server does
-    (temporary, fsync, no-replace rename, folder fsync). `durable` is the least a small PUT with
-    the server's guarantees costs on this stack; its ratio to prosody-filer bounds the server's."""
+    (unnamed temporary, fsync, no-replace link, fsync, folder fsync). `durable` is the least a
+    small PUT with the server's guarantees costs on this stack; its ratio to prosody-filer
+    bounds the server's."""
     import contextlib
 
     import peers
@@ -1593,7 +1608,7 @@ def put_floor_section(s: dict, plan: dict) -> list[str]:
         f"{4 * plan['peer_small_count']:,} signed PUTs of {plan['small_bytes'] // 1024} KiB at c={plan['small_concurrency']} each "
         "round to each of: the server; prosody-filer; and bare hyper (`examples/floor.rs put`) that **discards** the body, "
         "**writes** it as prosody-filer does (folder, file at its final path, no fsync) or keeps it **durably** as the server "
-        "does (folder, temporary, fsync, no-replace rename, folder fsync), with no token, routing, headers or log. "
+        "does (folder, unnamed temporary, fsync, no-replace link, fsync, folder fsync), with no token, routing, headers or log. "
         "`durable` is the least a PUT with the server's guarantees costs here: its ratio to prosody-filer bounds the server's.",
         "",
         "| figure (median) | " + " | ".join(names[w] for w in m) + " |",
@@ -1625,18 +1640,23 @@ def floor_section(res: Results) -> str:
         f"each round from: the server; nginx {s['nginx']} serving the server's store folder (2 workers, sendfile, "
         "access_log off, as in the peer phase); and **bare hyper** (`examples/floor.rs get`: the server's HTTP crates, "
         "runtime and connection settings, every GET answered with the same bytes from memory, no file system, no "
-        "routing, no headers but `date` and `content-length`): the least any download through this stack can cost. "
+        "routing, no headers but `date` and `content-length`): the least any download through this stack can cost; "
+        "and the **file floor** (`examples/floor.rs get-store`: the same bare hyper sending the server's files as the "
+        "server's store opens them and its connection layer sends them, `sendfile`, with no token, routing, headers, "
+        "log or metrics): the least a download of a stored file costs the server's own code. "
         "Order rotates each round; ratios are taken within a round.",
         "",
-        "| figure (median) | server | nginx | bare hyper |",
-        "|---|---|---|---|",
-        f"| req/s | {fmt(m['ours']['rps'])} | {fmt(m['nginx']['rps'])} | {fmt(m['floor']['rps'])} |",
-        f"| CPU µs per GET | {fmt(m['ours']['cpu_us'], 1)} | {fmt(m['nginx']['cpu_us'], 1)} | {fmt(m['floor']['cpu_us'], 1)} |",
+        "| figure (median) | server | nginx | bare hyper | file floor |",
+        "|---|---|---|---|---|",
+        "| req/s | " + " | ".join(fmt(m[who]["rps"]) for who in GET_FLOOR_NAMES) + " |",
+        "| CPU µs per GET | " + " | ".join(fmt(m[who]["cpu_us"], 1) for who in GET_FLOOR_NAMES) + " |",
         "",
         "| ratio | median | per round |",
         "|---|---|---|",
     ]
-    for k, label in (("ours_of_nginx", "server / nginx"), ("floor_of_nginx", "bare hyper / nginx"), ("ours_of_floor", "server / bare hyper")):
+    for a, b in GET_FLOOR_RATIOS:
+        k = f"{a}_of_{b}"
+        label = f"{GET_FLOOR_NAMES[a]} / {GET_FLOOR_NAMES[b]}"
         lines.append(f"| {label} | {r[k]:.2f} | {', '.join(f'{row[k]:.2f}' for row in rows)} |")
     lines += put_floor_section(s.get("put", {}), p)
     return "\n".join(lines)

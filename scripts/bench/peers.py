@@ -325,13 +325,27 @@ def floor_binary(target_dir: Path, log) -> Path | None:
 
 class Floor(OneProcess):
     """examples/floor.rs: bare hyper on tokio. `Floor(binary, body_bytes)` answers every GET with
-    the same `body_bytes` bytes from memory; `Floor(binary, put=MODE, store=DIR)` takes every
-    PUT's body and discards it, writes it as prosody-filer does, or keeps it durably as the
-    server does (see the example). It listens on the free loopback port it prints."""
+    the same `body_bytes` bytes from memory; `Floor(binary, files_of=DIR)` answers GETs with the
+    files of the server's store at DIR, opened and sent by the server's own store and connection
+    code (left in place); `Floor(binary, put=MODE, store=DIR)` takes every PUT's body and
+    discards it, writes it as prosody-filer does, or keeps it durably as the server does (see
+    the example; DIR is removed at the end). It listens on the free loopback port it prints."""
 
-    def __init__(self, binary: Path, body_bytes: int = 0, put: str | None = None, store: Path | None = None):
+    def __init__(
+        self,
+        binary: Path,
+        body_bytes: int = 0,
+        put: str | None = None,
+        store: Path | None = None,
+        files_of: Path | None = None,
+    ):
         self.binary = binary
-        self.args = ["get", str(body_bytes)] if put is None else ["put", put, str(store)]
+        if files_of is not None:
+            self.args = ["get-store", str(files_of)]
+        elif put is None:
+            self.args = ["get", str(body_bytes)]
+        else:
+            self.args = ["put", put, str(store)]
         self.store = store
         self.proc: subprocess.Popen | None = None
         self.port = 0
