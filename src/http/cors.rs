@@ -13,8 +13,13 @@ Tus-Resumable, Tus-Version, Tus-Extension, Tus-Max-Size, Tus-Checksum-Algorithm,
 Content-Length, Content-Range, Content-Disposition, Accept-Ranges, Repr-Digest, Upload-Complete, Upload-Incomplete, Upload-Limit";
 const MAX_AGE: &str = "86400";
 
-/// Adds the CORS headers to a response.
+/// Adds the CORS headers to a response, unless it has them: one that carries
+/// `Access-Control-Allow-Origin` was built from a map made by this function (a download's
+/// headers are cloned from such a map, see `get`) and has them all.
 pub fn apply(headers: &mut HeaderMap) {
+    if headers.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+        return;
+    }
     // `http`'s own name constants: no name to parse per answer.
     headers.reserve(5);
     headers.insert(

@@ -1,6 +1,7 @@
 //! GET and HEAD: stored files with their kept content type (for media and plain text) or as
 //! attachments, validators (ETag, Last-Modified, 304) and single byte ranges.
 
+use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::TryStreamExt;
@@ -10,7 +11,7 @@ use http_body_util::{BodyExt, StreamBody};
 use super::headers::conditional::{if_range_holds, not_modified};
 use super::headers::range::{self, RangeRequest};
 use super::slot::Slot;
-use super::{ApiError, Response, body};
+use super::{ApiError, Response, body, cors};
 use crate::app::AppState;
 use crate::store::ObjectInfo;
 
@@ -23,15 +24,10 @@ pub async fn get<B>(state: &AppState, slot: Slot, request: &Request<B>) -> Resul
     let etag = info.etag.as_str();
     let req = request.headers();
 
-    let mut headers = HeaderMap::new();
+    let mut headers = DOWNLOAD_HEADERS.clone();
     content_headers(&mut headers, info, slot.key.file_name());
     headers.insert(header::ETAG, header_value(etag));
     headers.insert(header::LAST_MODIFIED, header_value(&httpdate::fmt_http_date(modified)));
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_static("public, max-age=31536000, immutable"),
-    );
-    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     if let Some(v) = info
         .meta
         .as_ref()
@@ -85,9 +81,26 @@ pub async fn get<B>(state: &AppState, slot: Slot, request: &Request<B>) -> Resul
         *r.status_mut() = status;
         r
     };
-    response.headers_mut().extend(headers);
+    // The response's own map is empty (a new response): taken as a whole, not merged.
+    let fresh = std::mem::replace(response.headers_mut(), headers);
+    response.headers_mut().extend(fresh);
     Ok(response)
 }
+
+/// What every download answer carries whatever the file: CORS, and that a stored file never
+/// changes. Cloned per answer, which costs less than inserting (and hashing) each of them.
+static DOWNLOAD_HEADERS: LazyLock<HeaderMap> = LazyLock::new(|| {
+    // Room for the per-file headers too (content type, disposition, CSP, validators, length).
+    let mut headers = HeaderMap::with_capacity(24);
+    cors::apply(&mut headers);
+    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=31536000, immutable"),
+    );
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers
+});
 
 /// Content-Type and, unless the type is shown inline, Content-Disposition: attachment plus
 /// a CSP that keeps an uploaded page from running in the server's origin.
@@ -97,7 +110,6 @@ fn content_headers(headers: &mut HeaderMap, info: &ObjectInfo, file_name: &str) 
         .as_ref()
         .map(|m| m.content_type.as_str())
         .filter(|t| is_valid_media_type(t));
-    headers.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
     match stored_type {
         Some(t) if shown_inline(t) => {
             headers.insert(header::CONTENT_TYPE, header_value(t));
