@@ -21,9 +21,10 @@
 //!   folder and opens it, creates an unnamed temporary (`O_TMPFILE`) in a folder held open,
 //!   writes, stamps the modification time, `fsync`, links it into the folder (`linkat`, which
 //!   never replaces a name), `fsync` of the file again (its link count) and of the folder; where
-//!   the file system has no unnamed files, a named temporary and
-//!   `renameat2(RENAME_NOREPLACE)`, as the server does. A small PUT through the server cannot cost less than `durable`; what `durable`
-//!   costs beside `write` is the price of never showing a partial file, and of the fsyncs. DIR
+//!   the file system has no unnamed files, a named temporary and `renameat2(RENAME_NOREPLACE)`,
+//!   as the server does. A small PUT through the server cannot cost less than `durable`; what
+//!   `durable` costs beside `write` is the price of never showing a partial file, and of the
+//!   fsyncs. DIR
 //!   must be on a file system in memory (nothing here waits for a device off the runtime).
 //!
 //! ```text

@@ -27,9 +27,10 @@ Builds the release binary, then measures on loopback with every store on /dev/sh
   hyper (examples/floor.rs: this server's HTTP crates answering from memory, nothing else) and
   from bare hyper sending the store's files with the server's store and connection code,
   rotating, `--rounds` rounds: how far the server is from its own HTTP stack's floor and from
-  the least a stored file's download costs, and those floors from nginx; then small PUTs to the server, prosody-filer and bare hyper that discards,
-  writes (as prosody-filer) or durably keeps (as the server) each body: the least a PUT with
-  the server's guarantees costs, against prosody-filer.
+  the least a stored file's download costs, and those floors from nginx; then small PUTs to
+  the server, prosody-filer and bare hyper that discards, writes (as prosody-filer) or durably
+  keeps (as the server) each body: the least a PUT with the server's guarantees costs, against
+  prosody-filer.
 
 Every phase gets a fresh server (so VmHWM is that phase's peak) and a fresh store. Results go to
 bench-results/<date>.md (the table), .json (every raw figure) and -concurrency.svg; the table is
