@@ -365,3 +365,34 @@ pub fn render(handle: &PrometheusHandle) -> String {
     }
     handle.render()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_durations_have_a_handle_per_known_method_and_status_and_no_other() {
+        // Without a recorder the handles record nothing; their slots are what is checked.
+        let hot = Hot::new();
+        for method in METHODS {
+            for status in [100, 200, 201, 404, 599] {
+                let first = hot.request(method, status).expect("a handle");
+                let again = hot.request(method, status).expect("a handle");
+                assert!(std::ptr::eq(first, again), "{method} {status}: made once, then reused");
+            }
+            assert!(hot.request(method, 99).is_none(), "{method} 99");
+            assert!(hot.request(method, 600).is_none(), "{method} 600");
+        }
+        assert!(hot.request("PROPFIND", 200).is_none());
+        assert!(hot.request("-", 400).is_none());
+        // Neighbouring slots are distinct: the last status of one method is not the first of
+        // the next.
+        let last_get = hot.request("GET", 599).unwrap();
+        let first_head = hot.request("HEAD", 100).unwrap();
+        assert!(!std::ptr::eq(last_get, first_head));
+        assert_eq!(
+            hot.requests.iter().filter(|slot| slot.get().is_some()).count(),
+            METHODS.len() * 5
+        );
+    }
+}
