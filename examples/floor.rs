@@ -26,12 +26,20 @@
 //!   `durable` costs beside `write` is the price of never showing a partial file, and of the
 //!   fsyncs. DIR
 //!   must be on a file system in memory (nothing here waits for a device off the runtime).
+//! - `floor put-store DIR`: every `PUT /upload/<key>` body is taken into memory and committed
+//!   at its key by the server's own store code (`LocalStore::stage` and `commit` with the
+//!   default metadata: the key's folder made and opened beneath the root, the unnamed
+//!   temporary, the defaults mark, the stale-sidecar guard, the fsyncs and the link), with
+//!   nothing else: no token, routing, response headers beyond hyper's, log or metrics. Between
+//!   `durable` and the server, this tells what the store's own code costs beside the bare
+//!   protocol, and what the server's per-request work costs beside its store.
 //!
 //! ```text
 //! cargo build --release --example floor
 //! target/release/examples/floor get 65536            # prints "listening on 127.0.0.1:PORT"
 //! target/release/examples/floor get-store /dev/shm/hfs-store
 //! target/release/examples/floor put durable /dev/shm/floor
+//! target/release/examples/floor put-store /dev/shm/floor-store
 //! ```
 
 use std::convert::Infallible;
@@ -46,7 +54,7 @@ use std::time::SystemTime;
 use bytes::Bytes;
 use hmac_file_server::key::FileKey;
 use hmac_file_server::server::zero_copy::ZeroCopy;
-use hmac_file_server::store::{LocalStore, RetryPolicy, StoreError};
+use hmac_file_server::store::{FileMeta, Hashing, LocalStore, RetryPolicy, StoreError};
 use http_body_util::{BodyExt, Full};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
@@ -192,10 +200,13 @@ enum Serve {
     Get(Bytes),
     GetStore(LocalStore),
     Put(Arc<Store>),
+    PutStore(LocalStore),
 }
 
 fn usage() -> ! {
-    eprintln!("usage: floor get BYTES | floor get-store DIR | floor put discard|write|durable DIR");
+    eprintln!(
+        "usage: floor get BYTES | floor get-store DIR | floor put discard|write|durable DIR | floor put-store DIR"
+    );
     std::process::exit(2);
 }
 
@@ -204,6 +215,9 @@ fn main() {
     let serve = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["get", bytes] => Serve::Get(Bytes::from(vec![b'x'; bytes.parse().unwrap_or_else(|_| usage())])),
         ["get-store", dir] => Serve::GetStore(
+            LocalStore::open(std::path::Path::new(dir), "upload", 64 * 1024, RetryPolicy::NONE).expect("the store"),
+        ),
+        ["put-store", dir] => Serve::PutStore(
             LocalStore::open(std::path::Path::new(dir), "upload", 64 * 1024, RetryPolicy::NONE).expect("the store"),
         ),
         ["put", mode, dir] => {
@@ -248,6 +262,11 @@ fn main() {
                                 *response.status_mut() = put(store, request).await;
                                 response
                             }
+                            Serve::PutStore(store) => {
+                                let mut response = Response::new(Full::new(Bytes::new()));
+                                *response.status_mut() = put_store(store, request).await;
+                                response
+                            }
                         };
                         Ok::<_, Infallible>(response)
                     }
@@ -282,20 +301,54 @@ async fn get_file(store: &LocalStore, path: &str) -> Response<Full<Bytes>> {
 /// Takes a PUT's body into memory and keeps it as the store's mode says.
 async fn put(store: &Store, request: Request<hyper::body::Incoming>) -> StatusCode {
     let rel = request.uri().path().strip_prefix("/upload/").map(str::to_owned);
-    let mut body = request.into_body();
-    let mut chunks = Vec::new();
-    while let Some(frame) = body.frame().await {
-        match frame {
-            Ok(frame) => {
-                if let Ok(data) = frame.into_data() {
-                    chunks.push(data);
-                }
-            }
-            Err(_) => return StatusCode::BAD_REQUEST,
-        }
-    }
+    let Some(chunks) = whole_body(request.into_body()).await else {
+        return StatusCode::BAD_REQUEST;
+    };
     match rel {
         Some(rel) => store.keep(&rel, &chunks),
         None => StatusCode::NOT_FOUND,
     }
+}
+
+/// Takes a PUT's body into memory and commits it at its key through the server's store code.
+async fn put_store(store: &LocalStore, request: Request<hyper::body::Incoming>) -> StatusCode {
+    let key = request
+        .uri()
+        .path()
+        .strip_prefix("/upload/")
+        .and_then(|rel| FileKey::parse_decoded(rel).ok());
+    let Some(chunks) = whole_body(request.into_body()).await else {
+        return StatusCode::BAD_REQUEST;
+    };
+    let Some(key) = key else {
+        return StatusCode::NOT_FOUND;
+    };
+    let mut staged = store.stage(Hashing::NONE);
+    let mut size = 0;
+    for chunk in chunks {
+        size += chunk.len() as u64;
+        staged.push(chunk);
+    }
+    let meta = FileMeta {
+        content_type: hmac_file_server::auth::DEFAULT_CONTENT_TYPE.to_string(),
+        size,
+        uploaded_unix: 0,
+        sha256: None,
+    };
+    match store.commit(staged, &key, &meta).await {
+        Ok(()) => StatusCode::CREATED,
+        Err(StoreError::Exists) => StatusCode::CONFLICT,
+        Err(_) => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+/// A request body's chunks, or None when it broke off.
+async fn whole_body(mut body: hyper::body::Incoming) -> Option<Vec<Bytes>> {
+    let mut chunks = Vec::new();
+    while let Some(frame) = body.frame().await {
+        if let Ok(data) = frame.ok()?.into_data() {
+            chunks.push(data);
+        }
+    }
+    Some(chunks)
 }

@@ -1199,6 +1199,7 @@ PEER_FIGURES = {  # key: (label, measured for nginx too)
     "large_put_cpu_s": ("server CPU s per large PUT", False),
     "large_get_mibs": ("large GET MiB/s", True),
     "large_get_cpu_s": ("server CPU s per large GET", True),
+    "large_get_client_busy": ("curl's CPU during the large GET, of one core", True),
 }
 PEER_FSYNC_NOTE = (
     "prosody-filer does not fsync: it copies the body into the file and closes it, neither the file "
@@ -1294,14 +1295,20 @@ def peer_round(
                 res.problems.append(f"{label} {name} large PUT: answered {put_status}, {put_bytes} bytes sent")
             for reader, srv in readers:
                 cpu0 = srv.cpu_seconds()
+                client0 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 get_status, get_s, moved = curl([f"http://{HOST}:{srv.port}/upload/{path}"])
+                client1 = resource.getrusage(resource.RUSAGE_CHILDREN)
                 cpu1 = srv.cpu_seconds()
                 ok = get_status == "200" and moved == big
+                client_s = (client1.ru_utime + client1.ru_stime) - (client0.ru_utime + client0.ru_stime)
                 row[reader].update({
                     "large_get_status": get_status,
                     "large_get_bytes": moved,
                     "large_get_mibs": big / MIB / get_s if ok else 0.0,
                     "large_get_cpu_s": cpu1 - cpu0,
+                    # curl's own CPU over the transfer's time: near 1.0, the download ran at the
+                    # client's pace (one core), and the servers' ratio says little about them.
+                    "large_get_client_busy": client_s / get_s if ok and get_s > 0 else float("nan"),
                 })
                 if not ok:
                     who_name = "nginx" if reader == "nginx" else name
@@ -1423,7 +1430,7 @@ def peer_section(res: Results) -> str:
     ]
     m, r = s["medians"], s["median_ratios"]
     ratios = s["ratios"]
-    digits = lambda k: 2 if k.endswith("_cpu_s") else 0  # noqa: E731
+    digits = lambda k: 2 if k.endswith(("_cpu_s", "_busy")) else 0  # noqa: E731
     for k, (label, for_nginx) in PEER_FIGURES.items():
         line = (
             f"| {labels[k]} | {fmt(m['ours'][k], digits(k))} | {fmt(m['peer'][k], digits(k))} | "
@@ -1536,16 +1543,17 @@ GET_FLOOR_RATIOS = (
 GET_FLOOR_NAMES = {"ours": "server", "nginx": "nginx", "floor": "bare hyper", "files": "file floor"}
 
 
-PUT_FLOORS = ("discard", "write", "durable")  # examples/floor.rs put modes
+PUT_FLOORS = ("discard", "write", "durable", "store")  # examples/floor.rs put modes, and put-store
 
 
 def put_floor_rounds(res: Results, plan: Plan, workdir: Path, floor_bin: Path, peer_bin: Path) -> dict:
     """Small PUTs in rotating order, 'peer_rounds' rounds, each contestant fresh each round with
     its own new signed paths: the server, prosody-filer, and bare hyper (examples/floor.rs) that
     discards each body, writes it as prosody-filer does, or keeps it durably as the server does
-    (unnamed temporary, fsync, no-replace link, fsync, folder fsync). `durable` is the least a
-    small PUT with the server's guarantees costs on this stack; its ratio to prosody-filer
-    bounds the server's."""
+    (unnamed temporary, fsync, no-replace link, fsync, folder fsync), or commits it with the
+    server's own store code (`store`). `durable` is the least a small PUT with the server's
+    guarantees costs on this stack; its ratio to prosody-filer bounds the server's. `store`
+    splits the rest: what the store adds to the bare protocol, and what the request adds."""
     import contextlib
 
     import peers
@@ -1579,13 +1587,16 @@ def put_floor_rounds(res: Results, plan: Plan, workdir: Path, floor_bin: Path, p
         for who in who_all:
             row[f"{who}_of_peer"] = row[who]["rps"] / row["peer"]["rps"] if row["peer"]["rps"] else float("nan")
         row["ours_of_durable"] = row["ours"]["rps"] / row["durable"]["rps"] if row["durable"]["rps"] else float("nan")
+        row["store_of_durable"] = row["store"]["rps"] / row["durable"]["rps"] if row["durable"]["rps"] else float("nan")
+        row["ours_of_store"] = row["ours"]["rps"] / row["store"]["rps"] if row["store"]["rps"] else float("nan")
         log(
             f"floor round {i + 1}, PUT req/s: server {row['ours']['rps']:.0f}, prosody-filer {row['peer']['rps']:.0f}, "
             + ", ".join(f"{m} {row[m]['rps']:.0f}" for m in PUT_FLOORS)
             + f"; server/prosody-filer {row['ours_of_peer']:.2f}, durable/prosody-filer {row['durable_of_peer']:.2f}"
+            + f", store/prosody-filer {row['store_of_peer']:.2f}"
         )
         rows.append(row)
-    ratio_keys = [f"{who}_of_peer" for who in who_all if who != "peer"] + ["ours_of_durable"]
+    ratio_keys = [f"{who}_of_peer" for who in who_all if who != "peer"] + ["ours_of_durable", "store_of_durable", "ours_of_store"]
     return {
         "available": True,
         "rounds": rows,
@@ -1601,7 +1612,7 @@ def put_floor_section(s: dict, plan: dict) -> list[str]:
         return ["", f"Small PUT floor not run: {s['reason']}."]
     rows, m, r = s["rounds"], s["medians"], s["median_ratios"]
     names = {"ours": "server", "peer": "prosody-filer", "discard": "bare hyper, discard", "write": "bare hyper, write",
-             "durable": "bare hyper, durable"}
+             "durable": "bare hyper, durable", "store": "bare hyper, the server's store"}
     lines = [
         "",
         f"### Small PUTs: the server, prosody-filer and the floor ({len(rows)} rounds)",
@@ -1609,8 +1620,11 @@ def put_floor_section(s: dict, plan: dict) -> list[str]:
         f"{4 * plan['peer_small_count']:,} signed PUTs of {plan['small_bytes'] // 1024} KiB at c={plan['small_concurrency']} each "
         "round to each of: the server; prosody-filer; and bare hyper (`examples/floor.rs put`) that **discards** the body, "
         "**writes** it as prosody-filer does (folder, file at its final path, no fsync) or keeps it **durably** as the server "
-        "does (folder, unnamed temporary, fsync, no-replace link, fsync, folder fsync), with no token, routing, headers or log. "
-        "`durable` is the least a PUT with the server's guarantees costs here: its ratio to prosody-filer bounds the server's.",
+        "does (folder, unnamed temporary, fsync, no-replace link, fsync, folder fsync), or commits it with **the server's "
+        "store** code (`LocalStore::commit`: the same protocol, with folders opened beneath the root, the defaults mark and "
+        "the stale-sidecar guard), with no token, routing, headers or log. `durable` is the least a PUT with the server's "
+        "guarantees costs here: its ratio to prosody-filer bounds the server's; `store` is the server's store alone, so "
+        "server / store is what the server's request work costs and store / durable what its store adds to the bare protocol.",
         "",
         "| figure (median) | " + " | ".join(names[w] for w in m) + " |",
         "|---|" + "---|" * len(m),

@@ -328,8 +328,9 @@ class Floor(OneProcess):
     the same `body_bytes` bytes from memory; `Floor(binary, files_of=DIR)` answers GETs with the
     files of the server's store at DIR, opened and sent by the server's own store and connection
     code (left in place); `Floor(binary, put=MODE, store=DIR)` takes every PUT's body and
-    discards it, writes it as prosody-filer does, or keeps it durably as the server does (see
-    the example; DIR is removed at the end). It listens on the free loopback port it prints."""
+    discards it, writes it as prosody-filer does, or keeps it durably as the server does, and
+    with MODE `store` commits it through the server's own store code (see the example; DIR is
+    removed at the end). It listens on the free loopback port it prints."""
 
     def __init__(
         self,
@@ -344,6 +345,8 @@ class Floor(OneProcess):
             self.args = ["get-store", str(files_of)]
         elif put is None:
             self.args = ["get", str(body_bytes)]
+        elif put == "store":
+            self.args = ["put-store", str(store)]
         else:
             self.args = ["put", put, str(store)]
         self.store = store
