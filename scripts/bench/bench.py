@@ -250,7 +250,9 @@ class Server(OneProcess):
             f'StoreDir = "{self.store}"\n'
             'MaxUploadSize = "4GiB"\n'
             'LogLevel = "warn"\n'
-            "MetricsEnabled = false\n" + "".join(line + "\n" for line in [*EXTRA_CONFIG, *self.extra])
+            # Metrics on, as by default, on a port of their own that the kernel picks (several
+            # servers run at once in some phases).
+            f'MetricsPort = "{HOST}:0"\n' + "".join(line + "\n" for line in [*EXTRA_CONFIG, *self.extra])
         )
         env = dict(os.environ)
         # LogLevel warn keeps access lines out of the measurement; the one "listening on" line
