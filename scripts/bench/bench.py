@@ -1369,6 +1369,7 @@ def phase_peer(res: Results, plan: Plan, workdir: Path, source: Path, sha256: st
         + f", interleaved: {n} PUTs+GETs of {plan.small_bytes // 1024} KiB at c={plan.small_concurrency}, "
         f"{plan.large_bytes // MIB} MiB PUT+GET"
     )
+    warm_up(workdir, plan, peer_bin)
     rows = [peer_round(res, plan, workdir, source, sha256, peer_bin, nginx_bin, i) for i in range(rounds)]
     left = [p.name for p in workdir.iterdir() if p.name.startswith(("nginx-", "store-peer"))]
     if left:
@@ -1548,6 +1549,27 @@ GET_FLOOR_NAMES = {"ours": "server", "nginx": "nginx", "floor": "bare hyper", "f
 PUT_FLOORS = ("discard", "write", "durable", "store")  # examples/floor.rs put modes, and put-store
 
 
+def warm_up(workdir: Path, plan: Plan, peer_bin: Path) -> None:
+    """Small PUTs and GETs into a throwaway server and prosody-filer, not measured: the first
+    round of a phase ran one contestant at half speed now and then (prosody-filer at 240 µs per
+    PUT against 86-108 in the rounds after it), which a median absorbs but a per-round target
+    does not."""
+    import contextlib
+
+    import peers
+
+    n, size, c = min(2_000, plan.peer_small_count), plan.small_bytes, plan.small_concurrency
+    for who in ("ours", "peer"):
+        paths = new_paths(f"warm-{who}", n)
+        with contextlib.ExitStack() as stack:
+            if who == "ours":
+                srv = stack.enter_context(Server(workdir, "warm-ours"))
+            else:
+                srv = stack.enter_context(peers.ProsodyFiler(peer_bin, workdir, "warm-peer", SECRET))
+            run_wrk(srv, workdir, f"warm-{who}-put", "put", [signed_put_target(p, size) for p in paths], c, size)
+            run_wrk(srv, workdir, f"warm-{who}-get", "get", [f"/upload/{p}" for p in paths], c, size)
+
+
 def put_floor_rounds(res: Results, plan: Plan, workdir: Path, floor_bin: Path, peer_bin: Path) -> dict:
     """Small PUTs in rotating order, 'peer_rounds' rounds, each contestant fresh each round with
     its own new signed paths: the server, prosody-filer, and bare hyper (examples/floor.rs) that
@@ -1567,6 +1589,7 @@ def put_floor_rounds(res: Results, plan: Plan, workdir: Path, floor_bin: Path, p
     rounds, n, size, c = plan.peer_rounds, 4 * plan.peer_small_count, plan.small_bytes, plan.small_concurrency
     log(f"floor: {rounds} rounds of {n} PUTs of {size // 1024} KiB at c={c}: the server, prosody-filer, bare hyper {'/'.join(PUT_FLOORS)}")
     who_all = ["ours", "peer", *PUT_FLOORS]
+    warm_up(workdir, plan, peer_bin)
     rows = []
     for i in range(rounds):
         order = who_all[i % len(who_all):] + who_all[:i % len(who_all)]
