@@ -214,12 +214,8 @@ fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let serve = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         ["get", bytes] => Serve::Get(Bytes::from(vec![b'x'; bytes.parse().unwrap_or_else(|_| usage())])),
-        ["get-store", dir] => Serve::GetStore(
-            LocalStore::open(std::path::Path::new(dir), "upload", 64 * 1024, RetryPolicy::NONE).expect("the store"),
-        ),
-        ["put-store", dir] => Serve::PutStore(
-            LocalStore::open(std::path::Path::new(dir), "upload", 64 * 1024, RetryPolicy::NONE).expect("the store"),
-        ),
+        ["get-store", dir] => Serve::GetStore(open_store(dir)),
+        ["put-store", dir] => Serve::PutStore(open_store(dir)),
         ["put", mode, dir] => {
             let mode = match mode {
                 "discard" => Keep::Discard,
@@ -275,6 +271,11 @@ fn main() {
             tokio::spawn(connection);
         }
     });
+}
+
+/// The server's store at `dir`, with its files under `upload/` as the server keeps them.
+fn open_store(dir: &str) -> LocalStore {
+    LocalStore::open(std::path::Path::new(dir), "upload", 64 * 1024, RetryPolicy::NONE).expect("the store")
 }
 
 /// The file at the path's key, as the server's store opens it for a download.
