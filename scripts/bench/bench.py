@@ -22,15 +22,17 @@ Builds the release binary, then measures on loopback with every store on /dev/sh
 - peer: the server side by side with prosody-filer (built by ../shared/peers/build.sh) and, for
   downloads, nginx serving the server's store, in the same run, interleaved (peers.py): in each
   round the same 5,000 small PUTs and GETs (wrk) and one 1 GiB PUT and GET (curl) on each, req/s,
-  MiB/s and server CPU per request, ratios within the round (`--rounds`, `--small-count`).
+  MiB/s and server CPU per request (and curl's during the large GET), ratios within the round
+  (`--rounds`, `--small-count`), after an untimed warm-up of both servers.
 - floor: small GETs of the same files from the server, from nginx on its store, from bare
   hyper (examples/floor.rs: this server's HTTP crates answering from memory, nothing else) and
   from bare hyper sending the store's files with the server's store and connection code,
   rotating, `--rounds` rounds: how far the server is from its own HTTP stack's floor and from
   the least a stored file's download costs, and those floors from nginx; then small PUTs to
-  the server, prosody-filer and bare hyper that discards, writes (as prosody-filer) or durably
-  keeps (as the server) each body: the least a PUT with the server's guarantees costs, against
-  prosody-filer.
+  the server, prosody-filer and bare hyper that discards, writes (as prosody-filer), durably
+  keeps (as the server) or commits through the server's store code each body: the least a PUT
+  with the server's guarantees costs, against prosody-filer, and how much of the server's
+  distance to it is its store and how much its request work.
 
 Every phase gets a fresh server (so VmHWM is that phase's peak) and a fresh store. Results go to
 bench-results/<date>.md (the table), .json (every raw figure) and -concurrency.svg; the table is
@@ -1547,6 +1549,9 @@ GET_FLOOR_NAMES = {"ours": "server", "nginx": "nginx", "floor": "bare hyper", "f
 
 
 PUT_FLOORS = ("discard", "write", "durable", "store")  # examples/floor.rs put modes, and put-store
+# The small-PUT floor phase's ratios besides each contestant's to prosody-filer: the server to
+# the bare durable protocol, and the store floor between them.
+PUT_FLOOR_RATIOS = (("ours", "durable"), ("store", "durable"), ("ours", "store"))
 
 
 def warm_up(workdir: Path, plan: Plan, peer_bin: Path) -> None:
@@ -1611,9 +1616,8 @@ def put_floor_rounds(res: Results, plan: Plan, workdir: Path, floor_bin: Path, p
                 row[who] = {"rps": put["req_per_s"], "cpu_us": put["server_cpu_us_per_request"]}
         for who in who_all:
             row[f"{who}_of_peer"] = row[who]["rps"] / row["peer"]["rps"] if row["peer"]["rps"] else float("nan")
-        row["ours_of_durable"] = row["ours"]["rps"] / row["durable"]["rps"] if row["durable"]["rps"] else float("nan")
-        row["store_of_durable"] = row["store"]["rps"] / row["durable"]["rps"] if row["durable"]["rps"] else float("nan")
-        row["ours_of_store"] = row["ours"]["rps"] / row["store"]["rps"] if row["store"]["rps"] else float("nan")
+        for a, b in PUT_FLOOR_RATIOS:
+            row[f"{a}_of_{b}"] = row[a]["rps"] / row[b]["rps"] if row[b]["rps"] else float("nan")
         log(
             f"floor round {i + 1}, PUT req/s: server {row['ours']['rps']:.0f}, prosody-filer {row['peer']['rps']:.0f}, "
             + ", ".join(f"{m} {row[m]['rps']:.0f}" for m in PUT_FLOORS)
@@ -1621,7 +1625,7 @@ def put_floor_rounds(res: Results, plan: Plan, workdir: Path, floor_bin: Path, p
             + f", store/prosody-filer {row['store_of_peer']:.2f}"
         )
         rows.append(row)
-    ratio_keys = [f"{who}_of_peer" for who in who_all if who != "peer"] + ["ours_of_durable", "store_of_durable", "ours_of_store"]
+    ratio_keys = [f"{who}_of_peer" for who in who_all if who != "peer"] + [f"{a}_of_{b}" for a, b in PUT_FLOOR_RATIOS]
     return {
         "available": True,
         "rounds": rows,
